@@ -1,0 +1,68 @@
+"""Argument checks shared by the public API.
+
+Every public entry point validates user input here, before anything reaches the C++ core, and
+raises TypeError / ValueError / IndexError with a message that names the argument and says what was
+expected and what was given.
+"""
+
+from __future__ import annotations
+
+import numbers
+import operator
+
+import numpy as np
+
+__all__ = [
+    "as_real_array",
+    "check_choice",
+    "check_int",
+    "check_num_threads",
+    "check_seed",
+]
+
+_MAX_SEED = 2**64
+
+
+def check_int(value: object, name: str, *, minimum: int | None = None) -> int:
+    """Return ``value`` as a Python int, rejecting bools, floats and out-of-range values."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
+    value = operator.index(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+    return value
+
+
+def check_num_threads(num_threads: object) -> int:
+    """Validate a thread count: an integer >= 0, where 0 means all cores."""
+    return check_int(num_threads, "num_threads (0 = all cores)", minimum=0)
+
+
+def check_seed(seed: object) -> int:
+    """Validate a seed: an integer in [0, 2**64)."""
+    seed = check_int(seed, "seed", minimum=0)
+    if seed >= _MAX_SEED:
+        raise ValueError(f"seed: expected an integer < 2**64, got {seed}")
+    return seed
+
+
+def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
+    """Validate an option string against its allowed values."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def as_real_array(value: object, name: str, *, dtype: type, ndim: int) -> np.ndarray:
+    """Convert ``value`` to a C-contiguous array of ``dtype`` with ``ndim`` dimensions.
+
+    Accepts any real (bool, integer or floating) input; copies only when the dtype or the memory
+    layout differs. Raises TypeError for non-numeric or complex input, ValueError for a wrong
+    number of dimensions.
+    """
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: expected an array of real numbers, got dtype {arr.dtype}")
+    if arr.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=dtype)
