@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _common import best_time, print_table, write_json
 
 import fastsoftmax as fs
+
+from _common import best_time, print_table, write_json
 
 
 def main() -> None:
@@ -34,8 +35,10 @@ def main() -> None:
         sampler = fs.AliasSampler(w)
         t_build = best_time(lambda w=w: fs.AliasSampler(w), repeat=args.repeat)
         gen = np.random.default_rng(1)
-        t_choice = best_time(lambda p=p, n=n: gen.choice(n, size=draws, p=p), repeat=args.repeat)
-        t_int = best_time(lambda n=n: gen.integers(0, n, size=draws), repeat=args.repeat)
+        t_choice = best_time(
+            lambda p=p, n=n, gen=gen: gen.choice(n, size=draws, p=p), repeat=args.repeat
+        )
+        t_int = best_time(lambda n=n, gen=gen: gen.integers(0, n, size=draws), repeat=args.repeat)
         for t in args.threads:
             t_ours = best_time(
                 lambda s=sampler, t=t: s.sample(draws, seed=0, num_threads=t), repeat=args.repeat

@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
-from reference import alias_distribution, alias_table
 from scipy import stats
 
 import fastsoftmax as fs
+
+from reference import alias_distribution, alias_table
 
 
 def chi_square_pvalue(draws: np.ndarray, probabilities: np.ndarray) -> float:
