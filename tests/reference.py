@@ -39,3 +39,83 @@ def alias_distribution(keep: np.ndarray, alias: np.ndarray) -> np.ndarray:
     n = len(keep)
     p = keep + np.bincount(np.asarray(alias), weights=1.0 - keep, minlength=n)
     return p / n
+
+
+# --- softmax DNN (issue 5) -------------------------------------------------------------------
+
+
+def bag_coefficients(indptr, indices, weights, pooling):
+    """Per-entry pooling coefficient c_k (see fastsoftmax.SoftmaxModel, ``pooling``), float64."""
+    w = np.asarray(weights, dtype=np.float64)
+    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    if pooling == "sum":
+        return w, rows
+    norm = np.bincount(rows, weights=w if pooling == "mean" else w * w, minlength=len(indptr) - 1)
+    if pooling == "sqrtn":
+        norm = np.sqrt(norm)
+    scale = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)
+    return w * scale[rows], rows
+
+
+def softmax_dnn(params, feats, targets, *, pooling="mean", loss="full"):
+    """Float64 forward and backward of the softmax DNN on all rows at once.
+
+    ``params``: dict name -> array as ``SoftmaxModel.parameters``; ``feats``: fs.QueryFeatures
+    (categorical / bag features in the model's order); ``targets``: scipy sparse (N, n).
+    Returns (mean loss, dict name -> gradient of the mean loss).
+    """
+    p = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+    n_layers = sum(1 for k in p if k.startswith("mlp.") and k.endswith(".weight"))
+    parts = [] if feats.dense is None else [feats.dense.astype(np.float64)]
+    for name, ids in feats.categorical.items():
+        parts.append(p[f"categorical.{name}"][ids])
+    bag_cache = {}
+    for name, (indptr, indices, data) in feats.bags.items():
+        c, rows = bag_coefficients(indptr, indices, data, pooling)
+        table = p[f"bags.{name}"]
+        pooled = np.zeros((feats.n_rows, table.shape[1]))
+        np.add.at(pooled, rows, c[:, None] * table[indices])
+        bag_cache[name] = (c, rows, indices)
+        parts.append(pooled)
+    acts = [np.hstack(parts)]
+    for layer in range(n_layers):
+        h = acts[-1] @ p[f"mlp.{layer}.weight"] + p[f"mlp.{layer}.bias"]
+        acts.append(np.maximum(h, 0.0) if layer + 1 < n_layers else h)
+    psi = acts[-1]
+    V = p["item_embeddings"]
+    Z = psi @ V.T + (p["item_bias"] if "item_bias" in p else 0.0)
+    T = np.asarray(targets.todense(), dtype=np.float64)
+    P = T / T.sum(axis=1, keepdims=True)
+    N = len(Z)
+    if loss == "positives":
+        Z = np.where(T > 0, Z, -np.inf)
+    m = Z.max(axis=1, keepdims=True)
+    E = np.exp(Z - m)
+    lse = m + np.log(E.sum(axis=1, keepdims=True))
+    value = float(np.sum(np.where(P > 0, P * (lse - np.where(P > 0, Z, 0.0)), 0.0)) / N)
+    dZ = (E / E.sum(axis=1, keepdims=True) - P) / N
+    grads = {"item_embeddings": dZ.T @ psi}
+    if "item_bias" in p:
+        grads["item_bias"] = dZ.sum(axis=0)
+    dh = dZ @ V
+    for layer in range(n_layers - 1, -1, -1):
+        if layer + 1 < n_layers:
+            dh = dh * (acts[layer + 1] > 0)
+        grads[f"mlp.{layer}.weight"] = acts[layer].T @ dh
+        grads[f"mlp.{layer}.bias"] = dh.sum(axis=0)
+        dh = dh @ p[f"mlp.{layer}.weight"].T
+    col = 0 if feats.dense is None else feats.dense.shape[1]
+    for name, ids in feats.categorical.items():
+        table = p[f"categorical.{name}"]
+        g = np.zeros_like(table)
+        np.add.at(g, ids, dh[:, col : col + table.shape[1]])
+        grads[f"categorical.{name}"] = g
+        col += table.shape[1]
+    for name in feats.bags:
+        table = p[f"bags.{name}"]
+        c, rows, indices = bag_cache[name]
+        g = np.zeros_like(table)
+        np.add.at(g, indices, c[:, None] * dh[rows, col : col + table.shape[1]])
+        grads[f"bags.{name}"] = g
+        col += table.shape[1]
+    return value, grads

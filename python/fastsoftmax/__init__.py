@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from . import _core
 from .sampler import AliasSampler
+from .softmax import QueryFeatures, SoftmaxModel
 
 __version__: str = _core.__version__
 
-__all__ = ["AliasSampler", "__version__"]
+__all__ = ["AliasSampler", "QueryFeatures", "SoftmaxModel", "__version__"]
