@@ -119,3 +119,70 @@ def softmax_dnn(params, feats, targets, *, pooling="mean", loss="full"):
         grads[f"bags.{name}"] = g
         col += table.shape[1]
     return value, grads
+
+
+# --- WALS (weighted matrix factorisation) ------------------------------------------------------
+
+
+def wals_solve_dense(
+    targets: np.ndarray, weights: np.ndarray, fixed: np.ndarray, regularization: float
+) -> np.ndarray:
+    """Exact WALS half-sweep with dense matrices, float64.
+
+    ``targets`` and ``weights`` are dense (n, m): the weight of an unobserved entry is w0 there.
+    Row i solves (Y^T diag(weights_i) Y + lambda I) x_i = Y^T diag(weights_i) targets_i.
+    """
+    y = np.asarray(fixed, dtype=np.float64)
+    d = y.shape[1]
+    out = np.zeros((targets.shape[0], d))
+    for i in range(targets.shape[0]):
+        c = weights[i]
+        lhs = (y.T * c) @ y + regularization * np.eye(d)
+        rhs = y.T @ (c * targets[i])
+        out[i] = np.linalg.solve(lhs, rhs)
+    return out
+
+
+def wals_objective_dense(
+    targets: np.ndarray, weights: np.ndarray, u: np.ndarray, v: np.ndarray, regularization: float
+) -> float:
+    """sum_ij weights_ij (targets_ij - u_i.v_j)^2 + lambda (|U|^2 + |V|^2) with dense (n, m)
+    targets and weights (w0 at unobserved entries), float64."""
+    u = np.asarray(u, dtype=np.float64)
+    v = np.asarray(v, dtype=np.float64)
+    pred = u @ v.T
+    return float(
+        (weights * (targets - pred) ** 2).sum() + regularization * ((u**2).sum() + (v**2).sum())
+    )
+
+
+def hkv_implicit_als(
+    confidence, u: np.ndarray, v: np.ndarray, regularization: float, iterations: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Implicit-feedback ALS of Hu, Koren and Volinsky (2008), as written in the paper.
+
+    ``confidence`` is a scipy.sparse (n, m) matrix of the confidences c_ui of the observed pairs
+    (preference p_ui = 1 there, 0 and confidence 1 elsewhere). Each half-sweep uses the paper's
+    speed-up: x_u = (Y^T Y + Y^T (C^u - I) Y + lambda I)^-1 Y^T C^u p(u), with Y^T Y computed once.
+    Starts from (u, v), solves users first; returns float64 (U, V).
+    """
+    c_rows = confidence.tocsr()
+    c_cols = confidence.T.tocsr()
+    x = np.array(u, dtype=np.float64)
+    y = np.array(v, dtype=np.float64)
+
+    def sweep(c, fixed, out):
+        d = fixed.shape[1]
+        yty = fixed.T @ fixed
+        for i in range(c.shape[0]):
+            idx = c.indices[c.indptr[i] : c.indptr[i + 1]]
+            conf = c.data[c.indptr[i] : c.indptr[i + 1]].astype(np.float64)
+            yi = fixed[idx]
+            lhs = yty + (yi.T * (conf - 1.0)) @ yi + regularization * np.eye(d)
+            rhs = yi.T @ conf  # Y^T C^u p(u): p is 1 exactly on the observed pairs
+            out[i] = np.linalg.solve(lhs, rhs)
+
+    for _ in range(iterations):
+        sweep(c_rows, y, x)
+        sweep(c_cols, x, y)
+    return x, y

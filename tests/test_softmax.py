@@ -358,3 +358,28 @@ def test_bad_inputs():
         model.query_embeddings(wide_bag)
     with pytest.raises(TypeError, match="seed"):
         model.gradients(feats, targets, seed=1.5)
+
+
+def test_save_load_round_trip(tmp_path):
+    feats, targets = make_problem(seed=15)
+    model = build(feats, targets, item_bias=True, embedding_dim={"c": 3, "h": 2}, pooling="sqrtn")
+    model.epochs = 2
+    model.fit(feats, targets, show_progress=False)
+    path = tmp_path / "model.npz"
+    model.save(path)
+    loaded = fs.load(path)
+    assert isinstance(loaded, fs.SoftmaxModel)
+    for name, value in model.parameters.items():
+        np.testing.assert_array_equal(loaded.parameters[name], value, err_msg=name)
+    np.testing.assert_array_equal(loaded.query_embeddings(feats), model.query_embeddings(feats))
+    assert loaded.loss(feats, targets) == model.loss(feats, targets)
+    assert (loaded.pooling, loaded.item_bias, loaded.embedding_dim) == (
+        "sqrtn",
+        True,
+        {"c": 3, "h": 2},
+    )
+    with np.load(path, allow_pickle=False) as npz:
+        assert str(npz["model_type"]) == "SoftmaxModel"
+    # The loaded model keeps training.
+    loaded.fit(feats, targets, show_progress=False)
+    assert not np.array_equal(loaded.item_embeddings, model.item_embeddings)

@@ -61,3 +61,33 @@ class SoftmaxModel:
     def steps(self) -> int: ...
     @property
     def loss_name(self) -> str: ...
+
+
+# WALS (cpp/fastsoftmax/wals.h)
+def wals_gramian(factors: np.ndarray, num_threads: int) -> np.ndarray: ...
+def wals_solve_rows(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    targets: np.ndarray,
+    weights: np.ndarray | None,
+    fixed: np.ndarray,
+    gramian: np.ndarray,
+    x: np.ndarray,
+    unobserved_weight: float,
+    regularization: float,
+    solver: str,
+    cg_steps: int,
+    num_threads: int,
+    row_loss: np.ndarray | None = None,
+) -> None: ...
+def wals_objective(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    targets: np.ndarray,
+    weights: np.ndarray | None,
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    unobserved_weight: float,
+    regularization: float,
+    num_threads: int,
+) -> float: ...

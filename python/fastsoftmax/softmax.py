@@ -24,6 +24,7 @@ from ._validation import (
     check_num_threads,
     check_seed,
 )
+from .io import register_model, save_arrays
 
 __all__ = ["QueryFeatures", "SoftmaxModel"]
 
@@ -615,8 +616,6 @@ class SoftmaxModel:
         Load with :func:`fastsoftmax.load`; the loaded model predicts identically. The optimiser
         state is not saved: further training restarts it.
         """
-        from .io import save_arrays
-
         save_arrays(path, _MODEL_TYPE, self._to_arrays())
 
     def __repr__(self) -> str:
@@ -634,3 +633,6 @@ def _check_float(value: object, name: str, *, positive: bool = False) -> float:
         bound = "> 0" if positive else ">= 0"
         raise ValueError(f"{name}: expected a finite number {bound}, got {value!r}")
     return v
+
+
+register_model(_MODEL_TYPE, SoftmaxModel)
