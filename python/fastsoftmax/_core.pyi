@@ -62,7 +62,6 @@ class SoftmaxModel:
     @property
     def loss_name(self) -> str: ...
 
-
 # WALS (cpp/fastsoftmax/wals.h)
 def wals_gramian(factors: np.ndarray, num_threads: int) -> np.ndarray: ...
 def wals_solve_rows(
