@@ -151,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (ValueError, TypeError, IndexError, KeyError, OSError) as e:
         msg = str(e) if not isinstance(e, KeyError) else f"missing {e}"
-        print(f"fastsoftmax: error: {type(e).__name__}: {msg}", file=sys.stderr)
+        print(f"fastsoftmax: error: {msg.splitlines()[0] if msg else type(e).__name__}",
+              file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt:
         print("fastsoftmax: interrupted", file=sys.stderr)
