@@ -7,8 +7,19 @@ package is a thin, typed, documented API over it.
 from __future__ import annotations
 
 from . import _core
+from .io import load, register_model
 from .sampler import AliasSampler
+from .softmax import QueryFeatures, SoftmaxModel
+from .wals import WALS
 
 __version__: str = _core.__version__
 
-__all__ = ["AliasSampler", "__version__"]
+__all__ = [
+    "WALS",
+    "AliasSampler",
+    "QueryFeatures",
+    "SoftmaxModel",
+    "__version__",
+    "load",
+    "register_model",
+]
