@@ -95,3 +95,150 @@ def ranking_metrics_reference(recommended, relevant, k: int) -> dict[str, float]
         values["map"].append(ap)
         values["hit_rate"].append(float(H > 0))
     return {m: float(np.mean(v)) for m, v in values.items()}
+
+
+# --- softmax DNN (issue 5) -------------------------------------------------------------------
+
+
+def bag_coefficients(indptr, indices, weights, pooling):
+    """Per-entry pooling coefficient c_k (see fastsoftmax.SoftmaxModel, ``pooling``), float64."""
+    w = np.asarray(weights, dtype=np.float64)
+    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    if pooling == "sum":
+        return w, rows
+    norm = np.bincount(rows, weights=w if pooling == "mean" else w * w, minlength=len(indptr) - 1)
+    if pooling == "sqrtn":
+        norm = np.sqrt(norm)
+    scale = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)
+    return w * scale[rows], rows
+
+
+def softmax_dnn(params, feats, targets, *, pooling="mean", loss="full"):
+    """Float64 forward and backward of the softmax DNN on all rows at once.
+
+    ``params``: dict name -> array as ``SoftmaxModel.parameters``; ``feats``: fs.QueryFeatures
+    (categorical / bag features in the model's order); ``targets``: scipy sparse (N, n).
+    Returns (mean loss, dict name -> gradient of the mean loss).
+    """
+    p = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+    n_layers = sum(1 for k in p if k.startswith("mlp.") and k.endswith(".weight"))
+    parts = [] if feats.dense is None else [feats.dense.astype(np.float64)]
+    for name, ids in feats.categorical.items():
+        parts.append(p[f"categorical.{name}"][ids])
+    bag_cache = {}
+    for name, (indptr, indices, data) in feats.bags.items():
+        c, rows = bag_coefficients(indptr, indices, data, pooling)
+        table = p[f"bags.{name}"]
+        pooled = np.zeros((feats.n_rows, table.shape[1]))
+        np.add.at(pooled, rows, c[:, None] * table[indices])
+        bag_cache[name] = (c, rows, indices)
+        parts.append(pooled)
+    acts = [np.hstack(parts)]
+    for layer in range(n_layers):
+        h = acts[-1] @ p[f"mlp.{layer}.weight"] + p[f"mlp.{layer}.bias"]
+        acts.append(np.maximum(h, 0.0) if layer + 1 < n_layers else h)
+    psi = acts[-1]
+    V = p["item_embeddings"]
+    Z = psi @ V.T + (p["item_bias"] if "item_bias" in p else 0.0)
+    T = np.asarray(targets.todense(), dtype=np.float64)
+    P = T / T.sum(axis=1, keepdims=True)
+    N = len(Z)
+    if loss == "positives":
+        Z = np.where(T > 0, Z, -np.inf)
+    m = Z.max(axis=1, keepdims=True)
+    E = np.exp(Z - m)
+    lse = m + np.log(E.sum(axis=1, keepdims=True))
+    value = float(np.sum(np.where(P > 0, P * (lse - np.where(P > 0, Z, 0.0)), 0.0)) / N)
+    dZ = (E / E.sum(axis=1, keepdims=True) - P) / N
+    grads = {"item_embeddings": dZ.T @ psi}
+    if "item_bias" in p:
+        grads["item_bias"] = dZ.sum(axis=0)
+    dh = dZ @ V
+    for layer in range(n_layers - 1, -1, -1):
+        if layer + 1 < n_layers:
+            dh = dh * (acts[layer + 1] > 0)
+        grads[f"mlp.{layer}.weight"] = acts[layer].T @ dh
+        grads[f"mlp.{layer}.bias"] = dh.sum(axis=0)
+        dh = dh @ p[f"mlp.{layer}.weight"].T
+    col = 0 if feats.dense is None else feats.dense.shape[1]
+    for name, ids in feats.categorical.items():
+        table = p[f"categorical.{name}"]
+        g = np.zeros_like(table)
+        np.add.at(g, ids, dh[:, col : col + table.shape[1]])
+        grads[f"categorical.{name}"] = g
+        col += table.shape[1]
+    for name in feats.bags:
+        table = p[f"bags.{name}"]
+        c, rows, indices = bag_cache[name]
+        g = np.zeros_like(table)
+        np.add.at(g, indices, c[:, None] * dh[rows, col : col + table.shape[1]])
+        grads[f"bags.{name}"] = g
+        col += table.shape[1]
+    return value, grads
+
+
+# --- WALS (weighted matrix factorisation) ------------------------------------------------------
+
+
+def wals_solve_dense(
+    targets: np.ndarray, weights: np.ndarray, fixed: np.ndarray, regularization: float
+) -> np.ndarray:
+    """Exact WALS half-sweep with dense matrices, float64.
+
+    ``targets`` and ``weights`` are dense (n, m): the weight of an unobserved entry is w0 there.
+    Row i solves (Y^T diag(weights_i) Y + lambda I) x_i = Y^T diag(weights_i) targets_i.
+    """
+    y = np.asarray(fixed, dtype=np.float64)
+    d = y.shape[1]
+    out = np.zeros((targets.shape[0], d))
+    for i in range(targets.shape[0]):
+        c = weights[i]
+        lhs = (y.T * c) @ y + regularization * np.eye(d)
+        rhs = y.T @ (c * targets[i])
+        out[i] = np.linalg.solve(lhs, rhs)
+    return out
+
+
+def wals_objective_dense(
+    targets: np.ndarray, weights: np.ndarray, u: np.ndarray, v: np.ndarray, regularization: float
+) -> float:
+    """sum_ij weights_ij (targets_ij - u_i.v_j)^2 + lambda (|U|^2 + |V|^2) with dense (n, m)
+    targets and weights (w0 at unobserved entries), float64."""
+    u = np.asarray(u, dtype=np.float64)
+    v = np.asarray(v, dtype=np.float64)
+    pred = u @ v.T
+    return float(
+        (weights * (targets - pred) ** 2).sum() + regularization * ((u**2).sum() + (v**2).sum())
+    )
+
+
+def hkv_implicit_als(
+    confidence, u: np.ndarray, v: np.ndarray, regularization: float, iterations: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Implicit-feedback ALS of Hu, Koren and Volinsky (2008), as written in the paper.
+
+    ``confidence`` is a scipy.sparse (n, m) matrix of the confidences c_ui of the observed pairs
+    (preference p_ui = 1 there, 0 and confidence 1 elsewhere). Each half-sweep uses the paper's
+    speed-up: x_u = (Y^T Y + Y^T (C^u - I) Y + lambda I)^-1 Y^T C^u p(u), with Y^T Y computed once.
+    Starts from (u, v), solves users first; returns float64 (U, V).
+    """
+    c_rows = confidence.tocsr()
+    c_cols = confidence.T.tocsr()
+    x = np.array(u, dtype=np.float64)
+    y = np.array(v, dtype=np.float64)
+
+    def sweep(c, fixed, out):
+        d = fixed.shape[1]
+        yty = fixed.T @ fixed
+        for i in range(c.shape[0]):
+            idx = c.indices[c.indptr[i] : c.indptr[i + 1]]
+            conf = c.data[c.indptr[i] : c.indptr[i + 1]].astype(np.float64)
+            yi = fixed[idx]
+            lhs = yty + (yi.T * (conf - 1.0)) @ yi + regularization * np.eye(d)
+            rhs = yi.T @ conf  # Y^T C^u p(u): p is 1 exactly on the observed pairs
+            out[i] = np.linalg.solve(lhs, rhs)
+
+    for _ in range(iterations):
+        sweep(c_rows, y, x)
+        sweep(c_cols, x, y)
+    return x, y

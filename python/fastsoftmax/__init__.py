@@ -8,9 +8,24 @@ from __future__ import annotations
 
 from . import _core, datasets, metrics
 from .evaluation import evaluate
+from .io import load, register_model
 from .retrieval import topk
 from .sampler import AliasSampler
+from .softmax import QueryFeatures, SoftmaxModel
+from .wals import WALS
 
 __version__: str = _core.__version__
 
-__all__ = ["AliasSampler", "__version__", "datasets", "evaluate", "metrics", "topk"]
+__all__ = [
+    "WALS",
+    "AliasSampler",
+    "QueryFeatures",
+    "SoftmaxModel",
+    "__version__",
+    "datasets",
+    "evaluate",
+    "load",
+    "metrics",
+    "register_model",
+    "topk",
+]

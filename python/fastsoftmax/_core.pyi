@@ -26,3 +26,78 @@ def topk(
 ) -> tuple[np.ndarray, np.ndarray]: ...
 def _topk_uses_avx2() -> bool: ...
 def _topk_force_scalar(on: bool) -> None: ...
+
+class SoftmaxData: ...
+
+class SoftmaxModel:
+    def __init__(
+        self,
+        n_items: int,
+        dim: int,
+        hidden: list[int],
+        n_dense: int,
+        categorical_names: list[str],
+        categorical_vocab: list[int],
+        categorical_dim: list[int],
+        bag_names: list[str],
+        bag_vocab: list[int],
+        bag_dim: list[int],
+        pooling: str,
+        item_bias: bool,
+        loss: str,
+        loss_options: dict[str, object],
+        optimizer: str,
+        learning_rate: float,
+        l2: float,
+        batch_size: int,
+        seed: int,
+        num_threads: int,
+    ) -> None: ...
+    def data(
+        self,
+        rows: int,
+        dense: np.ndarray | None,
+        categorical: list[np.ndarray],
+        bags: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+        targets: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    ) -> SoftmaxData: ...
+    def fit_epoch(self, data: SoftmaxData, epoch: int) -> float: ...
+    def query_embeddings(self, data: SoftmaxData) -> np.ndarray: ...
+    def evaluate(
+        self, data: SoftmaxData, seed: int, with_gradients: bool
+    ) -> tuple[float, dict[str, np.ndarray]]: ...
+    def parameters(self) -> dict[str, np.ndarray]: ...
+    def reset_optimizer_state(self) -> None: ...
+    @property
+    def steps(self) -> int: ...
+    @property
+    def loss_name(self) -> str: ...
+
+# WALS (cpp/fastsoftmax/wals.h)
+def wals_gramian(factors: np.ndarray, num_threads: int) -> np.ndarray: ...
+def wals_solve_rows(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    targets: np.ndarray,
+    weights: np.ndarray | None,
+    fixed: np.ndarray,
+    gramian: np.ndarray,
+    x: np.ndarray,
+    unobserved_weight: float,
+    regularization: float,
+    solver: str,
+    cg_steps: int,
+    num_threads: int,
+    row_loss: np.ndarray | None = None,
+) -> None: ...
+def wals_objective(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    targets: np.ndarray,
+    weights: np.ndarray | None,
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    unobserved_weight: float,
+    regularization: float,
+    num_threads: int,
+) -> float: ...

@@ -13,10 +13,12 @@ import operator
 import numpy as np
 
 __all__ = [
+    "as_csr",
     "as_real_array",
     "check_choice",
     "check_int",
     "check_num_threads",
+    "check_real",
     "check_seed",
 ]
 
@@ -66,3 +68,43 @@ def as_real_array(value: object, name: str, *, dtype: type, ndim: int) -> np.nda
     if arr.ndim != ndim:
         raise ValueError(f"{name}: expected a {ndim}-D array, got shape {arr.shape}")
     return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def check_real(value: object, name: str, *, minimum: float | None = None) -> float:
+    """Return ``value`` as a finite Python float, rejecting bools, non-numbers, NaN and inf,
+    and values below ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}: expected a number >= {minimum}, got {value}")
+    return value
+
+
+def as_csr(value: object, name: str, *, dtype: type = np.float32):
+    """Convert a scipy.sparse matrix or array (CSR, CSC, COO, ...) to canonical CSR.
+
+    Returns a ``scipy.sparse.csr_matrix`` with sorted indices, no duplicate entries (summed) and
+    data of ``dtype``; the input is never modified, and not copied when it already is canonical
+    CSR of ``dtype``. Stored zeros stay stored. Raises TypeError for anything that is not a
+    2-D scipy.sparse matrix with real values.
+    """
+    import scipy.sparse as sp
+
+    if not sp.issparse(value):
+        raise TypeError(
+            f"{name}: expected a scipy.sparse matrix (CSR, CSC or COO), got {type(value).__name__}"
+        )
+    if value.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D sparse matrix, got {value.ndim} dimension(s)")
+    if value.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: expected real values, got dtype {value.dtype}")
+    csr = sp.csr_matrix(value)  # no copy for a csr_matrix; a new object for anything else
+    if not csr.has_canonical_format:
+        csr = csr.copy()
+        csr.sum_duplicates()  # also sorts the indices
+    if csr.dtype != dtype:
+        csr = csr.astype(dtype)
+    return csr

@@ -1,0 +1,304 @@
+#include "fastsoftmax/wals.h"
+
+#include <Eigen/Cholesky>
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <vector>
+
+#include "fastsoftmax/thread_pool.h"
+
+namespace fastsoftmax {
+namespace {
+
+using MatrixXd = Eigen::MatrixXd;  // column-major scratch (internal only)
+using VectorXd = Eigen::VectorXd;
+using VectorXf = Eigen::VectorXf;
+using ConstMapVectorXf = Eigen::Map<const VectorXf>;
+using MapVectorXf = Eigen::Map<VectorXf>;
+
+// A task of solve_rows ends after kWalsRowChunk rows or once it holds this many entries, so that a
+// few very dense rows (popular items) do not end up in one task. Rows are independent, so the
+// chunking never changes the results, only the load balance.
+constexpr index_t kChunkEntries = 1 << 14;
+// Observed rows of the fixed factors gathered per GEMM update of the Cholesky path.
+constexpr index_t kGatherRows = 64;
+
+// Task boundaries over the rows of `a`: chunk c covers rows [bounds[c], bounds[c + 1]).
+std::vector<index_t> row_chunks(const CsrView& a) {
+  std::vector<index_t> bounds{0};
+  index_t begin = 0;
+  for (index_t r = 0; r < a.n_rows; ++r) {
+    const index_t rows = r + 1 - begin;
+    const index_t entries = a.indptr[r + 1] - a.indptr[begin];
+    if (rows >= kWalsRowChunk || entries >= kChunkEntries) {
+      bounds.push_back(r + 1);
+      begin = r + 1;
+    }
+  }
+  if (begin < a.n_rows) bounds.push_back(a.n_rows);
+  return bounds;
+}
+
+// Per-thread scratch memory, sized once per call: no heap allocation per row.
+struct Scratch {
+  Scratch(index_t dim, bool cholesky) {
+    if (cholesky) {
+      a.resize(dim, dim);
+      b.resize(dim);
+      xd.resize(dim);
+      gathered.resize(kGatherRows, dim);
+      scaled.resize(kGatherRows, dim);
+    } else {
+      r.resize(dim);
+      p.resize(dim);
+      ap.resize(dim);
+    }
+  }
+  // Cholesky path (float64).
+  MatrixXd a;
+  VectorXd b, xd;
+  MatrixXd gathered, scaled;  // kGatherRows x dim: y_j and (w_ij - w0) y_j
+  // CG path (float32).
+  VectorXf r, p, ap;
+};
+
+inline float weight_at(const CsrView& a, index_t k) {
+  return a.weights != nullptr ? a.weights[k] : 1.0f;
+}
+
+// Observed part of the objective for row `row` with solution x (see solve_rows).
+double observed_loss(const CsrView& a, index_t row, const float* fixed, index_t dim,
+                     const ConstMapVectorXf& x, double w0) {
+  double loss = 0.0;
+  for (index_t k = a.indptr[row]; k < a.indptr[row + 1]; ++k) {
+    const double pred = ConstMapVectorXf(fixed + a.indices[k] * dim, dim).dot(x);
+    const double resid = static_cast<double>(a.targets[k]) - pred;
+    loss += static_cast<double>(weight_at(a, k)) * resid * resid - w0 * pred * pred;
+  }
+  return loss;
+}
+
+void solve_row_cholesky(const CsrView& a, index_t row, const float* fixed, index_t dim,
+                        const MatrixXd& base, double w0, Scratch& s, float* x_out) {
+  const index_t begin = a.indptr[row];
+  const index_t end = a.indptr[row + 1];
+  s.a = base;  // w0 G + lambda I (only the lower triangle is used)
+  s.b.setZero();
+  for (index_t k0 = begin; k0 < end; k0 += kGatherRows) {
+    const index_t count = std::min(kGatherRows, end - k0);
+    for (index_t t = 0; t < count; ++t) {
+      const index_t k = k0 + t;
+      const double w = weight_at(a, k);
+      const float* y = fixed + a.indices[k] * dim;
+      for (index_t f = 0; f < dim; ++f) s.gathered(t, f) = y[f];
+      s.scaled.row(t) = (w - w0) * s.gathered.row(t);
+      s.b.noalias() += (w * static_cast<double>(a.targets[k])) * s.gathered.row(t).transpose();
+    }
+    s.a.triangularView<Eigen::Lower>() +=
+        s.gathered.topRows(count).transpose() * s.scaled.topRows(count);
+  }
+  Eigen::LLT<Eigen::Ref<MatrixXd>, Eigen::Lower> llt(s.a);
+  if (llt.info() != Eigen::Success) {
+    throw std::runtime_error(str_cat(
+        "WALS: the normal equations of row ", row, " (", end - begin,
+        " observed entries) are not positive definite; increase regularization (lambda > 0 "
+        "makes every row solvable) or check the weights"));
+  }
+  s.xd = s.b;
+  llt.solveInPlace(s.xd);
+  for (index_t f = 0; f < dim; ++f) x_out[f] = static_cast<float>(s.xd[f]);
+}
+
+void solve_row_cg(const CsrView& a, index_t row, const float* fixed, index_t dim,
+                  const RowMatrixXf& base, float w0, int cg_steps, Scratch& s, float* x_out) {
+  constexpr float kTiny = 1e-20f;
+  const index_t begin = a.indptr[row];
+  const index_t end = a.indptr[row + 1];
+  MapVectorXf x(x_out, dim);
+  // r = b - A x = sum_j (w_j a_j - (w_j - w0) y_j.x) y_j - (w0 G + lambda I) x
+  s.r.noalias() = -(base * x);
+  for (index_t k = begin; k < end; ++k) {
+    const ConstMapVectorXf y(fixed + a.indices[k] * dim, dim);
+    const float w = weight_at(a, k);
+    s.r += (w * a.targets[k] - (w - w0) * y.dot(x)) * y;
+  }
+  s.p = s.r;
+  float rs_old = s.r.squaredNorm();
+  for (int step = 0; step < cg_steps && rs_old > kTiny; ++step) {
+    s.ap.noalias() = base * s.p;
+    for (index_t k = begin; k < end; ++k) {
+      const ConstMapVectorXf y(fixed + a.indices[k] * dim, dim);
+      s.ap += ((weight_at(a, k) - w0) * y.dot(s.p)) * y;
+    }
+    const float p_ap = s.p.dot(s.ap);
+    if (!(p_ap > 0.0f)) break;  // A p = 0: the matrix is singular in direction p
+    const float alpha = rs_old / p_ap;
+    x += alpha * s.p;
+    s.r -= alpha * s.ap;
+    const float rs_new = s.r.squaredNorm();
+    s.p = s.r + (rs_new / rs_old) * s.p;
+    rs_old = rs_new;
+  }
+}
+
+}  // namespace
+
+void check_csr(const CsrView& a, const char* name) {
+  if (a.n_rows < 0 || a.n_cols < 0) {
+    throw_invalid(name, ": expected a non-negative shape, got (", a.n_rows, ", ", a.n_cols, ")");
+  }
+  if (a.n_rows == 0) return;
+  if (a.indptr[0] != 0) throw_invalid(name, ": indptr must start at 0, got ", a.indptr[0]);
+  for (index_t r = 0; r < a.n_rows; ++r) {
+    if (a.indptr[r + 1] < a.indptr[r]) {
+      throw_invalid(name, ": indptr must be non-decreasing, got ", a.indptr[r], " then ",
+                    a.indptr[r + 1], " at row ", r);
+    }
+  }
+  const index_t nnz = a.indptr[a.n_rows];
+  for (index_t k = 0; k < nnz; ++k) {
+    const index_t j = a.indices[k];
+    if (j < 0 || j >= a.n_cols) {
+      throw_out_of_range(name, ": column index ", j, " out of range [0, ", a.n_cols, ")");
+    }
+    if (!std::isfinite(a.targets[k])) {
+      throw_invalid(name, ": expected finite values, got ", a.targets[k], " at entry ", k);
+    }
+  }
+  if (a.weights != nullptr) {
+    for (index_t k = 0; k < nnz; ++k) {
+      const float w = a.weights[k];
+      if (!std::isfinite(w)) throw_invalid("weights: expected finite values, got ", w);
+      if (w < 0) throw_invalid("weights: expected non-negative values, got ", w, " at entry ", k);
+    }
+  }
+}
+
+void check_wals_options(const WalsOptions& o) {
+  if (!(o.unobserved_weight >= 0) || !std::isfinite(o.unobserved_weight)) {
+    throw_invalid("unobserved_weight: expected a finite number >= 0, got ", o.unobserved_weight);
+  }
+  if (!(o.regularization >= 0) || !std::isfinite(o.regularization)) {
+    throw_invalid("regularization: expected a finite number >= 0, got ", o.regularization);
+  }
+  if (o.solver == WalsSolver::kCg && o.cg_steps < 1) {
+    throw_invalid("cg_steps: expected an integer >= 1, got ", o.cg_steps);
+  }
+  resolve_num_threads(o.num_threads);
+}
+
+void gramian(const float* factors, index_t n, index_t dim, double* gram, int num_threads) {
+  if (dim <= 0) throw_invalid("dim: expected an integer > 0, got ", dim);
+  if (n < 0) throw_invalid("factors: expected a non-negative number of rows, got ", n);
+  const index_t n_chunks = (n + kGramianChunk - 1) / kGramianChunk;
+  const index_t cells = dim * dim;
+  std::vector<double> partial(static_cast<std::size_t>(n_chunks * cells));
+  const int threads = threads_for(n_chunks, num_threads);
+  std::vector<Eigen::MatrixXf> scratch(threads, Eigen::MatrixXf(dim, dim));
+  parallel_for(n_chunks, num_threads, [&](std::int64_t c, int slot) {
+    const index_t begin = c * kGramianChunk;
+    const index_t rows = std::min(kGramianChunk, n - begin);
+    const ConstMapRowMatrixXf y(factors + begin * dim, rows, dim);
+    Eigen::MatrixXf& g = scratch[slot];
+    g.setZero();
+    g.selfadjointView<Eigen::Lower>().rankUpdate(y.transpose());
+    double* out = partial.data() + c * cells;
+    for (index_t i = 0; i < dim; ++i) {
+      for (index_t j = 0; j <= i; ++j) out[i * dim + j] = g(i, j);
+    }
+  });
+  std::fill(gram, gram + cells, 0.0);
+  for (index_t c = 0; c < n_chunks; ++c) {  // fixed order: identical for every thread count
+    const double* p = partial.data() + c * cells;
+    for (index_t i = 0; i < dim; ++i) {
+      for (index_t j = 0; j <= i; ++j) gram[i * dim + j] += p[i * dim + j];
+    }
+  }
+  for (index_t i = 0; i < dim; ++i) {
+    for (index_t j = i + 1; j < dim; ++j) gram[i * dim + j] = gram[j * dim + i];
+  }
+}
+
+void solve_rows(const CsrView& a, const float* fixed, const double* gram, index_t dim,
+                const WalsOptions& options, float* x, double* row_loss) {
+  if (dim <= 0) throw_invalid("dim: expected an integer > 0, got ", dim);
+  check_wals_options(options);
+  for (index_t i = 0; i < dim * dim; ++i) {
+    if (!std::isfinite(gram[i])) throw_invalid("gramian: expected finite values, got ", gram[i]);
+  }
+  const double w0 = options.unobserved_weight;
+  const double lambda = options.regularization;
+  const bool cholesky = options.solver == WalsSolver::kCholesky;
+  const Eigen::Map<const RowMatrixXd> g(gram, dim, dim);
+
+  // The part of the matrix shared by every row: w0 G + lambda I.
+  MatrixXd base_d;
+  RowMatrixXf base_f;
+  if (cholesky) {
+    base_d = w0 * g;
+    base_d.diagonal().array() += lambda;
+  } else {
+    base_f = (w0 * g).cast<float>();
+    base_f.diagonal().array() += static_cast<float>(lambda);
+  }
+
+  const std::vector<index_t> bounds = row_chunks(a);
+  const auto n_chunks = static_cast<index_t>(bounds.size()) - 1;
+  const int threads = threads_for(n_chunks, options.num_threads);
+  std::vector<Scratch> scratch;
+  scratch.reserve(threads);
+  for (int t = 0; t < threads; ++t) scratch.emplace_back(dim, cholesky);
+
+  parallel_for(n_chunks, options.num_threads, [&](std::int64_t c, int slot) {
+    Scratch& s = scratch[slot];
+    for (index_t row = bounds[c]; row < bounds[c + 1]; ++row) {
+      float* xr = x + row * dim;
+      if (a.indptr[row + 1] == a.indptr[row]) {
+        // No observed entry: the right-hand side is 0, so is the solution.
+        std::fill(xr, xr + dim, 0.0f);
+        if (row_loss != nullptr) row_loss[row] = 0.0;
+        continue;
+      }
+      if (cholesky) {
+        solve_row_cholesky(a, row, fixed, dim, base_d, w0, s, xr);
+      } else {
+        solve_row_cg(a, row, fixed, dim, base_f, static_cast<float>(w0), options.cg_steps, s,
+                     xr);
+      }
+      if (row_loss != nullptr) {
+        row_loss[row] = observed_loss(a, row, fixed, dim, ConstMapVectorXf(xr, dim), w0);
+      }
+    }
+  });
+}
+
+double wals_objective(const CsrView& a, const float* user_factors, const float* item_factors,
+                      index_t dim, double unobserved_weight, double regularization,
+                      int num_threads) {
+  if (dim <= 0) throw_invalid("dim: expected an integer > 0, got ", dim);
+  const index_t n_chunks = (a.n_rows + kWalsRowChunk - 1) / kWalsRowChunk;
+  std::vector<double> partial(static_cast<std::size_t>(n_chunks), 0.0);
+  parallel_for(n_chunks, num_threads, [&](std::int64_t c, int) {
+    const index_t end = std::min(a.n_rows, (c + 1) * kWalsRowChunk);
+    double sum = 0.0;
+    for (index_t row = c * kWalsRowChunk; row < end; ++row) {
+      sum += observed_loss(a, row, item_factors, dim,
+                           ConstMapVectorXf(user_factors + row * dim, dim), unobserved_weight);
+    }
+    partial[c] = sum;
+  });
+  double total = 0.0;
+  for (const double p : partial) total += p;
+  const index_t cells = dim * dim;
+  std::vector<double> gu(cells), gv(cells);
+  gramian(user_factors, a.n_rows, dim, gu.data(), num_threads);
+  gramian(item_factors, a.n_cols, dim, gv.data(), num_threads);
+  double all_pairs = 0.0, trace = 0.0;
+  for (index_t i = 0; i < cells; ++i) all_pairs += gu[i] * gv[i];
+  for (index_t i = 0; i < dim; ++i) trace += gu[i * dim + i] + gv[i * dim + i];
+  return total + unobserved_weight * all_pairs + regularization * trace;
+}
+
+}  // namespace fastsoftmax

@@ -1,0 +1,130 @@
+"""Saving and loading trained models as ``.npz`` files (no pickle).
+
+Every model file holds plain arrays plus two fields: ``model_type`` (a registered class name) and
+``format_version``. :func:`load` reads ``model_type`` and hands the arrays to the class registered
+for it with :func:`register_model`; a model class provides ``_to_arrays() -> dict`` and the class
+method ``_from_arrays(arrays) -> model``, and its ``save(path)`` calls :func:`save_arrays`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FORMAT_VERSION", "load", "register_model", "save_arrays"]
+
+#: Version of the file layout written by this release; files with a higher version are refused.
+FORMAT_VERSION = 1
+
+
+_REGISTRY: dict[str, type] = {}
+
+
+def register_model(type_name: str, cls: type) -> None:
+    """Register ``cls`` as the class that :func:`load` builds for files of ``type_name``.
+
+    Parameters
+    ----------
+    type_name : str
+        The ``model_type`` written into the file (e.g. ``"WALS"``).
+    cls : type
+        A class with a class method ``_from_arrays(arrays: Mapping[str, numpy.ndarray])``.
+    """
+    if not isinstance(type_name, str) or not type_name:
+        raise ValueError(f"type_name: expected a non-empty string, got {type_name!r}")
+    if not callable(getattr(cls, "_from_arrays", None)):
+        raise TypeError(f"cls: {cls!r} has no class method _from_arrays(arrays)")
+    _REGISTRY[type_name] = cls
+
+
+def save_arrays(path: str | os.PathLike, model_type: str, arrays: Mapping[str, Any]) -> None:
+    """Write ``arrays`` plus ``model_type`` and ``format_version`` to the ``.npz`` file ``path``.
+
+    The file is written atomically: to a temporary file in the same folder, then renamed over
+    ``path`` (an existing file is replaced only once the new one is complete). ``path`` is used
+    exactly as given (no ``.npz`` suffix is added). Values must be numeric or string arrays
+    (anything needing pickle is refused).
+
+    Raises
+    ------
+    ValueError
+        If ``model_type`` is not registered or an array has dtype object.
+    """
+    if model_type not in _REGISTRY:
+        raise ValueError(f"model_type: {model_type!r} is not registered (see register_model)")
+    payload = {name: np.asarray(value) for name, value in arrays.items()}
+    for name, value in payload.items():
+        if value.dtype.hasobject:
+            raise ValueError(f"{name}: cannot save an object array without pickle")
+    payload["model_type"] = np.array(model_type)
+    payload["format_version"] = np.array(FORMAT_VERSION, dtype=np.int64)
+    path = Path(os.fspath(path))
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def load(path: str | os.PathLike) -> Any:
+    """Load a model saved with its ``save(path)`` method.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``.npz`` file written by ``save`` (read with ``allow_pickle=False``).
+
+    Returns
+    -------
+    The model, an instance of the class registered for the file's ``model_type``
+    (e.g. :class:`fastsoftmax.WALS`).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the file is not a fastsoftmax model, its ``model_type`` is unknown, or it was written
+        by a newer format version.
+    """
+    try:
+        npz = np.load(os.fspath(path), allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as e:
+        raise ValueError(f"path: {os.fspath(path)!r} is not a readable .npz file ({e})") from e
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError(f"path: {os.fspath(path)!r} is a .npy file, expected a .npz model file")
+    with npz:
+        arrays = {name: npz[name] for name in npz.files}
+    if "model_type" not in arrays or "format_version" not in arrays:
+        raise ValueError(
+            f"path: {os.fspath(path)!r} is not a fastsoftmax model file "
+            "(no model_type / format_version field)"
+        )
+    model_type = str(arrays.pop("model_type"))
+    version = int(arrays.pop("format_version"))
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"path: format_version {version} is newer than this fastsoftmax supports "
+            f"({FORMAT_VERSION}); upgrade fastsoftmax"
+        )
+    cls = _REGISTRY.get(model_type)
+    if cls is None:
+        known = ", ".join(sorted(_REGISTRY)) or "none"
+        raise ValueError(f"path: unknown model_type {model_type!r} (registered: {known})")
+    return cls._from_arrays(arrays)

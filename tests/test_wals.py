@@ -1,0 +1,461 @@
+import itertools
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import fastsoftmax as fs
+from fastsoftmax import _core
+
+from reference import hkv_implicit_als, wals_objective_dense, wals_solve_dense
+
+
+def make_problem(n=40, m=30, density=0.15, seed=0, empty_rows=(3, 17), empty_cols=(5,)):
+    """Random targets and weights in CSR with a few empty rows and columns."""
+    rng = np.random.default_rng(seed)
+    mask = rng.random((n, m)) < density
+    mask[list(empty_rows), :] = False
+    mask[:, list(empty_cols)] = False
+    a = sp.csr_matrix(np.where(mask, rng.random((n, m)) + 0.5, 0.0).astype(np.float32))
+    w = a.copy()
+    w.data = (rng.random(a.nnz) * 3).astype(np.float32)
+    return a, w
+
+
+def dense(a, w, w0):
+    """Dense targets and weights (w0 on unobserved entries), float64."""
+    targets = a.toarray().astype(np.float64)
+    weights = np.full(a.shape, w0)
+    rows, cols = a.nonzero()
+    weights[rows, cols] = (
+        np.asarray(w[rows, cols], dtype=np.float64).ravel() if w is not None else 1
+    )
+    return targets, weights
+
+
+def csr_args(a, w):
+    return (
+        a.indptr.astype(np.int64),
+        a.indices.astype(np.int64),
+        a.data.astype(np.float32),
+        None if w is None else w.data.astype(np.float32),
+    )
+
+
+def snapshots(model_kwargs, a, w=None):
+    """Fit and record (U, V) after every iteration."""
+    seen = []
+    mf = fs.WALS(**model_kwargs)
+    mf.fit(
+        a,
+        w,
+        show_progress=False,
+        callback=lambda it, m: seen.append((m.query_embeddings.copy(), m.item_embeddings.copy())),
+    )
+    return mf, seen
+
+
+# -- the row solve ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("side", ["rows", "cols"])
+def test_cholesky_half_sweep_equals_dense_normal_equations(side):
+    a, w = make_problem()
+    if side == "cols":
+        a, w = a.T.tocsr(), w.T.tocsr()
+    w0, lam, d = 0.3, 0.1, 6
+    rng = np.random.default_rng(1)
+    fixed = rng.standard_normal((a.shape[1], d)).astype(np.float32)
+    x = rng.standard_normal((a.shape[0], d)).astype(np.float32)
+    gram = _core.wals_gramian(fixed, 2)
+    np.testing.assert_allclose(gram, fixed.astype(np.float64).T @ fixed, rtol=1e-6, atol=1e-5)
+    _core.wals_solve_rows(*csr_args(a, w), fixed, gram, x, w0, lam, "cholesky", 1, 2)
+    targets, weights = dense(a, w, w0)
+    ref = wals_solve_dense(targets, weights, fixed, lam)
+    np.testing.assert_allclose(x, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_cg_converges_to_the_exact_solve():
+    a, w = make_problem(density=0.3)
+    w0, lam, d = 0.2, 0.05, 8
+    rng = np.random.default_rng(2)
+    fixed = rng.standard_normal((a.shape[1], d)).astype(np.float32)
+    start = rng.standard_normal((a.shape[0], d)).astype(np.float32)
+    gram = _core.wals_gramian(fixed, 1)
+    targets, weights = dense(a, w, w0)
+    ref = wals_solve_dense(targets, weights, fixed, lam)
+    errors = []
+    for steps in (1, 2, 4, 8, 16):
+        x = start.copy()
+        _core.wals_solve_rows(*csr_args(a, w), fixed, gram, x, w0, lam, "cg", steps, 1)
+        errors.append(np.abs(x - ref).max())
+    assert all(e1 > e2 for e1, e2 in itertools.pairwise(errors)), errors
+    assert errors[0] > 1e-2  # one step is far from converged: the test can tell the difference
+    assert errors[-1] < 1e-4 * max(1.0, np.abs(ref).max())
+    # The warm start matters: from the exact solution, CG stays there.
+    x = ref.astype(np.float32)
+    _core.wals_solve_rows(*csr_args(a, w), fixed, gram, x, w0, lam, "cg", 1, 1)
+    np.testing.assert_allclose(x, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+def test_every_half_sweep_of_fit_solves_the_normal_equations(solver):
+    a, w = make_problem(seed=3)
+    kw = dict(dim=5, unobserved_weight=0.25, regularization=0.1, iterations=4, solver=solver)
+    _, seen = snapshots({**kw, "cg_steps": 40}, a, w)
+    targets, weights = dense(a, w, 0.25)
+    for (_, v_prev), (u, v) in itertools.pairwise(seen):
+        np.testing.assert_allclose(u, wals_solve_dense(targets, weights, v_prev, 0.1), atol=2e-4)
+        np.testing.assert_allclose(v, wals_solve_dense(targets.T, weights.T, u, 0.1), atol=2e-4)
+
+
+# -- the objective ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+def test_loss_history_is_the_exact_objective(solver):
+    a, w = make_problem(seed=4)
+    w0, lam = 0.15, 0.07
+    mf, seen = snapshots(
+        dict(dim=4, unobserved_weight=w0, regularization=lam, iterations=5, solver=solver), a, w
+    )
+    targets, weights = dense(a, w, w0)
+    ref = [wals_objective_dense(targets, weights, u, v, lam) for u, v in seen]
+    np.testing.assert_allclose(mf.loss_history, ref, rtol=1e-6)
+    assert mf.objective(a, w) == pytest.approx(ref[-1], rel=1e-6)
+    u, v = seen[-1]
+    assert _core.wals_objective(*csr_args(a, w), u, v, w0, lam, 3) == pytest.approx(ref[-1], 1e-6)
+
+
+@pytest.mark.parametrize("w0", [0.0, 0.1, 1.0])
+def test_cholesky_objective_never_increases(w0):
+    a, w = make_problem(n=60, m=50, density=0.1, seed=5)
+    mf = fs.WALS(8, unobserved_weight=w0, regularization=0.05, iterations=12, solver="cholesky")
+    mf.fit(a, w, show_progress=False)
+    loss = np.array(mf.loss_history)
+    assert len(loss) == 12 and np.isfinite(loss).all()
+    assert (np.diff(loss) <= 1e-6 * loss[:-1]).all(), loss
+    assert loss[-1] < 0.9 * loss[0]  # and it does decrease
+
+
+def test_implicit_feedback_als_of_hu_koren_volinsky():
+    """w0 = 1, w = alpha * r, targets 1: the iterations are HKV's implicit ALS."""
+    rng = np.random.default_rng(6)
+    r = sp.random(50, 35, density=0.12, format="csr", random_state=7, dtype=np.float64)
+    r.data = np.ceil(rng.random(r.nnz) * 5)  # play counts 1..5
+    alpha, lam = 2.0, 0.1
+    ones = r.copy()
+    ones.data[:] = 1.0
+    weights = r * alpha
+    _, seen = snapshots(
+        dict(dim=6, unobserved_weight=1.0, regularization=lam, iterations=4, solver="cholesky"),
+        ones,
+        weights,
+    )
+    u0, v0 = seen[0]
+    u_ref, v_ref = hkv_implicit_als(weights, u0, v0, lam, iterations=3)
+    u, v = seen[-1]
+    np.testing.assert_allclose(u, u_ref, atol=1e-5)
+    np.testing.assert_allclose(v, v_ref, atol=1e-5)
+
+
+# -- fold-in, empty rows, determinism -----------------------------------------------------------
+
+
+def test_fold_in_is_the_exact_row_solve():
+    a, w = make_problem(seed=8)
+    w0, lam = 0.2, 0.1
+    mf = fs.WALS(6, unobserved_weight=w0, regularization=lam, iterations=3, solver="cg")
+    mf.fit(a, w, show_progress=False)
+    new = sp.random(7, a.shape[1], density=0.3, format="coo", random_state=9, dtype=np.float32)
+    new_w = new.tocsr()
+    new_w.data = np.linspace(0.5, 2, new_w.nnz, dtype=np.float32)
+    emb = mf.fold_in(new, new_w)
+    assert emb.dtype == np.float32 and emb.shape == (7, 6)
+    targets, weights = dense(new.tocsr(), new_w, w0)
+    ref = wals_solve_dense(targets, weights, mf.item_embeddings, lam)
+    np.testing.assert_allclose(emb, ref, rtol=1e-5, atol=1e-6)
+    # Default weights are 1.
+    t1, w1 = dense(new.tocsr(), None, w0)
+    np.testing.assert_allclose(
+        mf.fold_in(new), wals_solve_dense(t1, w1, mf.item_embeddings, lam), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_fold_in_of_a_training_row_gives_back_its_embedding_once_converged():
+    a, w = make_problem(seed=10)
+    mf = fs.WALS(4, unobserved_weight=0.1, regularization=0.5, iterations=120, solver="cholesky")
+    mf.fit(a, w, show_progress=False)
+    np.testing.assert_allclose(mf.fold_in(a, w), mf.query_embeddings, atol=1e-4)
+
+
+@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+@pytest.mark.parametrize(("w0", "lam"), [(0.1, 0.05), (0.0, 0.0)])
+def test_empty_rows_and_columns_give_zero_embeddings(solver, w0, lam):
+    a, w = make_problem(empty_rows=(0, 3, 39), empty_cols=(0, 5, 29))
+    mf = fs.WALS(5, unobserved_weight=w0, regularization=lam, iterations=3, solver=solver)
+    if lam == 0.0 and solver == "cholesky":
+        lam_ok = 1e-3  # a non-empty row may be singular without regularization
+        mf = fs.WALS(5, unobserved_weight=w0, regularization=lam_ok, iterations=3, solver=solver)
+    mf.fit(a, w, show_progress=False)
+    u, v = mf.query_embeddings, mf.item_embeddings
+    assert np.isfinite(u).all() and np.isfinite(v).all()
+    assert not u[[0, 3, 39]].any() and not v[[0, 5, 29]].any()
+    assert np.abs(u).sum(axis=1)[1:3].min() > 0
+    assert np.isfinite(mf.loss_history).all()
+    assert not mf.fold_in(sp.csr_matrix((2, a.shape[1]), dtype=np.float32)).any()
+
+
+def test_results_are_identical_for_every_thread_count():
+    a, w = make_problem(n=300, m=200, density=0.05, seed=11, empty_rows=(), empty_cols=())
+    ref = None
+    for threads in (1, 2, 3):
+        for solver in ("cg", "cholesky"):
+            mf = fs.WALS(8, iterations=3, solver=solver, num_threads=threads, seed=5)
+            mf.fit(a, w, show_progress=False)
+            got = (solver, mf.query_embeddings, mf.item_embeddings, mf.loss_history)
+            if threads == 1:
+                ref = ref or {}
+                ref[solver] = got
+            else:
+                np.testing.assert_array_equal(got[1], ref[solver][1])
+                np.testing.assert_array_equal(got[2], ref[solver][2])
+                assert got[3] == ref[solver][3]
+    other = fs.WALS(8, iterations=3, seed=6).fit(a, w, show_progress=False)
+    assert not np.array_equal(other.item_embeddings, ref["cg"][2])
+
+
+def test_sparse_formats_give_the_same_model_and_input_is_not_modified():
+    a, _ = make_problem(seed=12)
+    coo = a.tocoo()
+    # Split one entry into two duplicates that sum to it: a non-canonical COO.
+    dup = sp.coo_matrix(
+        (np.r_[coo.data[:-1], coo.data[-1] / 2, coo.data[-1] / 2],
+         (np.r_[coo.row, coo.row[-1]], np.r_[coo.col, coo.col[-1]])),
+        shape=a.shape,
+    )  # fmt: skip
+    dup_copy = dup.copy()
+    ref = fs.WALS(4, iterations=2).fit(a, show_progress=False)
+    for x in (a.tocsc(), coo, dup, sp.csr_array(a), a.astype(np.float64)):
+        mf = fs.WALS(4, iterations=2).fit(x, show_progress=False)
+        np.testing.assert_allclose(mf.item_embeddings, ref.item_embeddings, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(dup.data, dup_copy.data)
+    np.testing.assert_array_equal(dup.row, dup_copy.row)
+
+
+# -- training loop ------------------------------------------------------------------------------
+
+
+def test_callback_can_stop_training_and_sees_the_model():
+    a, _ = make_problem()
+    calls = []
+
+    def callback(iteration, model):
+        calls.append((iteration, len(model.loss_history)))
+        return iteration < 2
+
+    mf = fs.WALS(4, iterations=10).fit(a, show_progress=False, callback=callback)
+    assert calls == [(0, 1), (1, 2), (2, 3)]
+    assert len(mf.loss_history) == 3
+    mf = fs.WALS(4, iterations=4).fit(a, show_progress=False, callback=lambda i, m: None)
+    assert len(mf.loss_history) == 4
+
+
+def test_progress_bar(capsys):
+    a, _ = make_problem()
+    fs.WALS(4, iterations=2).fit(a, show_progress=True)
+    assert "WALS" in capsys.readouterr().err
+    fs.WALS(4, iterations=2).fit(a, show_progress=False)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("num_threads", [1, 2])
+def test_ctrl_c_interrupts_fit(num_threads):
+    rng = np.random.default_rng(0)
+    rows, cols = rng.integers(0, 20000, 800_000), rng.integers(0, 4000, 800_000)
+    a = sp.csr_matrix((np.ones(800_000, np.float32), (rows, cols)), shape=(20000, 4000))
+    mf = fs.WALS(32, iterations=100000, num_threads=num_threads, solver="cholesky")
+    timer = threading.Timer(0.3, os.kill, args=(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            mf.fit(a, show_progress=False)
+    finally:
+        timer.cancel()
+
+
+# -- persistence --------------------------------------------------------------------------------
+
+
+def test_save_load_roundtrip(tmp_path):
+    a, w = make_problem()
+    mf = fs.WALS(5, unobserved_weight=0.3, regularization=0.2, iterations=3, solver="cholesky",
+                 cg_steps=4, init_scale=0.05, num_threads=1, seed=2**64 - 1)  # fmt: skip
+    mf.fit(a, w, show_progress=False)
+    path = tmp_path / "model"  # saved exactly there, no suffix added
+    mf.save(path)
+    assert os.listdir(tmp_path) == ["model"]  # no temporary file left behind
+    with np.load(path, allow_pickle=False) as f:
+        assert str(f["model_type"]) == "WALS" and int(f["format_version"]) == 1
+    back = fs.load(str(path))
+    assert isinstance(back, fs.WALS)
+    np.testing.assert_array_equal(back.query_embeddings, mf.query_embeddings)
+    np.testing.assert_array_equal(back.item_embeddings, mf.item_embeddings)
+    assert back.loss_history == mf.loss_history
+    for name in ("dim", "unobserved_weight", "regularization", "iterations", "solver",
+                 "cg_steps", "init_scale", "num_threads", "seed"):  # fmt: skip
+        assert getattr(back, name) == getattr(mf, name), name
+    np.testing.assert_array_equal(back.fold_in(a[:3], w[:3]), mf.fold_in(a[:3], w[:3]))
+    mf.save(path)  # overwrite
+    assert os.listdir(tmp_path) == ["model"]
+
+
+def test_load_errors(tmp_path):
+    np.savez(tmp_path / "plain.npz", x=np.ones(3))
+    with pytest.raises(ValueError, match="not a fastsoftmax model"):
+        fs.load(tmp_path / "plain.npz")
+    np.savez(tmp_path / "alien.npz", model_type=np.array("Alien"), format_version=np.array(1))
+    with pytest.raises(ValueError, match="unknown model_type 'Alien'.*WALS"):
+        fs.load(tmp_path / "alien.npz")
+    np.savez(tmp_path / "future.npz", model_type=np.array("WALS"), format_version=np.array(99))
+    with pytest.raises(ValueError, match="format_version 99"):
+        fs.load(tmp_path / "future.npz")
+    np.savez(tmp_path / "broken.npz", model_type=np.array("WALS"), format_version=np.array(1))
+    with pytest.raises(ValueError, match="no field"):
+        fs.load(tmp_path / "broken.npz")
+    (tmp_path / "text.npz").write_text("hello")
+    with pytest.raises(ValueError, match="not a readable"):
+        fs.load(tmp_path / "text.npz")
+    with pytest.raises(FileNotFoundError):
+        fs.load(tmp_path / "missing.npz")
+    with pytest.raises(RuntimeError, match="not fitted"):
+        fs.WALS(3).save(tmp_path / "x.npz")
+
+
+def test_register_model_checks_its_arguments():
+    with pytest.raises(TypeError, match="_from_arrays"):
+        fs.register_model("Thing", object)
+    with pytest.raises(ValueError, match="type_name"):
+        fs.register_model("", fs.WALS)
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"dim": 0}, ValueError, "dim"),
+        ({"dim": -3}, ValueError, "dim"),
+        ({"dim": 2.5}, TypeError, "dim"),
+        ({"unobserved_weight": -0.1}, ValueError, "unobserved_weight"),
+        ({"unobserved_weight": float("nan")}, ValueError, "unobserved_weight"),
+        ({"regularization": -1}, ValueError, "regularization"),
+        ({"regularization": float("inf")}, ValueError, "regularization"),
+        ({"regularization": "0.1"}, TypeError, "regularization"),
+        ({"iterations": 0}, ValueError, "iterations"),
+        ({"solver": "lu"}, ValueError, "solver"),
+        ({"cg_steps": 0}, ValueError, "cg_steps"),
+        ({"init_scale": -1.0}, ValueError, "init_scale"),
+        ({"num_threads": -1}, ValueError, "num_threads"),
+        ({"seed": -1}, ValueError, "seed"),
+    ],
+)
+def test_bad_hyperparameters(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        fs.WALS(**{"dim": 4, **kwargs})
+
+
+def test_bad_training_input():
+    a, w = make_problem()
+    mf = fs.WALS(3, iterations=1)
+    with pytest.raises(TypeError, match="interactions.*scipy.sparse"):
+        mf.fit(a.toarray())
+    with pytest.raises(TypeError, match="interactions.*real"):
+        mf.fit(sp.csr_matrix(np.array([[1j, 0]])))
+    bad = a.copy()
+    bad.data[4] = np.nan
+    with pytest.raises(ValueError, match="interactions.*finite"):
+        mf.fit(bad)
+    neg = w.copy()
+    neg.data[2] = -1
+    with pytest.raises(ValueError, match="weights.*non-negative"):
+        mf.fit(a, neg)
+    nan_w = w.copy()
+    nan_w.data[2] = np.inf
+    with pytest.raises(ValueError, match="weights.*finite"):
+        mf.fit(a, nan_w)
+    with pytest.raises(ValueError, match="weights.*shape"):
+        mf.fit(a, w[:, :-1])
+    other = w.copy()
+    other.indices = other.indices.copy()
+    other = sp.csr_matrix(w.toarray() + (np.arange(w.shape[1]) == 0))
+    with pytest.raises(ValueError, match="weights.*sparsity"):
+        mf.fit(a, other)
+    with pytest.raises(TypeError, match="weights.*scipy.sparse"):
+        mf.fit(a, w.data)
+    with pytest.raises(ValueError, match="interactions.*at least one"):
+        mf.fit(sp.csr_matrix((0, 5), dtype=np.float32))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        mf.fold_in(a)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        _ = mf.query_embeddings
+
+
+def test_bad_fold_in_input():
+    a, _ = make_problem()
+    mf = fs.WALS(3, iterations=1).fit(a, show_progress=False)
+    with pytest.raises(ValueError, match="interactions.*30 columns"):
+        mf.fold_in(sp.csr_matrix((2, 29), dtype=np.float32))
+    with pytest.raises(ValueError, match="weights.*sparsity"):
+        mf.fold_in(a, sp.csr_matrix(a.shape, dtype=np.float32))
+    with pytest.raises(TypeError, match="interactions"):
+        mf.fold_in([[1, 0]])
+
+
+def test_cholesky_failure_has_a_hint():
+    a, _ = make_problem()
+    mf = fs.WALS(3, regularization=0.0, init_scale=0.0, solver="cholesky", iterations=1)
+    with pytest.raises(RuntimeError, match="not positive definite.*increase regularization"):
+        mf.fit(a, show_progress=False)
+
+
+def test_core_checks_its_arrays():
+    a, w = make_problem()
+    ip, ix, t, wt = csr_args(a, w)
+    y = np.ones((a.shape[1], 3), np.float32)
+    g = np.eye(3)
+    x = np.zeros((a.shape[0], 3), np.float32)
+    args = (0.1, 0.1, "cg", 3, 1)
+    with pytest.raises(TypeError, match="indices.*int64"):
+        _core.wals_solve_rows(ip, ix.astype(np.int32), t, wt, y, g, x, *args)
+    with pytest.raises(TypeError, match="x.*float32"):
+        _core.wals_solve_rows(ip, ix, t, wt, y, g, x.astype(np.float64), *args)
+    with pytest.raises(ValueError, match="x.*shape"):
+        _core.wals_solve_rows(ip, ix, t, wt, y, g, x[:-1], *args)
+    with pytest.raises(ValueError, match="gramian.*shape"):
+        _core.wals_solve_rows(ip, ix, t, wt, y, np.eye(4), x, *args)
+    with pytest.raises(ValueError, match="targets"):
+        _core.wals_solve_rows(ip, ix, t[:-1], wt, y, g, x, *args)
+    with pytest.raises(ValueError, match="indptr"):
+        _core.wals_solve_rows(ip[:-1], ix, t, wt, y, g, x, *args)
+    bad_ix = ix.copy()
+    bad_ix[0] = a.shape[1]
+    with pytest.raises(IndexError, match="column index 30 out of range"):
+        _core.wals_solve_rows(ip, bad_ix, t, wt, y, g, x, *args)
+    bad_ip = ip.copy()
+    bad_ip[5] = bad_ip[6] + 1
+    with pytest.raises(ValueError, match="non-decreasing"):
+        _core.wals_solve_rows(bad_ip, ix, t, wt, y, g, x, *args)
+    with pytest.raises(ValueError, match="solver"):
+        _core.wals_solve_rows(ip, ix, t, wt, y, g, x, 0.1, 0.1, "qr", 3, 1)
+    with pytest.raises(ValueError, match="cg_steps"):
+        _core.wals_solve_rows(ip, ix, t, wt, y, g, x, 0.1, 0.1, "cg", 0, 1)
+    with pytest.raises(ValueError, match="unobserved_weight"):
+        _core.wals_solve_rows(ip, ix, t, wt, y, g, x, -1.0, 0.1, "cg", 3, 1)
+    x.flags.writeable = False
+    with pytest.raises(ValueError, match="x.*writeable"):
+        _core.wals_solve_rows(ip, ix, t, wt, y, g, x, *args)
