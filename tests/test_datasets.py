@@ -135,3 +135,112 @@ def test_cold_start_split():
 
 def test_exported():
     assert fs.datasets is datasets
+
+
+ML100K_ITEM_LINES = [
+    "1|Toy Story (1995)|01-Jan-1995||http://x|0|0|0|1|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0",
+    "2|GoldenEye (1995)|01-Jan-1995||http://x|0|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0|1|0|0",
+    "7|Caf\xe9 (1995)|01-Jan-1995||http://x|1|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0",
+]
+
+
+def write_ml100k(folder):
+    folder.mkdir()
+    (folder / "u.data").write_text(
+        "10\t1\t5\t881250949\n10\t2\t3\t891717742\n20\t1\t4\t878887116\n20\t7\t1\t880606923\n"
+    )
+    (folder / "u.user").write_text(
+        "10|24|M|technician|85711\n20|53|F|other|94043\n30|23|M|writer|32067\n"
+    )
+    (folder / "u.item").write_bytes("\n".join(ML100K_ITEM_LINES).encode("latin-1") + b"\n")
+
+
+def test_load_movielens_100k(tmp_path):
+    write_ml100k(tmp_path / "ml-100k")
+    data = datasets.load_movielens(tmp_path / "ml-100k")
+    np.testing.assert_array_equal(data.query_ids, [10, 20, 30])  # user 30 has no rating
+    np.testing.assert_array_equal(data.item_ids, [1, 2, 7])
+    np.testing.assert_array_equal(data.interactions.toarray(), [[5, 3, 0], [4, 0, 1], [0, 0, 0]])
+    assert data.interactions.dtype == np.float32
+    np.testing.assert_array_equal(data.item_groups, [3, 1, 0])  # first genre of each movie
+    assert data.group_names[3] == "Animation" and data.group_names[0] == "unknown"
+    np.testing.assert_array_equal(
+        data.item_features["genres"].toarray()[:, [0, 1, 2, 3, 4, 5, 16]],
+        [[0, 0, 0, 1, 1, 1, 0], [0, 1, 1, 0, 0, 0, 1], [1, 0, 0, 0, 0, 0, 0]],
+    )
+    assert list(data.item_names) == ["Toy Story (1995)", "GoldenEye (1995)", "Caf\xe9 (1995)"]
+    f = data.features
+    np.testing.assert_array_equal(f.dense, [[24], [53], [23]])
+    np.testing.assert_array_equal(f.categorical["gender"], [1, 0, 1])
+    np.testing.assert_array_equal(f.categorical["occupation"], [1, 0, 2])  # other, tech, writer
+    assert f.cardinalities == {"gender": 2, "occupation": 3}
+    binary = datasets.load_movielens(tmp_path / "ml-100k", min_rating=4)
+    np.testing.assert_array_equal(binary.interactions.toarray(), [[1, 0, 0], [1, 0, 0], [0, 0, 0]])
+
+
+def test_load_movielens_latest(tmp_path):
+    folder = tmp_path / "ml-latest-small"
+    folder.mkdir()
+    (folder / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,50,2.5,964981247\n"
+        "3,1,5.0,964982224\n3,99,3.5,964982224\n"
+    )
+    (folder / "movies.csv").write_text(
+        "movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n"
+        '50,"Usual Suspects, The (1995)",Crime|Mystery|Thriller\n'
+        "60,Unrated (2000),(no genres listed)\n"
+    )
+    data = datasets.load_movielens(folder)
+    np.testing.assert_array_equal(data.query_ids, [1, 3])
+    np.testing.assert_array_equal(data.item_ids, [1, 50, 60, 99])  # 60 unrated, 99 not listed
+    np.testing.assert_array_equal(data.interactions.toarray(), [[4.0, 2.5, 0, 0], [5.0, 0, 0, 3.5]])
+    assert data.group_names == [
+        "(no genres listed)", "Adventure", "Animation", "Crime", "Mystery", "Thriller",
+    ]  # fmt: skip
+    np.testing.assert_array_equal(data.item_groups, [1, 3, 0, -1])
+    assert data.item_features["genres"].shape == (4, 6)
+    assert data.item_features["genres"].sum() == 6
+    assert data.item_names[1] == "Usual Suspects, The (1995)"
+    assert data.features is None and data.query_groups is None
+    binary = datasets.load_movielens(folder, min_rating=3.5)
+    np.testing.assert_array_equal(binary.interactions.toarray(), [[1, 0, 0, 0], [1, 0, 0, 1]])
+
+
+def test_load_movielens_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        datasets.load_movielens(tmp_path / "nope")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "readme.txt").write_text("hi")
+    with pytest.raises(ValueError, match="is not a MovieLens folder: expected u.data"):
+        datasets.load_movielens(tmp_path / "other")
+    with pytest.raises(NotADirectoryError):
+        datasets.load_movielens(tmp_path / "other" / "readme.txt")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,2,four,0\n")
+    with pytest.raises(ValueError, match="path: cannot parse"):
+        datasets.load_movielens(bad)
+    with pytest.raises(TypeError, match="min_rating"):
+        datasets.load_movielens(bad, min_rating="4")
+
+
+def test_load_csv(tmp_path):
+    path = tmp_path / "clicks.tsv"
+    path.write_text("item\tuser\tw\nb\tu2\t1.5\na\tu1\t2\nb\tu2\t0.5\nc\tu1\t1\n")
+    data = datasets.load_csv(path, "user", "item", "w", delimiter="\t")
+    assert list(data.query_ids) == ["u1", "u2"] and list(data.item_ids) == ["a", "b", "c"]
+    np.testing.assert_array_equal(data.interactions.toarray(), [[2, 0, 1], [0, 2, 0]])  # summed
+    counts = datasets.load_csv(path, 1, 0, delimiter="\t")  # by position, no weights
+    np.testing.assert_array_equal(counts.interactions.toarray(), [[1, 0, 1], [0, 2, 0]])
+    numeric = tmp_path / "n.csv"
+    numeric.write_text("7,100\n3,100\n7,5\n")
+    data = datasets.load_csv(numeric, 0, 1, header=False)
+    assert data.query_ids.dtype == np.int64
+    np.testing.assert_array_equal(data.query_ids, [3, 7])
+    np.testing.assert_array_equal(data.interactions.toarray(), [[0, 1], [1, 1]])
+    with pytest.raises(ValueError, match="user_col: no column 'uid'"):
+        datasets.load_csv(path, "uid", "item", delimiter="\t")
+    with pytest.raises(ValueError, match="item_col: a column name needs header=True"):
+        datasets.load_csv(numeric, 0, "item", header=False)
+    with pytest.raises(FileNotFoundError):
+        datasets.load_csv(tmp_path / "missing.csv", 0, 1)

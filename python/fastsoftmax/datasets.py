@@ -12,9 +12,12 @@ Every loader returns a :class:`Dataset`.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import numbers
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -27,6 +30,8 @@ __all__ = [
     "Dataset",
     "Features",
     "cold_start_split",
+    "load_csv",
+    "load_movielens",
     "make_categories",
     "train_test_split",
 ]
@@ -422,3 +427,335 @@ def cold_start_split(
     held = np.zeros(n, dtype=bool)
     held[rng.permutation(n)[:n_test]] = True
     return np.flatnonzero(~held).astype(np.int64), np.flatnonzero(held).astype(np.int64)
+
+
+# ---- Loaders ------------------------------------------------------------------------------------
+
+ML100K_GENRES = [
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+    "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
+    "Thriller", "War", "Western",
+]  # fmt: skip
+
+
+def _read_columns(
+    path: Path, columns: list[int], *, delimiter: str, skip_header: bool, weight: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Read user ids, item ids (int64, or str if not integers) and optional float64 weights from
+    the given column positions of a delimited text file."""
+    names = ("user", "item", "weight")[: len(columns)]
+    for id_type in ("i8", "U64"):
+        dtype = [(names[0], id_type), (names[1], id_type)] + ([("weight", "f8")] if weight else [])
+        try:
+            table = np.loadtxt(
+                path,
+                delimiter=delimiter,
+                skiprows=1 if skip_header else 0,
+                usecols=columns,
+                dtype=dtype,
+                ndmin=1,
+                encoding="utf-8",
+                comments=None,
+            )
+        except ValueError as err:
+            if id_type == "U64":
+                raise ValueError(f"path: cannot parse {path}: {err}") from None
+            continue
+        w = table["weight"].astype(np.float64) if weight else None
+        return table["user"], table["item"], w
+    raise AssertionError("unreachable")
+
+
+def _index(ids: np.ndarray, universe: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted unique ids, position of every id in them)."""
+    uniq = np.unique(ids if universe is None else np.concatenate([universe, ids]))
+    return uniq, np.searchsorted(uniq, ids)
+
+
+def _check_path(path: str | os.PathLike, *, directory: bool) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"path: {str(p)!r} does not exist")
+    if directory and not p.is_dir():
+        raise NotADirectoryError(f"path: expected a folder, got the file {str(p)!r}")
+    if not directory and not p.is_file():
+        raise IsADirectoryError(f"path: expected a file, got the folder {str(p)!r}")
+    return p
+
+
+def load_csv(
+    path: str | os.PathLike,
+    user_col: str | int,
+    item_col: str | int,
+    weight_col: str | int | None = None,
+    *,
+    delimiter: str = ",",
+    header: bool = True,
+) -> Dataset:
+    """Load a plain interaction file (one ``user, item[, weight]`` row per interaction).
+
+    Parameters
+    ----------
+    path : str or path-like
+        A delimited text file (UTF-8).
+    user_col, item_col : str or int
+        Column of the user (query) ids and of the item ids: a name from the header line, or a
+        0-based position. Ids may be integers or strings (at most 64 characters).
+    weight_col : str or int, optional
+        Column of the interaction weights (floats). Without it every row weighs 1.
+    delimiter : str, default ","
+        Field separator (e.g. ``"\\t"``). Quoted fields are not supported in the id and weight
+        columns.
+    header : bool, default True
+        Whether the first line is a header (required when columns are given by name).
+
+    Returns
+    -------
+    Dataset
+        ``interactions`` (float32 CSR, users x items; rows of the same (user, item) pair are
+        summed), ``query_ids`` / ``item_ids``: the original ids of the rows / columns, sorted
+        (int64 when every id is an integer, else str). No features or groups.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If a column is missing or a value cannot be parsed.
+    """
+    p = _check_path(path, directory=False)
+    cols = [user_col, item_col] + ([] if weight_col is None else [weight_col])
+    names = ["user_col", "item_col", "weight_col"]
+    positions = []
+    header_fields: list[str] | None = None
+    if header:
+        with p.open(encoding="utf-8", newline="") as f:
+            header_fields = [h.strip() for h in next(csv.reader(f, delimiter=delimiter), [])]
+    for name, col in zip(names, cols, strict=False):
+        if isinstance(col, str):
+            if header_fields is None:
+                raise ValueError(f"{name}: a column name needs header=True, got {col!r}")
+            if col not in header_fields:
+                raise ValueError(f"{name}: no column {col!r} in {p.name}; it has {header_fields}")
+            positions.append(header_fields.index(col))
+        else:
+            positions.append(check_int(col, name, minimum=0))
+    users, items, weights = _read_columns(
+        p, positions, delimiter=delimiter, skip_header=header, weight=weight_col is not None
+    )
+    query_ids, rows = _index(users)
+    item_ids, cols_ = _index(items)
+    interactions = _csr_from_pairs(rows, cols_, weights, (len(query_ids), len(item_ids)))
+    return Dataset(interactions=interactions, query_ids=query_ids, item_ids=item_ids, name=str(p))
+
+
+def load_movielens(path: str | os.PathLike, *, min_rating: float | None = None) -> Dataset:
+    """Load a MovieLens folder (no download: point it at an unpacked archive).
+
+    Two layouts are recognised:
+
+    * ml-100k: ``u.data`` (tab-separated user, item, rating, timestamp), ``u.user``
+      (``id|age|gender|occupation|zip``) and ``u.item`` (``id|title|...|19 genre flags``,
+      latin-1);
+    * ml-latest / ml-latest-small / ml-25m ...: ``ratings.csv``
+      (``userId,movieId,rating,timestamp``) and ``movies.csv`` (``movieId,title,genres`` with
+      genres separated by ``|``).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The folder.
+    min_rating : float, optional
+        Without it, interactions are weighted by the rating. With it, a rating >= ``min_rating``
+        becomes an interaction of weight 1 and lower ratings are dropped.
+
+    Returns
+    -------
+    Dataset
+        * ``interactions``: float32 CSR, users x movies; the columns are every movie of the movie
+          file plus any rated movie missing from it, sorted by movie id;
+        * ``query_ids`` / ``item_ids``: the original userId / movieId of each row / column;
+        * ``item_groups``: the first listed genre of each movie (int64 index into
+          ``group_names``; -1 for a rated movie absent from the movie file);
+          ``item_features["genres"]``: all genres, a multi-hot float32 CSR (n_items x n_genres);
+          ``item_names``: the titles;
+        * ``features`` (ml-100k only; ml-latest has no user file): ``dense`` = age (float32,
+          (N, 1)), ``categorical`` = ``"gender"`` (F=0, M=1) and ``"occupation"`` (index into
+          the sorted occupations). ``query_groups`` is None.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder does not exist.
+    ValueError
+        If the folder has neither layout, or a file cannot be parsed.
+    """
+    folder = _check_path(path, directory=True)
+    if min_rating is not None:
+        min_rating = _check_real(min_rating, "min_rating", low=-np.inf)
+    if (folder / "u.data").is_file():
+        return _load_ml100k(folder, min_rating)
+    if (folder / "ratings.csv").is_file():
+        return _load_ml_latest(folder, min_rating)
+    found = sorted(x.name for x in folder.iterdir())[:20]
+    raise ValueError(
+        f"path: {str(folder)!r} is not a MovieLens folder: expected u.data (+ u.user, u.item; "
+        f"ml-100k layout) or ratings.csv (+ movies.csv; ml-latest layout), found {found}"
+    )
+
+
+def _ratings_to_interactions(
+    users: np.ndarray,
+    movies: np.ndarray,
+    ratings: np.ndarray,
+    movie_universe: np.ndarray,
+    user_universe: np.ndarray | None,
+    min_rating: float | None,
+) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    query_ids, rows = _index(users, user_universe)
+    item_ids, cols = _index(movies, movie_universe)
+    if min_rating is not None:
+        keep = ratings >= min_rating
+        rows, cols, ratings = rows[keep], cols[keep], np.ones(int(keep.sum()))
+    return (
+        _csr_from_pairs(rows, cols, ratings, (len(query_ids), len(item_ids))),
+        query_ids,
+        item_ids,
+    )
+
+
+def _genre_side_info(
+    item_ids: np.ndarray, movie_ids: np.ndarray, genre_rows: list[list[int]], n_genres: int
+) -> tuple[np.ndarray, sp.csr_matrix]:
+    """item_groups (first genre, -1 if unknown) and the multi-hot genre CSR, aligned with
+    item_ids."""
+    pos = np.searchsorted(item_ids, movie_ids)
+    groups = np.full(len(item_ids), -1, dtype=np.int64)
+    groups[pos] = [g[0] if g else -1 for g in genre_rows]
+    r = np.repeat(pos, [len(g) for g in genre_rows])
+    c = np.array([x for g in genre_rows for x in g], dtype=np.int64)
+    multi_hot = sp.csr_matrix(
+        (np.ones(len(c), dtype=np.float32), (r, c)), shape=(len(item_ids), n_genres)
+    )
+    return groups, multi_hot
+
+
+def _load_ml100k(folder: Path, min_rating: float | None) -> Dataset:
+    users, movies, ratings = _read_columns(
+        folder / "u.data", [0, 1, 2], delimiter="\t", skip_header=False, weight=True
+    )
+    movie_ids, titles, genre_rows = [], [], []
+    item_file = folder / "u.item"
+    if item_file.is_file():
+        with item_file.open(encoding="latin-1") as f:
+            for line_no, line in enumerate(f, 1):
+                fields = line.rstrip("\n").split("|")
+                if len(fields) < 2:
+                    continue
+                try:
+                    movie_ids.append(int(fields[0]))
+                except ValueError:
+                    raise ValueError(f"path: u.item line {line_no}: bad movie id") from None
+                titles.append(fields[1])
+                flags = fields[-len(ML100K_GENRES) :] if len(fields) >= 5 + 19 else []
+                genre_rows.append([g for g, v in enumerate(flags) if v.strip() == "1"])
+    movie_ids_arr = np.asarray(movie_ids, dtype=np.int64)
+
+    user_rows = {}
+    user_file = folder / "u.user"
+    if user_file.is_file():
+        with user_file.open(encoding="latin-1") as f:
+            for line_no, line in enumerate(f, 1):
+                fields = line.rstrip("\n").split("|")
+                if len(fields) < 4:
+                    continue
+                try:
+                    user_rows[int(fields[0])] = (float(fields[1]), fields[2], fields[3])
+                except ValueError:
+                    raise ValueError(
+                        f"path: u.user line {line_no}: cannot parse {line!r}"
+                    ) from None
+
+    interactions, query_ids, item_ids = _ratings_to_interactions(
+        users,
+        movies,
+        ratings,
+        movie_ids_arr,
+        np.fromiter(user_rows, dtype=np.int64, count=len(user_rows)),
+        min_rating,
+    )
+    groups, multi_hot = _genre_side_info(item_ids, movie_ids_arr, genre_rows, len(ML100K_GENRES))
+    names = np.full(len(item_ids), "", dtype=object)
+    names[np.searchsorted(item_ids, movie_ids_arr)] = titles
+
+    features = None
+    if user_rows:
+        occupations = sorted({v[2] for v in user_rows.values()})
+        occ_index = {o: i for i, o in enumerate(occupations)}
+        age = np.zeros((len(query_ids), 1), dtype=np.float32)
+        gender = np.zeros(len(query_ids), dtype=np.int64)
+        occupation = np.zeros(len(query_ids), dtype=np.int64)
+        for i, uid in enumerate(query_ids.tolist()):
+            a, g, o = user_rows.get(uid, (np.nan, "", ""))
+            age[i, 0] = a
+            gender[i] = 1 if g == "M" else 0
+            occupation[i] = occ_index.get(o, 0)
+        features = Features(
+            dense=age,
+            categorical={"gender": gender, "occupation": occupation},
+            cardinalities={"gender": 2, "occupation": len(occupations)},
+        )
+    return Dataset(
+        interactions=interactions,
+        features=features,
+        item_groups=groups,
+        query_ids=query_ids,
+        item_ids=item_ids,
+        group_names=list(ML100K_GENRES),
+        item_features={"genres": multi_hot},
+        item_names=names,
+        name=str(folder),
+    )
+
+
+def _load_ml_latest(folder: Path, min_rating: float | None) -> Dataset:
+    users, movies, ratings = _read_columns(
+        folder / "ratings.csv", [0, 1, 2], delimiter=",", skip_header=True, weight=True
+    )
+    movie_ids, titles, genre_names = [], [], []
+    movie_file = folder / "movies.csv"
+    if movie_file.is_file():
+        with movie_file.open(encoding="utf-8", newline="") as f:
+            reader = csv.reader(f)
+            next(reader, None)
+            for row in reader:
+                if len(row) < 3:
+                    continue
+                try:
+                    movie_ids.append(int(row[0]))
+                except ValueError:
+                    raise ValueError(
+                        f"path: movies.csv line {reader.line_num}: bad movieId {row[0]!r}"
+                    ) from None
+                titles.append(row[1])
+                genre_names.append(row[2].split("|") if row[2] else [])
+    all_genres = sorted({g for gs in genre_names for g in gs})
+    g_index = {g: i for i, g in enumerate(all_genres)}
+    genre_rows = [[g_index[g] for g in gs] for gs in genre_names]
+    movie_ids_arr = np.asarray(movie_ids, dtype=np.int64)
+    interactions, query_ids, item_ids = _ratings_to_interactions(
+        users, movies, ratings, movie_ids_arr, None, min_rating
+    )
+    groups, multi_hot = _genre_side_info(item_ids, movie_ids_arr, genre_rows, len(all_genres))
+    names = np.full(len(item_ids), "", dtype=object)
+    names[np.searchsorted(item_ids, movie_ids_arr)] = titles
+    return Dataset(
+        interactions=interactions,
+        item_groups=groups,
+        query_ids=query_ids,
+        item_ids=item_ids,
+        group_names=all_genres,
+        item_features={"genres": multi_hot},
+        item_names=names,
+        name=str(folder),
+    )
