@@ -128,7 +128,9 @@ def render_panels(panels: list[Panel], *, panel_size: int = 360, columns: int = 
         img[top + panel_size - 1, x0 : x0 + panel_size] = 0
         img[top : top + panel_size, x0] = 0
         img[top : top + panel_size, x0 + panel_size - 1] = 0
-        allxy = np.concatenate([xy for xy, _, _ in panel.layers]) if panel.layers else np.zeros((1, 2))
+        allxy = (
+            np.concatenate([xy for xy, _, _ in panel.layers]) if panel.layers else np.zeros((1, 2))
+        )
         lo = np.percentile(allxy, 1, axis=0)
         hi = np.percentile(allxy, 99, axis=0)
         span = np.where(hi - lo > 0, hi - lo, 1.0)

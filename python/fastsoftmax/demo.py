@@ -108,8 +108,9 @@ def _subset_features(feats: QueryFeatures, rows: np.ndarray) -> QueryFeatures:
     return QueryFeatures(
         dense=None if feats.dense is None else feats.dense[rows],
         categorical={k: v[rows] for k, v in feats.categorical.items()},
-        bags={k: v[rows] for k, v in feats.bags.items()},
-    )
+        bags={k: sp.csr_matrix((data, indices, indptr), shape=(len(feats), feats.bag_vocab[k]))[rows]
+              for k, (indptr, indices, data) in feats.bags.items()},
+    )  # fmt: skip
 
 
 def _reveal(rows: sp.csr_matrix, n_reveal: int, seed: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
@@ -122,11 +123,19 @@ def _reveal(rows: sp.csr_matrix, n_reveal: int, seed: int) -> tuple[sp.csr_matri
     rank = np.empty(rows.nnz, dtype=np.int64)
     rank[order] = np.arange(rows.nnz) - rows.indptr[row_of[order]]
     revealed = rank < n_reveal
+
     def pick(mask: np.ndarray) -> sp.csr_matrix:
-        m = sp.csr_matrix((rows.data[mask], rows.indices[mask], np.r_[0, np.cumsum(
-            np.bincount(row_of[mask], minlength=rows.shape[0]))]), shape=rows.shape)
+        m = sp.csr_matrix(
+            (
+                rows.data[mask],
+                rows.indices[mask],
+                np.r_[0, np.cumsum(np.bincount(row_of[mask], minlength=rows.shape[0]))],
+            ),
+            shape=rows.shape,
+        )
         m.sort_indices()
         return m
+
     return pick(revealed), pick(~revealed)
 
 
@@ -165,11 +174,13 @@ def run_demo(out_dir: str | Path = "fastsoftmax-demo", config: DemoConfig | None
          "queries held out", cfg)  # fmt: skip
 
     base = data.features
+
     def feats_for(rows: np.ndarray, history: sp.csr_matrix) -> QueryFeatures:
         """Query features; the history bag comes from the given (training-side) interactions."""
         return QueryFeatures(dense=base.dense[rows],
                              categorical={k: v[rows] for k, v in base.categorical.items()},
                              bags={"history": sp.csr_matrix(history)})  # fmt: skip
+
     feats_warm = feats_for(warm_idx, train)
     feats_cold = feats_for(cold_idx, cold_revealed)
 
@@ -183,8 +194,9 @@ def run_demo(out_dir: str | Path = "fastsoftmax-demo", config: DemoConfig | None
         return WALS(cfg.dim, unobserved_weight=w0, regularization=0.05, iterations=iterations,
                     solver="cg", cg_steps=3, num_threads=cfg.num_threads, seed=cfg.seed)  # fmt: skip
 
-    wals0, t = _timeit(lambda: make_wals(0.0, cfg.wals_iterations).fit(
-        train, show_progress=cfg.show_progress))
+    wals0, t = _timeit(
+        lambda: make_wals(0.0, cfg.wals_iterations).fit(train, show_progress=cfg.show_progress)
+    )
     results.append(ModelResult("WALS w0=0", wals0, t))
 
     # Tune w0 on a validation split carved out of the training interactions.
@@ -197,21 +209,15 @@ def run_demo(out_dir: str | Path = "fastsoftmax-demo", config: DemoConfig | None
     best_w0 = max(scores, key=lambda w: scores[w])
     _log("WALS w0 tuning (validation recall@10): "
          + ", ".join(f"{w}: {s:.3f}" for w, s in scores.items()), cfg)  # fmt: skip
-    wals_t, t = _timeit(lambda: make_wals(best_w0, cfg.wals_iterations).fit(
-        train, show_progress=cfg.show_progress))
+    wals_t, t = _timeit(
+        lambda: make_wals(best_w0, cfg.wals_iterations).fit(train, show_progress=cfg.show_progress)
+    )
     results.append(ModelResult(f"WALS w0={best_w0:g}", wals_t, t))
 
     softmax_common = dict(hidden=(128,), dim=cfg.dim, embedding_dim=16, epochs=cfg.epochs,
                           optimizer="adagrad", learning_rate=0.1, batch_size=256,
                           num_threads=cfg.num_threads, seed=cfg.seed)  # fmt: skip
-    softmax_variants = [
-        ("Softmax positives-only", dict(loss="positives")),
-        ("Softmax uniform neg.", dict(loss="sampled", sampler="uniform",
-                                      num_negatives=cfg.num_negatives)),
-        ("Softmax hard neg.", dict(loss="sampled", sampler="score", hard_pool=4 * cfg.num_negatives,
-                                   hard_fraction=0.5, num_negatives=cfg.num_negatives)),
-        ("Softmax full", dict(loss="full")),
-    ]  # fmt: skip
+    softmax_variants = _softmax_variants(cfg)
     for name, opts in softmax_variants:
         _log(f"training {name}", cfg)
         model = SoftmaxModel(cfg.n_items, **softmax_common, **opts)
@@ -231,7 +237,8 @@ def run_demo(out_dir: str | Path = "fastsoftmax-demo", config: DemoConfig | None
                                                            cold_hidden, mode="fold_in")  # fmt: skip
         if isinstance(r.model, WALS):
             r.row["cold-start recall@10 (similar queries)"] = _cold_start_similar(
-                r.model, base.categorical, warm_idx, cold_idx, cold_revealed, cold_hidden)
+                r.model, base.categorical, warm_idx, cold_idx, cold_revealed, cold_hidden
+            )
         r.row["training time (s)"] = r.train_seconds
         single, batch = _latency(r.model, queries)
         r.row["latency per query (ms)"] = single * 1e3
@@ -248,9 +255,13 @@ def run_demo(out_dir: str | Path = "fastsoftmax-demo", config: DemoConfig | None
     _folding_picture(png, results, data, warm_idx, feats_warm)
     payload = {
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
-        "corpus": {"n_queries": cfg.n_queries, "n_items": cfg.n_items,
-                   "n_categories": cfg.n_categories, "nnz": int(data.interactions.nnz),
-                   "n_cold_queries": len(cold_idx)},  # fmt: skip
+        "corpus": {
+            "n_queries": cfg.n_queries,
+            "n_items": cfg.n_items,
+            "n_categories": cfg.n_categories,
+            "nnz": int(data.interactions.nnz),
+            "n_cold_queries": len(cold_idx),
+        },  # fmt: skip
         "wals_w0_validation_recall": {str(k): v for k, v in scores.items()},
         "rows": rows,
         "models": {r.name: r.row for r in results},
@@ -268,6 +279,18 @@ def run_demo(out_dir: str | Path = "fastsoftmax-demo", config: DemoConfig | None
     print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}, {png} "
           f"({payload['seconds']:.0f} s)")  # fmt: skip
     return payload
+
+
+def _softmax_variants(cfg: DemoConfig) -> list[tuple[str, dict]]:
+    """The softmax DNN configurations compared: (column name, SoftmaxModel options)."""
+    return [
+        ("Softmax positives-only", dict(loss="positives")),
+        ("Softmax uniform neg.", dict(loss="sampled", sampler="uniform",
+                                      num_negatives=cfg.num_negatives)),
+        ("Softmax hard neg.", dict(loss="sampled", sampler="score", hard_pool=4 * cfg.num_negatives,
+                                   hard_fraction=0.5, num_negatives=cfg.num_negatives)),
+        ("Softmax full", dict(loss="full")),
+    ]  # fmt: skip
 
 
 def _cold_start_recall(model, feats_cold, revealed, hidden, *, mode: str) -> float:
@@ -300,11 +323,13 @@ def _cold_start_similar(model: WALS, categorical: dict, warm_idx, cold_idx, reve
 
 def _latency(model, queries) -> tuple[float, float]:
     """Median seconds to recommend for one query, and best of 3 for a batch of 1000."""
-    n = queries.n_queries if isinstance(queries, QueryFeatures) else len(queries)
+    n = len(queries)
+
     def sub(rows):
         if isinstance(queries, QueryFeatures):
             return _subset_features(queries, rows)
         return queries[rows]
+
     singles = []
     for i in range(30):
         q = sub(np.array([i % n]))
@@ -347,11 +372,13 @@ def _sentences(results: list[ModelResult]) -> list[str]:
     """Plain statements generated from the measured numbers (never assumed)."""
     by = {r.name: r.row for r in results}
     s = []
+
     def best(row, higher=True, among=None):
         cands = [r for r in results if row in r.row and (among is None or r.name in among)]
         key = (lambda r: r.row[row]) if higher else (lambda r: -r.row[row])
         ranked = sorted(cands, key=key, reverse=True)
         return ranked[0], ranked[1]
+
     w, second = best("recall@10")
     s.append(f"Quality: {w.name} has the best recall@10 ({w.row['recall@10']:.3f}), "
              f"{_ratio(w.row['recall@10'], second.row['recall@10'])} {second.name} "
@@ -402,7 +429,9 @@ def _pca2(x: np.ndarray, basis_from: np.ndarray) -> np.ndarray:
 
 
 def _folding_picture(path: Path, results, data, warm_idx, feats_warm) -> None:
-    """2-D PCA of item (squares) and query (dots) embeddings coloured by category."""
+    """2-D PCA of unit-normalised item (squares) and query (dots) embeddings, coloured by
+    category: one panel per model, positives-only beside negative-sampled softmax, WALS w0=0
+    beside the tuned w0."""
     rng = np.random.default_rng(0)
     by = {r.name: r.model for r in results}
     order = ["Softmax positives-only", "Softmax uniform neg."]
@@ -418,6 +447,9 @@ def _folding_picture(path: Path, results, data, warm_idx, feats_warm) -> None:
         else:
             q = model.query_embeddings[queries_shown]
         v = model.item_embeddings[items_shown]
+        # Directions matter for inner-product retrieval: compare unit vectors.
+        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
         both = np.concatenate([q, v]).astype(np.float64)
         q2, v2 = _pca2(q, both), _pca2(v, both)
         panels.append(Panel(name, [
