@@ -6,8 +6,10 @@ package is a thin, typed, documented API over it.
 
 from __future__ import annotations
 
-from . import _core
+from . import _core, datasets, metrics
+from .evaluation import evaluate
 from .io import load, register_model
+from .retrieval import topk
 from .sampler import AliasSampler
 from .softmax import QueryFeatures, SoftmaxModel
 from .wals import WALS
@@ -20,6 +22,10 @@ __all__ = [
     "QueryFeatures",
     "SoftmaxModel",
     "__version__",
+    "datasets",
+    "evaluate",
     "load",
+    "metrics",
     "register_model",
+    "topk",
 ]
