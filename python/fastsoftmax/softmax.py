@@ -141,6 +141,20 @@ class QueryFeatures:
         if len(set(sizes.values())) > 1:
             raise ValueError(f"QueryFeatures: features disagree on the number of rows: {sizes}")
         self.n_rows: int = next(iter(sizes.values()))
+        #: Default table sizes per feature name (filled from ``fs.datasets.Features``).
+        self.cardinalities: dict[str, int] = {}
+
+    @classmethod
+    def from_features(cls, features: Any) -> QueryFeatures:
+        """Wrap a :class:`fastsoftmax.datasets.Features` (its ``cardinalities`` become the default
+        table sizes of the model built from it)."""
+        q = cls(
+            dense=features.dense,
+            categorical=features.categorical or None,
+            bags=features.bags or None,
+        )
+        q.cardinalities = {str(k): int(v) for k, v in features.cardinalities.items()}
+        return q
 
     def __len__(self) -> int:
         """Number of rows N."""
@@ -152,6 +166,17 @@ class QueryFeatures:
             f"QueryFeatures(n_rows={self.n_rows}, dense={f}, "
             f"categorical={list(self.categorical)}, bags={list(self.bags)})"
         )
+
+
+def _as_query_features(feats: object, name: str = "feats") -> QueryFeatures:
+    """QueryFeatures as is; a ``fs.datasets.Features`` wrapped; anything else a TypeError."""
+    if isinstance(feats, QueryFeatures):
+        return feats
+    if all(hasattr(feats, a) for a in ("dense", "categorical", "bags", "cardinalities")):
+        return QueryFeatures.from_features(feats)
+    raise TypeError(
+        f"{name}: expected fs.QueryFeatures (or fs.datasets.Features), got {type(feats).__name__}"
+    )
 
 
 def _targets_arrays(
@@ -364,7 +389,7 @@ class SoftmaxModel:
         cat_vocab = []
         for name, ids in feats.categorical.items():
             seen = int(ids.max()) + 1 if len(ids) else 1
-            v = self.vocab_sizes.get(name, seen)
+            v = self.vocab_sizes.get(name, max(seen, feats.cardinalities.get(name, seen)))
             if v < seen:
                 raise IndexError(
                     f"categorical '{name}': id {seen - 1} is outside vocab_sizes['{name}'] = {v}"
@@ -373,7 +398,7 @@ class SoftmaxModel:
         bag_vocab = []
         for name in feats.bags:
             seen = feats.bag_vocab[name]
-            v = self.vocab_sizes.get(name, seen)
+            v = self.vocab_sizes.get(name, max(seen, feats.cardinalities.get(name, seen)))
             if v < seen:
                 raise ValueError(
                     f"bags '{name}': {seen} columns exceed vocab_sizes['{name}'] = {v}"
@@ -414,8 +439,7 @@ class SoftmaxModel:
             raise RuntimeError("SoftmaxModel: not fitted yet (call fit first)")
 
     def _data(self, feats: object, targets: object = None, *, name: str = "feats") -> Any:
-        if not isinstance(feats, QueryFeatures):
-            raise TypeError(f"{name}: expected fs.QueryFeatures, got {type(feats).__name__}")
+        feats = _as_query_features(feats, name)
         s = self._schema
         assert s is not None
         f = 0 if feats.dense is None else feats.dense.shape[1]
@@ -458,7 +482,7 @@ class SoftmaxModel:
 
         Parameters
         ----------
-        feats : QueryFeatures
+        feats : QueryFeatures or fastsoftmax.datasets.Features
             Features of the N training queries.
         targets : scipy.sparse matrix, shape (N, n_items)
             Non-negative target weights; row b is normalised to the distribution p_b. Every row
@@ -482,8 +506,7 @@ class SoftmaxModel:
             For malformed features or targets (wrong types, shapes, N mismatch, negative or
             non-finite targets, a row without positives, ids outside their tables).
         """
-        if not isinstance(feats, QueryFeatures):
-            raise TypeError(f"feats: expected fs.QueryFeatures, got {type(feats).__name__}")
+        feats = _as_query_features(feats)
         if self._impl is None:
             # Check the targets before building (their errors should not depend on build order).
             _targets_arrays(targets, feats.n_rows, self.n_items)
@@ -495,8 +518,9 @@ class SoftmaxModel:
             if not isinstance(validation, tuple) or len(validation) != 2:
                 raise TypeError("validation: expected a tuple (QueryFeatures, targets)")
             val_targets = _as_csr(validation[1], "validation targets")
-            self._data(validation[0], None, name="validation features")
-            val = (validation[0], val_targets)
+            val_feats = _as_query_features(validation[0], "validation features")
+            self._data(val_feats, None, name="validation features")
+            val = (val_feats, val_targets)
         epochs = range(self.epochs)
         bar = None
         if show_progress:
@@ -553,7 +577,7 @@ class SoftmaxModel:
 
         Parameters
         ----------
-        feats : QueryFeatures
+        feats : QueryFeatures or fastsoftmax.datasets.Features
             N queries.
         k : int, default 10
         exclude : scipy.sparse matrix, shape (N, n_items), optional
@@ -581,7 +605,7 @@ class SoftmaxModel:
 
         Parameters
         ----------
-        feats : QueryFeatures
+        feats : QueryFeatures or fastsoftmax.datasets.Features
             N queries.
         targets : scipy.sparse matrix, shape (N, n_items)
             Their target weights (see :meth:`fit`).
