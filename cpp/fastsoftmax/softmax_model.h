@@ -95,6 +95,10 @@ class SoftmaxModel {
   /// categorical.<name>, bags.<name>, item_embeddings, item_bias.
   std::vector<std::pair<std::string, Parameter*>> parameters();
 
+  /// Calls the loss's prepare() with these (raw) targets and the current item table; fit calls it
+  /// with the training targets (sampled losses build popularity proposals there).
+  void prepare_loss(const TargetsView& targets) { loss_->prepare(targets, item_view()); }
+
   /// Number of optimiser steps taken so far.
   std::int64_t steps() const { return steps_; }
   /// Resets the optimiser state of every parameter (e.g. after loading parameters).
