@@ -110,8 +110,11 @@ class FullSoftmaxLoss final : public Loss {
 
  private:
   std::size_t max_buffer_bytes_;
-  RowMatrixXf logits_;                 // B x n when it fits the budget
-  std::vector<float> row_max_, row_lse_;
+  RowMatrixXf logits_;                     // B x n when it fits the budget
+  std::vector<float> row_max_, row_sum_;   // per item task and row: max logit, sum exp(z - max)
+  std::vector<float> lse_;                 // per row: log-sum-exp over all items
+  std::vector<float> block_max_;           // per item block and row: max of the stored exps
+  std::vector<RowMatrixXf> scaled_psi_;    // per-slot B x d scratch
   std::vector<RowMatrixXf> partial_dpsi_;  // one B x d partial per item task
   std::vector<RowMatrixXf> scratch_;       // per-slot B x block scratch
 };
@@ -127,8 +130,8 @@ class PositivesOnlyLoss final : public Loss {
                           ItemGradient* item_grad) override;
 
  private:
-  std::vector<index_t> order_;  // scratch: target entries sorted by item
-  std::vector<float> dz_;       // scratch: dL/dz per target entry
+  std::vector<float> dz_;          // scratch: dL/dz per target entry
+  std::vector<double> row_loss_;  // scratch: loss per row
 };
 
 }  // namespace fastsoftmax

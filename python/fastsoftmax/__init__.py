@@ -6,11 +6,26 @@ package is a thin, typed, documented API over it.
 
 from __future__ import annotations
 
-from . import _core
+from . import _core, datasets, metrics
+from .evaluation import evaluate
 from .io import load, register_model
+from .retrieval import topk
 from .sampler import AliasSampler
+from .softmax import QueryFeatures, SoftmaxModel
 from .wals import WALS
 
 __version__: str = _core.__version__
 
-__all__ = ["WALS", "AliasSampler", "__version__", "load", "register_model"]
+__all__ = [
+    "WALS",
+    "AliasSampler",
+    "QueryFeatures",
+    "SoftmaxModel",
+    "__version__",
+    "datasets",
+    "evaluate",
+    "load",
+    "metrics",
+    "register_model",
+    "topk",
+]

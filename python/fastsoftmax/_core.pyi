@@ -16,6 +16,63 @@ class AliasSampler:
     def table(self) -> tuple[np.ndarray, np.ndarray]: ...
     def sample(self, size: int, seed: int, num_threads: int) -> np.ndarray: ...
 
+def topk(
+    queries: np.ndarray,
+    items: np.ndarray,
+    k: int,
+    exclude_indptr: np.ndarray | None,
+    exclude_indices: np.ndarray | None,
+    num_threads: int,
+) -> tuple[np.ndarray, np.ndarray]: ...
+def _topk_uses_avx2() -> bool: ...
+def _topk_force_scalar(on: bool) -> None: ...
+
+class SoftmaxData: ...
+
+class SoftmaxModel:
+    def __init__(
+        self,
+        n_items: int,
+        dim: int,
+        hidden: list[int],
+        n_dense: int,
+        categorical_names: list[str],
+        categorical_vocab: list[int],
+        categorical_dim: list[int],
+        bag_names: list[str],
+        bag_vocab: list[int],
+        bag_dim: list[int],
+        pooling: str,
+        item_bias: bool,
+        loss: str,
+        loss_options: dict[str, object],
+        optimizer: str,
+        learning_rate: float,
+        l2: float,
+        batch_size: int,
+        seed: int,
+        num_threads: int,
+    ) -> None: ...
+    def data(
+        self,
+        rows: int,
+        dense: np.ndarray | None,
+        categorical: list[np.ndarray],
+        bags: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+        targets: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    ) -> SoftmaxData: ...
+    def fit_epoch(self, data: SoftmaxData, epoch: int) -> float: ...
+    def query_embeddings(self, data: SoftmaxData) -> np.ndarray: ...
+    def evaluate(
+        self, data: SoftmaxData, seed: int, with_gradients: bool
+    ) -> tuple[float, dict[str, np.ndarray]]: ...
+    def parameters(self) -> dict[str, np.ndarray]: ...
+    def reset_optimizer_state(self) -> None: ...
+    @property
+    def steps(self) -> int: ...
+    @property
+    def loss_name(self) -> str: ...
+
 # WALS (cpp/fastsoftmax/wals.h)
 def wals_gramian(factors: np.ndarray, num_threads: int) -> np.ndarray: ...
 def wals_solve_rows(
@@ -44,3 +101,63 @@ def wals_objective(
     regularization: float,
     num_threads: int,
 ) -> float: ...
+
+# Sampled softmax test hooks (issue 6; the public API is fs.SoftmaxModel(loss="sampled")).
+def _sample_negatives(
+    sampler: str,
+    n_items: int,
+    num_negatives: int,
+    share: bool,
+    hard_pool: int,
+    temperature: float,
+    hard_fraction: float,
+    weights: np.ndarray | None,
+    psi: np.ndarray | None,
+    items: np.ndarray | None,
+    bias: np.ndarray | None,
+    indptr: np.ndarray | None,
+    indices: np.ndarray | None,
+    seed: int,
+    num_threads: int,
+) -> dict[str, np.ndarray | int]: ...
+def _sampled_softmax(
+    psi: np.ndarray,
+    items: np.ndarray,
+    bias: np.ndarray | None,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    weights: np.ndarray,
+    ids: np.ndarray,
+    log_q: np.ndarray,
+    owner: np.ndarray | None,
+    pos_log_q: np.ndarray | None,
+    logq_correction: bool,
+    remove_accidental_hits: bool,
+    gravity: float,
+    grad_scale: float,
+    num_threads: int,
+) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]: ...
+def _sampled_softmax_estimate(
+    sampler: str,
+    num_negatives: int,
+    share: bool,
+    hard_pool: int,
+    temperature: float,
+    hard_fraction: float,
+    sampler_weights: np.ndarray | None,
+    psi: np.ndarray,
+    items: np.ndarray,
+    bias: np.ndarray | None,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    weights: np.ndarray,
+    logq_correction: bool,
+    remove_accidental_hits: bool,
+    gravity: float,
+    grad_scale: float,
+    seed: int,
+    num_threads: int,
+) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]: ...
+def _gravity_exact(
+    psi: np.ndarray, items: np.ndarray, gamma: float, grad_scale: float, num_threads: int
+) -> tuple[float, np.ndarray, np.ndarray]: ...

@@ -1,0 +1,117 @@
+#pragma once
+// Trainable parameters with their optimiser state, embedding tables, and pooled bag lookups.
+//
+// * Parameter: a row-major float32 matrix (a weight matrix, a bias as 1 x m, an embedding table, the
+//   item table V) plus the state of its optimiser. Updates are either dense (all rows; the MLP and
+//   the item table under full softmax) or row-sparse and lazy (only the rows present in a batch;
+//   embedding tables and V under sparse losses). L2 is weight decay on the rows a step touches:
+//   g <- g + l2 * theta, i.e. the gradient of (l2 / 2) ||theta||^2 restricted to those rows.
+//   SGD:     theta -= lr * g
+//   Adagrad: G += g^2; theta -= lr * g / (sqrt(G) + eps)                 (eps = 1e-10, as PyTorch)
+//   Adam:    m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+//            theta -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)   (PyTorch's form; t
+//            counts the steps of this parameter, for lazy rows too, as torch.optim.SparseAdam)
+//   Element updates are independent, so the result does not depend on the thread count.
+// * Bags: row b of a CSR (ids with per-id weights w) is pooled as sum_k c_k T[id_k] with
+//   c_k = w_k (sum), w_k / sum_k w_k (mean), w_k / sqrt(sum_k w_k^2) (sqrtn); an empty bag (or a
+//   zero normaliser) gives the zero vector.
+
+#include <cstdint>
+#include <vector>
+
+#include "fastsoftmax/common.h"
+
+namespace fastsoftmax {
+
+enum class OptimizerKind { kSgd, kAdagrad, kAdam };
+
+struct OptimizerConfig {
+  OptimizerKind kind = OptimizerKind::kAdagrad;
+  float learning_rate = 0.05f;
+  float l2 = 0.0f;
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float adagrad_eps = 1e-10f;
+  float adam_eps = 1e-8f;
+};
+
+/// Parses "sgd" | "adagrad" | "adam"; throws std::invalid_argument naming `optimizer` otherwise.
+OptimizerKind parse_optimizer(const std::string& name);
+
+class Parameter {
+ public:
+  Parameter() = default;
+  Parameter(index_t rows, index_t cols) : value(rows, cols) { value.setZero(); }
+
+  index_t rows() const { return value.rows(); }
+  index_t cols() const { return value.cols(); }
+
+  /// Allocates (zeroed) optimiser state for `config` and resets the step counter.
+  void reset_state(const OptimizerConfig& config);
+
+  /// One step with a dense gradient of the same shape as value (row-major, contiguous).
+  void apply_dense(const float* grad, const OptimizerConfig& config, int num_threads);
+
+  /// One lazy step on rows[0..k) with gradient rows grad[i * cols .. (i+1) * cols) (row ids
+  /// unique). Other rows and their state are untouched.
+  void apply_rows(const index_t* rows, index_t k, const float* grad, const OptimizerConfig& config,
+                  int num_threads);
+
+  RowMatrixXf value;
+  RowMatrixXf state1;  // Adagrad: sum of squares; Adam: first moment
+  RowMatrixXf state2;  // Adam: second moment
+  std::int64_t step = 0;
+};
+
+enum class Pooling { kMean, kSum, kSqrtN };
+
+/// Parses "mean" | "sum" | "sqrtn"; throws std::invalid_argument naming `pooling` otherwise.
+Pooling parse_pooling(const std::string& name);
+
+/// A bag feature: CSR rows of ids with per-id weights (weights may be nullptr: all ones).
+struct BagsView {
+  const index_t* indptr = nullptr;
+  const index_t* indices = nullptr;
+  const float* weights = nullptr;
+};
+
+/// out[b, 0..e) = table[ids[rows[b]]] for b in [0, B), out rows `out_stride` floats apart.
+void embed_categorical(const RowMatrixXf& table, const index_t* ids, const index_t* rows, index_t B,
+                       float* out, index_t out_stride, int num_threads);
+
+/// out[b, 0..e) = pooled bag rows[b] (see the header comment).
+void embed_bags(const RowMatrixXf& table, const BagsView& bags, const index_t* rows, index_t B,
+                Pooling pooling, float* out, index_t out_stride, int num_threads);
+
+/// Accumulates a row-sparse gradient of a table with `vocab` rows and `cols` columns:
+/// add(id, c, g) does grad[id] += c * g. finish() sorts the touched rows ascending. Reusable
+/// across batches without reallocating in steady state.
+class RowGradient {
+ public:
+  void reset(index_t vocab, index_t cols);
+  void add(index_t id, float coef, const float* g);
+  /// Sorts rows ascending (and the gradient rows with them).
+  void finish();
+  index_t size() const { return static_cast<index_t>(rows_.size()); }
+  const std::vector<index_t>& rows() const { return rows_; }
+  const float* grad() const { return grad_.data(); }
+  float* grad_row(index_t i) { return grad_.data() + i * cols_; }
+
+ private:
+  index_t cols_ = 0;
+  std::vector<std::int64_t> slot_;  // vocab entries, -1 when untouched
+  std::vector<index_t> rows_;
+  std::vector<float> grad_;
+  std::vector<index_t> perm_;
+  std::vector<float> sorted_;
+};
+
+/// Backward of embed_categorical: grad[ids[rows[b]]] += dout[b].
+void embed_categorical_backward(const index_t* ids, const index_t* rows, index_t B,
+                                const float* dout, index_t dout_stride, RowGradient* grad);
+
+/// Backward of embed_bags: grad[id_k] += c_k * dout[b] for every entry of bag rows[b].
+void embed_bags_backward(const BagsView& bags, const index_t* rows, index_t B, Pooling pooling,
+                         const float* dout, index_t dout_stride, RowGradient* grad);
+
+}  // namespace fastsoftmax

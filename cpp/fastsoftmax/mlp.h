@@ -1,0 +1,51 @@
+#pragma once
+// The query tower's dense layers: x -> [Linear -> ReLU] * len(hidden) -> Linear -> psi (dim).
+//
+// Layer l maps a B x in_l activation A_l to A_{l+1} = A_l W_l + b_l (W_l is in_l x out_l, row-major,
+// as x @ W in NumPy), followed by ReLU on every layer but the last. Work is split into fixed chunks
+// of rows (forward, input gradient) or of output columns (weight gradient), so every output element
+// is computed by the same sequence of operations whatever the thread count.
+
+#include <vector>
+
+#include "fastsoftmax/common.h"
+#include "fastsoftmax/embedding.h"
+
+namespace fastsoftmax {
+
+class Mlp {
+ public:
+  Mlp() = default;
+  /// sizes = {input, hidden..., output}; at least two entries.
+  explicit Mlp(const std::vector<index_t>& sizes);
+
+  index_t num_layers() const { return static_cast<index_t>(weights.size()); }
+  index_t input_dim() const { return sizes_.front(); }
+  index_t output_dim() const { return sizes_.back(); }
+  const std::vector<index_t>& sizes() const { return sizes_; }
+
+  /// Per-batch activations; acts[0] is the input (filled by the caller, B x input_dim).
+  struct Workspace {
+    std::vector<RowMatrixXf> acts;   // acts[l]: B x sizes[l]
+    std::vector<RowMatrixXf> grads;  // grads[l]: gradient w.r.t. acts[l] (pre-ReLU for l > 0)
+    /// Sizes the buffers for B rows (no reallocation when B does not grow).
+    void resize(const Mlp& mlp, index_t B);
+    index_t rows = 0;
+  };
+
+  /// acts[1..L] from acts[0] for the first `B` rows.
+  void forward(Workspace& ws, int num_threads) const;
+
+  /// Given dL/dpsi in ws.grads[L], back-propagates: writes ws.grads[0] (dL/dinput) and ADDS the
+  /// weight and bias gradients to dW[l] / db[l] (zero them first for a fresh gradient).
+  void backward(Workspace& ws, std::vector<RowMatrixXf>& dW, std::vector<RowMatrixXf>& db,
+                int num_threads) const;
+
+  std::vector<Parameter> weights;  // in_l x out_l
+  std::vector<Parameter> biases;   // 1 x out_l
+
+ private:
+  std::vector<index_t> sizes_;
+};
+
+}  // namespace fastsoftmax

@@ -1,0 +1,254 @@
+// Bindings of the softmax DNN: the model (parameters as numpy views of its own buffers), a data
+// object that checks and pins the arrays of one fit / predict call, and the loss factory.
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "binding_utils.h"
+#include "fastsoftmax/softmax_loss.h"
+#include "fastsoftmax/softmax_model.h"
+#include "sampled_loss_factory.h"
+
+namespace fastsoftmax::py {
+namespace {
+
+/// Builds the Loss named `loss`; `options` carries the kind's settings (unused keys are an error).
+std::unique_ptr<Loss> make_loss(const std::string& loss, const pyb::dict& all_options,
+                                index_t n_items) {
+  // Sampled softmax and gravity (sampled_loss_factory.h).
+  if (loss == "sampled") return make_sampled_loss(n_items, all_options);
+  double gravity = 0.0;
+  index_t gravity_samples = 0;
+  const pyb::dict options = pop_gravity_options(all_options, &gravity, &gravity_samples);
+  auto reject_other_options = [&](std::size_t used) {
+    if (options.size() != used) {
+      throw std::invalid_argument(str_cat("loss_options: unexpected options for loss '", loss,
+                                          "': ", std::string(pyb::str(options))));
+    }
+  };
+  if (loss == "full") {
+    // max_buffer_bytes: B x n logits are stored (not recomputed) when they fit (tests use 0).
+    std::size_t used = 0;
+    std::size_t budget = std::size_t{512} << 20;
+    if (options.contains("max_buffer_bytes")) {
+      budget = options["max_buffer_bytes"].cast<std::size_t>();
+      ++used;
+    }
+    reject_other_options(used);
+    return with_gravity(std::make_unique<FullSoftmaxLoss>(budget), gravity, gravity_samples);
+  }
+  if (loss == "positives") {
+    reject_other_options(0);
+    return with_gravity(std::make_unique<PositivesOnlyLoss>(), gravity, gravity_samples);
+  }
+  throw std::invalid_argument(
+      str_cat("loss: expected one of 'full', 'positives', 'sampled', got '", loss, "'"));
+}
+
+/// Query features (and optionally targets) of one call, checked against a model and pinned.
+struct SoftmaxData {
+  FeaturesView features;
+  TargetsView targets;
+  bool has_targets = false;
+  std::vector<pyb::object> keep_alive;
+};
+
+SoftmaxData make_data(SoftmaxModel& model, index_t rows, pyb::handle dense,
+                      const std::vector<pyb::handle>& categorical,
+                      const std::vector<pyb::tuple>& bags, pyb::handle targets) {
+  const auto& schema = model.config().features;
+  SoftmaxData d;
+  if (rows < 0) throw std::invalid_argument(str_cat("rows: expected >= 0, got ", rows));
+  d.features.rows = rows;
+  if (!dense.is_none()) {
+    auto a = require_array<float>(dense, "dense", 2);
+    if (a.shape(0) != rows || a.shape(1) != schema.n_dense) {
+      throw std::invalid_argument(str_cat("dense: expected shape (", rows, ", ", schema.n_dense,
+                                          "), got (", a.shape(0), ", ", a.shape(1), ")"));
+    }
+    d.features.dense = a.data();
+    d.keep_alive.push_back(a);
+  } else if (schema.n_dense > 0) {
+    throw std::invalid_argument(
+        str_cat("dense: the model expects ", schema.n_dense, " dense features, got None"));
+  }
+  for (std::size_t i = 0; i < categorical.size(); ++i) {
+    auto a = require_array<std::int64_t>(categorical[i], "categorical", 1);
+    if (a.shape(0) != rows) {
+      throw std::invalid_argument(str_cat("categorical: expected ", rows, " ids, got ", a.shape(0)));
+    }
+    d.features.categorical.push_back(a.data());
+    d.keep_alive.push_back(a);
+  }
+  auto csr = [&](const pyb::tuple& t, const char* name, index_t expected_rows) {
+    if (t.size() != 3) throw std::invalid_argument(str_cat(name, ": expected (indptr, indices, weights)"));
+    auto indptr = require_array<std::int64_t>(t[0], name, 1);
+    auto indices = require_array<std::int64_t>(t[1], name, 1);
+    if (indptr.shape(0) != expected_rows + 1) {
+      throw std::invalid_argument(str_cat(name, ": expected ", expected_rows,
+                                          " rows, got ", indptr.shape(0) - 1));
+    }
+    const index_t nnz = indptr.data()[expected_rows];
+    if (indptr.data()[0] != 0 || nnz < 0 || nnz > indices.shape(0)) {
+      throw std::invalid_argument(str_cat(name, ": inconsistent indptr"));
+    }
+    BagsView v{indptr.data(), indices.data(), nullptr};
+    d.keep_alive.push_back(indptr);
+    d.keep_alive.push_back(indices);
+    if (!t[2].is_none()) {
+      auto w = require_array<float>(t[2], name, 1);
+      if (w.shape(0) < nnz) throw std::invalid_argument(str_cat(name, ": too few weights"));
+      v.weights = w.data();
+      d.keep_alive.push_back(w);
+    }
+    return v;
+  };
+  for (const auto& b : bags) d.features.bags.push_back(csr(b, "bags", rows));
+  model.check_features(d.features);
+  if (!targets.is_none()) {
+    const auto t = pyb::reinterpret_borrow<pyb::tuple>(targets);
+    const BagsView v = csr(t, "targets", rows);
+    if (v.weights == nullptr) throw std::invalid_argument("targets: expected weights");
+    d.targets = TargetsView{rows, v.indptr, v.indices, v.weights};
+    d.has_targets = true;
+    model.check_targets(d.targets, rows);
+  }
+  return d;
+}
+
+pyb::array_t<float> view_of(Parameter& p, bool vector, pyb::handle owner) {
+  if (vector) {
+    return pyb::array_t<float>({static_cast<pyb::ssize_t>(p.value.size())},
+                               {static_cast<pyb::ssize_t>(sizeof(float))}, p.value.data(), owner);
+  }
+  return pyb::array_t<float>(
+      {static_cast<pyb::ssize_t>(p.rows()), static_cast<pyb::ssize_t>(p.cols())},
+      {static_cast<pyb::ssize_t>(p.cols() * sizeof(float)), static_cast<pyb::ssize_t>(sizeof(float))},
+      p.value.data(), owner);
+}
+
+bool is_vector_param(const std::string& name) {
+  return name == "item_bias" || (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0);
+}
+
+}  // namespace
+
+void bind_softmax_model(pyb::module_& m) {
+  pyb::class_<SoftmaxData>(m, "SoftmaxData");
+
+  pyb::class_<SoftmaxModel>(m, "SoftmaxModel")
+      .def(pyb::init([](index_t n_items, index_t dim, std::vector<index_t> hidden, index_t n_dense,
+                        std::vector<std::string> categorical_names,
+                        std::vector<index_t> categorical_vocab,
+                        std::vector<index_t> categorical_dim, std::vector<std::string> bag_names,
+                        std::vector<index_t> bag_vocab, std::vector<index_t> bag_dim,
+                        const std::string& pooling, bool item_bias, const std::string& loss,
+                        const pyb::dict& loss_options, const std::string& optimizer,
+                        float learning_rate, float l2, index_t batch_size, std::uint64_t seed,
+                        int num_threads) {
+             SoftmaxModelConfig c;
+             c.n_items = n_items;
+             c.dim = dim;
+             c.hidden = std::move(hidden);
+             c.features = FeatureSchema{n_dense,         std::move(categorical_names),
+                                        std::move(categorical_vocab), std::move(categorical_dim),
+                                        std::move(bag_names),         std::move(bag_vocab),
+                                        std::move(bag_dim)};
+             c.pooling = parse_pooling(pooling);
+             c.item_bias = item_bias;
+             c.optimizer.kind = parse_optimizer(optimizer);
+             c.optimizer.learning_rate = learning_rate;
+             c.optimizer.l2 = l2;
+             c.batch_size = batch_size;
+             c.seed = seed;
+             resolve_num_threads(num_threads);  // throws for < 0
+             c.num_threads = num_threads;
+             auto l = make_loss(loss, loss_options, n_items);
+             ReleaseGil release;
+             return new SoftmaxModel(c, std::move(l));
+           }),
+           pyb::arg("n_items"), pyb::arg("dim"), pyb::arg("hidden"), pyb::arg("n_dense"),
+           pyb::arg("categorical_names"), pyb::arg("categorical_vocab"),
+           pyb::arg("categorical_dim"), pyb::arg("bag_names"), pyb::arg("bag_vocab"),
+           pyb::arg("bag_dim"), pyb::arg("pooling"), pyb::arg("item_bias"), pyb::arg("loss"),
+           pyb::arg("loss_options"), pyb::arg("optimizer"), pyb::arg("learning_rate"),
+           pyb::arg("l2"), pyb::arg("batch_size"), pyb::arg("seed"), pyb::arg("num_threads"))
+      .def(
+          "data",
+          [](SoftmaxModel& self, index_t rows, pyb::handle dense,
+             const std::vector<pyb::handle>& categorical, const std::vector<pyb::tuple>& bags,
+             pyb::handle targets) { return make_data(self, rows, dense, categorical, bags, targets); },
+          pyb::arg("rows"), pyb::arg("dense"), pyb::arg("categorical"), pyb::arg("bags"),
+          pyb::arg("targets"),
+          "Checks features (and targets: (indptr, indices, weights) or None) and pins them.")
+      .def(
+          "fit_epoch",
+          [](SoftmaxModel& self, const SoftmaxData& d, std::int64_t epoch) {
+            if (!d.has_targets) throw std::invalid_argument("targets: required for fit");
+            ReleaseGil release;
+            return self.fit_epoch(d.features, d.targets, epoch);
+          },
+          pyb::arg("data"), pyb::arg("epoch"))
+      .def(
+          "query_embeddings",
+          [](SoftmaxModel& self, const SoftmaxData& d) {
+            pyb::array_t<float> out({static_cast<pyb::ssize_t>(d.features.rows),
+                                     static_cast<pyb::ssize_t>(self.config().dim)});
+            float* p = out.mutable_data();
+            {
+              ReleaseGil release;
+              self.query_embeddings(d.features, p);
+            }
+            return out;
+          },
+          pyb::arg("data"))
+      .def(
+          "evaluate",
+          [](SoftmaxModel& self, const SoftmaxData& d, std::uint64_t seed, bool with_gradients) {
+            if (!d.has_targets) throw std::invalid_argument("targets: required");
+            std::vector<RowMatrixXf> grads;
+            double loss;
+            {
+              ReleaseGil release;
+              loss = self.evaluate(d.features, d.targets, seed, with_gradients ? &grads : nullptr);
+            }
+            pyb::dict out;
+            if (with_gradients) {
+              auto params = self.parameters();
+              for (std::size_t i = 0; i < params.size(); ++i) {
+                const auto& g = grads[i];
+                pyb::array_t<float> a({static_cast<pyb::ssize_t>(g.rows()),
+                                       static_cast<pyb::ssize_t>(g.cols())});
+                std::copy_n(g.data(), g.size(), a.mutable_data());
+                out[pyb::str(params[i].first)] =
+                    is_vector_param(params[i].first) ? a.attr("reshape")(-1) : pyb::object(a);
+              }
+            }
+            return pyb::make_tuple(loss, out);
+          },
+          pyb::arg("data"), pyb::arg("seed"), pyb::arg("with_gradients"))
+      .def("parameters",
+           [](pyb::object self_obj) {
+             auto& self = self_obj.cast<SoftmaxModel&>();
+             pyb::dict out;
+             for (auto& [name, p] : self.parameters()) {
+               out[pyb::str(name)] = view_of(*p, is_vector_param(name), self_obj);
+             }
+             return out;
+           })
+      .def(
+          "prepare_loss",
+          [](SoftmaxModel& self, const SoftmaxData& d) {
+            if (!d.has_targets) throw std::invalid_argument("targets: required");
+            ReleaseGil release;
+            self.prepare_loss(d.targets);
+          },
+          pyb::arg("data"), "Loss::prepare with these targets (e.g. item popularity).")
+      .def("reset_optimizer_state", &SoftmaxModel::reset_optimizer_state)
+      .def_property_readonly("steps", &SoftmaxModel::steps)
+      .def_property_readonly("loss_name", [](const SoftmaxModel& s) { return s.loss_function().name(); });
+}
+
+}  // namespace fastsoftmax::py

@@ -1,0 +1,729 @@
+"""The softmax DNN: query features -> MLP -> psi(x); item table V; softmax cross-entropy.
+
+The whole training loop runs in C++ (``fastsoftmax._core.SoftmaxModel``) with the GIL released;
+:meth:`SoftmaxModel.fit` hands the data over once and gets control back at every epoch boundary
+(progress bar, validation, callback, Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import _core
+from ._sampled_options import SampledOptions
+from ._validation import (
+    as_real_array,
+    check_choice,
+    check_int,
+    check_num_threads,
+    check_seed,
+)
+from .io import register_model, save_arrays
+
+__all__ = ["QueryFeatures", "SoftmaxModel"]
+
+_LOSSES = ("full", "positives", "sampled")
+_OPTIMIZERS = ("sgd", "adagrad", "adam")
+_POOLINGS = ("mean", "sum", "sqrtn")
+_MODEL_TYPE = "SoftmaxModel"
+
+
+def _as_csr(value: object, name: str) -> sp.csr_array | sp.csr_matrix:
+    """A CSR copy-on-need of a scipy sparse matrix with float32 data and int64 index arrays."""
+    if not sp.issparse(value):
+        raise TypeError(
+            f"{name}: expected a scipy.sparse matrix (rows x vocabulary), got {type(value).__name__}"
+        )
+    m = value.tocsr()
+    if m.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: expected real values, got dtype {m.dtype}")
+    return m
+
+
+def _csr_arrays(m: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(indptr int64, indices int64, data float32), copying only what needs converting."""
+    return (
+        np.ascontiguousarray(m.indptr, dtype=np.int64),
+        np.ascontiguousarray(m.indices, dtype=np.int64),
+        np.ascontiguousarray(m.data, dtype=np.float32),
+    )
+
+
+def _named(value: object, name: str, prefix: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        out = {}
+        for key, v in value.items():
+            if not isinstance(key, str) or not key:
+                raise TypeError(f"{name}: expected non-empty string keys, got {key!r}")
+            out[key] = v
+        return out
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return {f"{prefix}{i}": v for i, v in enumerate(value)}
+    raise TypeError(
+        f"{name}: expected a dict name -> values (or a list), got {type(value).__name__}"
+    )
+
+
+class QueryFeatures:
+    """The features of N queries: dense columns, categorical ids and bags of ids.
+
+    Parameters
+    ----------
+    dense : array_like, shape (N, F), optional
+        Dense real features, converted to C-contiguous float32 (no copy if they already are).
+        Must be finite.
+    categorical : dict str -> array_like of int, shape (N,), optional
+        One column of ids per categorical feature; each feature gets its own embedding table. A
+        list is accepted too (names ``"categorical_0"``, ...). Ids must be >= 0.
+    bags : dict str -> scipy.sparse matrix, shape (N, vocabulary), optional
+        One bag of ids per row (e.g. watch history), each feature with its own embedding table;
+        the stored values are per-id weights (use 1 for an unweighted bag). A list is accepted
+        too (names ``"bag_0"``, ...). The vocabulary size is the matrix's column count.
+
+    Raises
+    ------
+    TypeError
+        For non-numeric input or a bag that is not a scipy sparse matrix.
+    ValueError
+        If the features disagree on N, no feature is given, or a value is not finite.
+    IndexError
+        For a negative categorical id.
+    """
+
+    def __init__(
+        self,
+        dense: np.typing.ArrayLike | None = None,
+        categorical: Mapping[str, np.typing.ArrayLike] | Sequence | None = None,
+        bags: Mapping[str, Any] | Sequence | None = None,
+    ) -> None:
+        sizes: dict[str, int] = {}
+        self.dense: np.ndarray | None = None
+        if dense is not None:
+            self.dense = as_real_array(dense, "dense", dtype=np.float32, ndim=2)
+            if not np.isfinite(self.dense).all():
+                raise ValueError("dense: expected finite values, got NaN or inf")
+            sizes["dense"] = self.dense.shape[0]
+        self.categorical: dict[str, np.ndarray] = {}
+        for key, v in _named(categorical, "categorical", "categorical_").items():
+            arr = np.asarray(v)
+            if arr.dtype.kind not in "iu":
+                raise TypeError(f"categorical '{key}': expected integer ids, got dtype {arr.dtype}")
+            if arr.ndim != 1:
+                raise ValueError(
+                    f"categorical '{key}': expected a 1-D array, got shape {arr.shape}"
+                )
+            arr = np.ascontiguousarray(arr, dtype=np.int64)
+            if len(arr) and arr.min() < 0:
+                raise IndexError(f"categorical '{key}': expected ids >= 0, got {arr.min()}")
+            self.categorical[key] = arr
+            sizes[f"categorical '{key}'"] = len(arr)
+        self.bags: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.bag_vocab: dict[str, int] = {}
+        for key, v in _named(bags, "bags", "bag_").items():
+            m = _as_csr(v, f"bags '{key}'")
+            indptr, indices, data = _csr_arrays(m)
+            if not np.isfinite(data).all():
+                raise ValueError(f"bags '{key}': expected finite weights, got NaN or inf")
+            self.bags[key] = (indptr, indices, data)
+            self.bag_vocab[key] = int(m.shape[1])
+            sizes[f"bags '{key}'"] = int(m.shape[0])
+        if not sizes:
+            raise ValueError("QueryFeatures: expected at least one of dense, categorical, bags")
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"QueryFeatures: features disagree on the number of rows: {sizes}")
+        self.n_rows: int = next(iter(sizes.values()))
+        #: Default table sizes per feature name (filled from ``fs.datasets.Features``).
+        self.cardinalities: dict[str, int] = {}
+
+    @classmethod
+    def from_features(cls, features: Any) -> QueryFeatures:
+        """Wrap a :class:`fastsoftmax.datasets.Features` (its ``cardinalities`` become the default
+        table sizes of the model built from it)."""
+        q = cls(
+            dense=features.dense,
+            categorical=features.categorical or None,
+            bags=features.bags or None,
+        )
+        q.cardinalities = {str(k): int(v) for k, v in features.cardinalities.items()}
+        return q
+
+    def __len__(self) -> int:
+        """Number of rows N."""
+        return self.n_rows
+
+    def __repr__(self) -> str:
+        f = 0 if self.dense is None else self.dense.shape[1]
+        return (
+            f"QueryFeatures(n_rows={self.n_rows}, dense={f}, "
+            f"categorical={list(self.categorical)}, bags={list(self.bags)})"
+        )
+
+
+def _as_query_features(feats: object, name: str = "feats") -> QueryFeatures:
+    """QueryFeatures as is; a ``fs.datasets.Features`` wrapped; anything else a TypeError."""
+    if isinstance(feats, QueryFeatures):
+        return feats
+    if all(hasattr(feats, a) for a in ("dense", "categorical", "bags", "cardinalities")):
+        return QueryFeatures.from_features(feats)
+    raise TypeError(
+        f"{name}: expected fs.QueryFeatures (or fs.datasets.Features), got {type(feats).__name__}"
+    )
+
+
+def _targets_arrays(
+    targets: object, n_rows: int, n_items: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Canonical CSR (sorted, duplicates summed, explicit zeros dropped) of the targets."""
+    m = _as_csr(targets, "targets")
+    if m.shape[0] != n_rows:
+        raise ValueError(
+            f"targets: expected {n_rows} rows (one per feature row), got shape {m.shape}"
+        )
+    if m.shape[1] != n_items:
+        raise ValueError(f"targets: expected {n_items} columns (n_items), got shape {m.shape}")
+    if not m.has_canonical_format or (m.nnz and (m.data == 0).any()):
+        m = m.copy()
+        m.sum_duplicates()
+        m.eliminate_zeros()
+    return _csr_arrays(m)
+
+
+class SoftmaxModel:
+    """Softmax DNN for retrieval: query tower psi(x), item table V, softmax over all items.
+
+    The query tower concatenates the dense features, one embedding per categorical feature and
+    one pooled embedding per bag feature, then applies ``len(hidden)`` ReLU layers and a linear
+    layer to ``dim``. Item ``j``'s score for query x is ``psi(x) . V_j`` (+ ``b_j`` with
+    ``item_bias``). Training minimises the cross-entropy between each row's target distribution
+    (its target weights normalised to sum 1) and the softmax of the scores.
+
+    Parameters
+    ----------
+    n_items : int
+        Number of items n (>= 1).
+    hidden : sequence of int, default (256, 128)
+        Sizes of the ReLU layers (may be empty: a linear tower).
+    dim : int, default 64
+        Embedding dimension d of psi(x) and of V.
+    embedding_dim : int or dict str -> int, default 32
+        Embedding size of every categorical / bag feature, or per feature name.
+    pooling : {"mean", "sum", "sqrtn"}, default "mean"
+        How a bag's embeddings are combined, with per-id weights w: ``sum_k w_k e_k`` divided by
+        ``sum_k w_k`` (mean), 1 (sum) or ``sqrt(sum_k w_k^2)`` (sqrtn). An empty bag gives 0.
+    loss : {"full", "positives", "sampled"}, default "full"
+        ``"full"``: exact softmax over all n items (gradient touches every item).
+        ``"positives"``: softmax restricted to each row's positives (positives-only training:
+        cheap, but prone to folding).
+        ``"sampled"``: sampled softmax over each row's positives and ``num_negatives`` negatives
+        drawn from ``sampler`` (options below; the item gradient touches the candidates only).
+    optimizer : {"sgd", "adagrad", "adam"}, default "adagrad"
+        Dense updates for the MLP; lazy row-sparse updates for the embedding tables, and for V
+        when the loss gives a row-sparse gradient. Adagrad/Adam follow PyTorch's formulas.
+    learning_rate : float, default 0.05
+    l2 : float, default 0.0
+        Weight decay: ``l2 * theta`` is added to the gradient of every parameter row a step
+        updates (lazily for sparse rows). Not part of :meth:`loss` / :meth:`gradients`.
+    batch_size : int, default 256
+    epochs : int, default 10
+        Epochs per :meth:`fit` call (each call continues from the current parameters).
+    num_threads : int, default 0
+        Threads of the C++ pool; 0 means all cores. Results are bit-identical for a fixed seed and
+        thread count.
+    seed : int, default 0
+        Seeds the initialisation and the shuffling.
+    item_bias : bool, default False
+        Learn a bias per item.
+    vocab_sizes : dict str -> int, optional
+        Table sizes of categorical / bag features; by default taken from the data at the first
+        :meth:`fit` (categorical: max id + 1; bags: the matrix's column count). An id outside its
+        table at predict time raises IndexError (there is no out-of-vocabulary bucket).
+    num_negatives : int, default 256
+        ``loss="sampled"``: negatives m per batch (shared) or per row. With ``gravity`` and
+        ``loss="positives"``: the uniform rows the item Gramian is estimated on.
+    sampler : {"uniform", "popularity", "weights", "in_batch", "score"}, default "uniform"
+        Proposal Q of the negatives: uniform; an alias table over the training item counts
+        ``** sampler_alpha`` (counts of rows with the item as a positive, taken at each
+        :meth:`fit`); an alias table over ``sampler_weights``; the other rows' positives of the
+        batch (Q = the items' positive-entry frequency in the training targets; ``num_negatives``
+        is ignored); or hard negatives ``Q_b(j) ~ exp(score_bj / temperature)`` (below).
+    sampler_alpha : float, default 0.75
+    sampler_weights : array_like, shape (n_items,), optional
+        Non-negative weights for ``sampler="weights"``; with ``sampler="score"``, the proposal of
+        the candidate pool (uniform otherwise).
+    share_negatives : bool, default True
+        One set of negatives per batch (their logits are one B x m GEMM) or one per row. The shared
+        score proposal is the batch mixture ``mean_b Q_b``.
+    hard_pool : int or None, default 2048
+        ``sampler="score"``: ``None`` samples exactly from all n scores (a full forward pass: the
+        reference mode); an int M resamples m of M pool candidates with weights
+        ``exp(score / T) / Q0`` (sampling-importance-resampling). The logQ correction then uses
+        the implied ``Q_b(j) = exp(score_bj / T) / Zhat_b`` with ``Zhat_b`` the pool's
+        importance-sampling estimate of the normaliser, an O(1/M) approximation.
+    temperature : float, default 1.0
+    hard_fraction : float, default 1.0
+        Share of the m negatives drawn by the score sampler; the rest are uniform (the correction
+        uses the mixture).
+    logq_correction : bool, default True
+        Subtract ``log(m Q(j))`` (the expected count) from every sampled logit, so that the
+        expected gradient approaches the full softmax's as m grows.
+    remove_accidental_hits : bool, default True
+        Mask sampled negatives equal to one of the row's positives. (Positives, then in the
+        candidate set exactly once, are not corrected; with hits kept, a positive and its hits
+        are corrected by ``log(1 + m Q(j))``.)
+    gravity : float, default 0.0
+        Coefficient of the gravity term ``<Psi^T Psi / B, V^T V / n>_F`` (any loss): exact for
+        ``"full"``; ``V^T V / n`` estimated on the sampled rows (``"sampled"``) or on
+        ``num_negatives`` uniform rows (``"positives"``).
+
+    Attributes
+    ----------
+    parameters : dict str -> numpy.ndarray
+        Writable float32 views of the model's own parameter arrays (after the first fit).
+    item_embeddings : numpy.ndarray, float32, shape (n_items, dim)
+        Read-only view of V.
+
+    Notes
+    -----
+    Rows of the targets without any positive weight are an error (drop them before fitting).
+    Parameters are initialised at the first :meth:`fit`, when the feature schema is known.
+    """
+
+    def __init__(
+        self,
+        n_items: int,
+        *,
+        hidden: Sequence[int] = (256, 128),
+        dim: int = 64,
+        embedding_dim: int | Mapping[str, int] = 32,
+        pooling: str = "mean",
+        loss: str = "full",
+        optimizer: str = "adagrad",
+        learning_rate: float = 0.05,
+        l2: float = 0.0,
+        batch_size: int = 256,
+        epochs: int = 10,
+        num_threads: int = 0,
+        seed: int = 0,
+        item_bias: bool = False,
+        vocab_sizes: Mapping[str, int] | None = None,
+        num_negatives: int = 256,
+        sampler: str = "uniform",
+        sampler_alpha: float = 0.75,
+        sampler_weights: Any = None,
+        share_negatives: bool = True,
+        hard_pool: int | None = 2048,
+        temperature: float = 1.0,
+        hard_fraction: float = 1.0,
+        logq_correction: bool = True,
+        remove_accidental_hits: bool = True,
+        gravity: float = 0.0,
+    ) -> None:
+        self.n_items = check_int(n_items, "n_items", minimum=1)
+        if isinstance(hidden, numbers.Integral):
+            hidden = (hidden,)
+        self.hidden = tuple(check_int(h, "hidden", minimum=1) for h in hidden)
+        self.dim = check_int(dim, "dim", minimum=1)
+        if isinstance(embedding_dim, Mapping):
+            self.embedding_dim: int | dict[str, int] = {
+                str(k): check_int(v, f"embedding_dim['{k}']", minimum=1)
+                for k, v in embedding_dim.items()
+            }
+        else:
+            self.embedding_dim = check_int(embedding_dim, "embedding_dim", minimum=1)
+        self.pooling = check_choice(pooling, "pooling", _POOLINGS)
+        self.loss_kind = check_choice(loss, "loss", _LOSSES)
+        self.optimizer = check_choice(optimizer, "optimizer", _OPTIMIZERS)
+        self.learning_rate = _check_float(learning_rate, "learning_rate", positive=True)
+        self.l2 = _check_float(l2, "l2")
+        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
+        self.epochs = check_int(epochs, "epochs", minimum=0)
+        self.num_threads = check_num_threads(num_threads)
+        self.seed = check_seed(seed)
+        if not isinstance(item_bias, bool | np.bool_):
+            raise TypeError(f"item_bias: expected a bool, got {type(item_bias).__name__}")
+        self.item_bias = bool(item_bias)
+        self.vocab_sizes = {
+            str(k): check_int(v, f"vocab_sizes['{k}']", minimum=1)
+            for k, v in (vocab_sizes or {}).items()
+        }
+        self._sampled = SampledOptions(
+            self.n_items,
+            num_negatives=num_negatives,
+            sampler=sampler,
+            sampler_alpha=sampler_alpha,
+            sampler_weights=sampler_weights,
+            share_negatives=share_negatives,
+            hard_pool=hard_pool,
+            temperature=temperature,
+            hard_fraction=hard_fraction,
+            logq_correction=logq_correction,
+            remove_accidental_hits=remove_accidental_hits,
+            gravity=gravity,
+        )
+        self._impl: Any = None
+        self._schema: dict[str, Any] | None = None
+        self._epoch = 0
+        self.history: list[dict[str, float]] = []
+
+    # -- building --------------------------------------------------------------------------------
+    def _loss_options(self) -> dict[str, Any]:
+        return self._sampled.loss_options(self.loss_kind)
+
+    def _feature_dim(self, name: str) -> int:
+        if isinstance(self.embedding_dim, dict):
+            if name not in self.embedding_dim:
+                raise ValueError(f"embedding_dim: no dimension given for feature '{name}'")
+            return self.embedding_dim[name]
+        return self.embedding_dim
+
+    def _build(self, feats: QueryFeatures) -> None:
+        cat_vocab = []
+        for name, ids in feats.categorical.items():
+            seen = int(ids.max()) + 1 if len(ids) else 1
+            v = self.vocab_sizes.get(name, max(seen, feats.cardinalities.get(name, seen)))
+            if v < seen:
+                raise IndexError(
+                    f"categorical '{name}': id {seen - 1} is outside vocab_sizes['{name}'] = {v}"
+                )
+            cat_vocab.append(v)
+        bag_vocab = []
+        for name in feats.bags:
+            seen = feats.bag_vocab[name]
+            v = self.vocab_sizes.get(name, max(seen, feats.cardinalities.get(name, seen)))
+            if v < seen:
+                raise ValueError(
+                    f"bags '{name}': {seen} columns exceed vocab_sizes['{name}'] = {v}"
+                )
+            bag_vocab.append(v)
+        schema = {
+            "n_dense": 0 if feats.dense is None else int(feats.dense.shape[1]),
+            "categorical_names": list(feats.categorical),
+            "categorical_vocab": cat_vocab,
+            "categorical_dim": [self._feature_dim(k) for k in feats.categorical],
+            "bag_names": list(feats.bags),
+            "bag_vocab": bag_vocab,
+            "bag_dim": [self._feature_dim(k) for k in feats.bags],
+        }
+        self._impl = self._make_impl(schema)
+        self._schema = schema
+
+    def _make_impl(self, schema: dict[str, Any]) -> Any:
+        return _core.SoftmaxModel(
+            n_items=self.n_items,
+            dim=self.dim,
+            hidden=list(self.hidden),
+            **schema,
+            pooling=self.pooling,
+            item_bias=self.item_bias,
+            loss=self.loss_kind,
+            loss_options=self._loss_options(),
+            optimizer=self.optimizer,
+            learning_rate=self.learning_rate,
+            l2=self.l2,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            num_threads=self.num_threads,
+        )
+
+    def _require_built(self) -> None:
+        if self._impl is None:
+            raise RuntimeError("SoftmaxModel: not fitted yet (call fit first)")
+
+    def _data(self, feats: object, targets: object = None, *, name: str = "feats") -> Any:
+        feats = _as_query_features(feats, name)
+        s = self._schema
+        assert s is not None
+        f = 0 if feats.dense is None else feats.dense.shape[1]
+        if f != s["n_dense"]:
+            raise ValueError(f"{name}: expected {s['n_dense']} dense features, got {f}")
+        for kind, have, want in (
+            ("categorical", list(feats.categorical), s["categorical_names"]),
+            ("bags", list(feats.bags), s["bag_names"]),
+        ):
+            if sorted(have) != sorted(want):
+                raise ValueError(f"{name}: expected {kind} features {want}, got {have}")
+        for i, key in enumerate(s["bag_names"]):
+            if feats.bag_vocab[key] > s["bag_vocab"][i]:
+                raise IndexError(
+                    f"bags '{key}': {feats.bag_vocab[key]} columns, but the table has "
+                    f"{s['bag_vocab'][i]} rows"
+                )
+        t = None
+        if targets is not None:
+            t = _targets_arrays(targets, feats.n_rows, self.n_items)
+        return self._impl.data(
+            feats.n_rows,
+            feats.dense,
+            [feats.categorical[k] for k in s["categorical_names"]],
+            [feats.bags[k] for k in s["bag_names"]],
+            t,
+        )
+
+    # -- training --------------------------------------------------------------------------------
+    def fit(
+        self,
+        feats: QueryFeatures,
+        targets: Any,
+        *,
+        validation: tuple[QueryFeatures, Any] | None = None,
+        show_progress: bool = True,
+        callback: Callable[[int, SoftmaxModel, dict[str, float]], Any] | None = None,
+    ) -> SoftmaxModel:
+        """Train for ``epochs`` epochs (continuing from the current parameters).
+
+        Parameters
+        ----------
+        feats : QueryFeatures or fastsoftmax.datasets.Features
+            Features of the N training queries.
+        targets : scipy.sparse matrix, shape (N, n_items)
+            Non-negative target weights; row b is normalised to the distribution p_b. Every row
+            needs at least one positive weight.
+        validation : (QueryFeatures, scipy.sparse matrix), optional
+            Held-out queries and their items: ``logs["recall@10"]`` is reported every epoch.
+        show_progress : bool, default True
+            Show a tqdm progress bar over epochs.
+        callback : callable, optional
+            ``callback(epoch, model, logs)`` after each epoch; returning True stops training.
+
+        Returns
+        -------
+        SoftmaxModel
+            self. ``self.history`` gets one ``logs`` dict per epoch (``"loss"``: mean training
+            loss over the epoch, ``"recall@10"`` with validation).
+
+        Raises
+        ------
+        TypeError, ValueError, IndexError
+            For malformed features or targets (wrong types, shapes, N mismatch, negative or
+            non-finite targets, a row without positives, ids outside their tables).
+        """
+        feats = _as_query_features(feats)
+        if self._impl is None:
+            # Check the targets before building (their errors should not depend on build order).
+            _targets_arrays(targets, feats.n_rows, self.n_items)
+            self._build(feats)
+        data = self._data(feats, targets)
+        self._impl.prepare_loss(data)  # e.g. the popularity proposal of loss="sampled"
+        val = None
+        if validation is not None:
+            if not isinstance(validation, tuple) or len(validation) != 2:
+                raise TypeError("validation: expected a tuple (QueryFeatures, targets)")
+            val_targets = _as_csr(validation[1], "validation targets")
+            val_feats = _as_query_features(validation[0], "validation features")
+            self._data(val_feats, None, name="validation features")
+            val = (val_feats, val_targets)
+        epochs = range(self.epochs)
+        bar = None
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.epochs, desc="fit", unit="epoch")
+        try:
+            for epoch in epochs:
+                loss = self._impl.fit_epoch(data, self._epoch)
+                self._epoch += 1
+                logs = {"loss": float(loss)}
+                if val is not None:
+                    logs["recall@10"] = self._recall_at_10(*val)
+                self.history.append(logs)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(logs)
+                if callback is not None and callback(epoch, self, logs) is True:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        return self
+
+    def _recall_at_10(self, feats: QueryFeatures, targets: Any) -> float:
+        from .metrics import recall_at_k
+
+        ids, _ = self.recommend(feats, k=10)
+        return float(recall_at_k(ids, targets, k=10))
+
+    # -- prediction ------------------------------------------------------------------------------
+    def query_embeddings(self, feats: QueryFeatures) -> np.ndarray:
+        """psi(x) for every row of ``feats``.
+
+        Returns
+        -------
+        numpy.ndarray, float32, shape (N, dim)
+        """
+        self._require_built()
+        return self._impl.query_embeddings(self._data(feats))
+
+    @property
+    def item_embeddings(self) -> np.ndarray:
+        """float32 array, shape (n_items, dim): read-only view of the item table V."""
+        self._require_built()
+        v = self._impl.parameters()["item_embeddings"].view()
+        v.flags.writeable = False
+        return v
+
+    def recommend(
+        self, feats: QueryFeatures, k: int = 10, *, exclude: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items per query by score ``psi(x) . V_j (+ b_j)`` (exact, via fs.topk).
+
+        Parameters
+        ----------
+        feats : QueryFeatures or fastsoftmax.datasets.Features
+            N queries.
+        k : int, default 10
+        exclude : scipy.sparse matrix, shape (N, n_items), optional
+            Items not to recommend per query (e.g. the training interactions).
+
+        Returns
+        -------
+        ids : numpy.ndarray, int64, shape (N, k)
+            Best first; padded with -1 when fewer than k items are eligible.
+        scores : numpy.ndarray, float32, shape (N, k)
+        """
+        from .retrieval import topk
+
+        psi = self.query_embeddings(feats)
+        items = self.item_embeddings
+        if self.item_bias:
+            # psi . V_j + b_j == [psi, 1] . [V_j, b_j]
+            bias = self._impl.parameters()["item_bias"]
+            psi = np.hstack([psi, np.ones((len(psi), 1), dtype=np.float32)])
+            items = np.hstack([items, bias[:, None]])
+        return topk(psi, items, k, exclude=exclude, num_threads=self.num_threads)
+
+    def loss(self, feats: QueryFeatures, targets: Any) -> float:
+        """Mean loss of the configured kind over the given rows (without the L2 term).
+
+        Parameters
+        ----------
+        feats : QueryFeatures or fastsoftmax.datasets.Features
+            N queries.
+        targets : scipy.sparse matrix, shape (N, n_items)
+            Their target weights (see :meth:`fit`).
+
+        Returns
+        -------
+        float
+        """
+        self._require_built()
+        value, _ = self._impl.evaluate(self._data(feats, targets), 0, False)
+        return float(value)
+
+    def gradients(
+        self, feats: QueryFeatures, targets: Any, *, seed: int = 0
+    ) -> dict[str, np.ndarray]:
+        """Gradient of :meth:`loss` with respect to every parameter.
+
+        Parameters
+        ----------
+        feats, targets
+            As for :meth:`loss`.
+        seed : int, default 0
+            Seed of the loss's randomness (sampled losses); deterministic losses ignore it.
+
+        Returns
+        -------
+        dict str -> numpy.ndarray
+            float32 arrays with the names and shapes of :attr:`parameters`.
+        """
+        self._require_built()
+        _, grads = self._impl.evaluate(self._data(feats, targets), check_seed(seed), True)
+        return dict(grads)
+
+    @property
+    def parameters(self) -> dict[str, np.ndarray]:
+        """dict str -> writable float32 views of the model's own parameter arrays.
+
+        Names: ``mlp.<l>.weight`` (in x out, so a layer is ``x @ W + b``), ``mlp.<l>.bias``,
+        ``categorical.<name>``, ``bags.<name>``, ``item_embeddings`` and ``item_bias``.
+        Writing into them changes the model (the optimiser state is kept).
+        """
+        self._require_built()
+        return dict(self._impl.parameters())
+
+    # -- persistence -----------------------------------------------------------------------------
+    def _config(self) -> dict[str, Any]:
+        return {
+            "n_items": self.n_items,
+            "hidden": list(self.hidden),
+            "dim": self.dim,
+            "embedding_dim": self.embedding_dim,
+            "pooling": self.pooling,
+            "loss": self.loss_kind,
+            "optimizer": self.optimizer,
+            "learning_rate": self.learning_rate,
+            "l2": self.l2,
+            "batch_size": self.batch_size,
+            "epochs": self.epochs,
+            "num_threads": self.num_threads,
+            "seed": self.seed,
+            "item_bias": self.item_bias,
+            "vocab_sizes": self.vocab_sizes,
+            **self._sampled.config(),
+        }
+
+    def _to_arrays(self) -> dict[str, np.ndarray]:
+        self._require_built()
+        meta = {"config": self._config(), "schema": self._schema, "epoch": self._epoch}
+        arrays = {"meta_json": np.array(json.dumps(meta))}
+        for name, value in self._impl.parameters().items():
+            arrays[f"param/{name}"] = value
+        return arrays
+
+    @classmethod
+    def _from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> SoftmaxModel:
+        meta = json.loads(str(arrays["meta_json"]))
+        model = cls(**meta["config"])
+        model._impl = model._make_impl(meta["schema"])
+        model._schema = meta["schema"]
+        model._epoch = int(meta["epoch"])
+        params = model._impl.parameters()
+        stored = {k[len("param/") :] for k in arrays if k.startswith("param/")}
+        if stored != set(params):
+            raise ValueError(
+                f"path: parameters {sorted(stored)} do not match the model's {sorted(params)}"
+            )
+        for name, view in params.items():
+            value = arrays[f"param/{name}"]
+            if value.shape != view.shape:
+                raise ValueError(
+                    f"path: parameter {name} has shape {value.shape}, expected {view.shape}"
+                )
+            view[...] = value
+        return model
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Save configuration and parameters to the ``.npz`` file ``path`` (no pickle).
+
+        Load with :func:`fastsoftmax.load`; the loaded model predicts identically. The optimiser
+        state is not saved: further training restarts it.
+        """
+        save_arrays(path, _MODEL_TYPE, self._to_arrays())
+
+    def __repr__(self) -> str:
+        return (
+            f"SoftmaxModel(n_items={self.n_items}, hidden={self.hidden}, dim={self.dim}, "
+            f"loss={self.loss_kind!r}, optimizer={self.optimizer!r})"
+        )
+
+
+def _check_float(value: object, name: str, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__} {value!r}")
+    v = float(value)
+    if not np.isfinite(v) or v < 0 or (positive and v == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"{name}: expected a finite number {bound}, got {value!r}")
+    return v
+
+
+register_model(_MODEL_TYPE, SoftmaxModel)
