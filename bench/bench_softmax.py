@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -98,6 +99,7 @@ def run_torch(data: dict, args: argparse.Namespace, loss_fn: Callable | None = N
     from torch import nn
 
     torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message="Sparse invariant checks")
     torch.manual_seed(0)
     n_items = data["n_items"]
 
@@ -140,7 +142,7 @@ def run_torch(data: dict, args: argparse.Namespace, loss_fn: Callable | None = N
             loss = loss_fn(net(dense[idx], cat[idx], hist[idx]), net.items, target[idx])
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         return total / n
 
     epoch(0)

@@ -12,9 +12,14 @@
 // batch i of the whole run has LossContext::batch_index = e * batches_per_epoch + i; all parallel
 // work is split into fixed chunks and reduced in a fixed order. A fixed seed and thread count
 // therefore give bit-identical parameters.
+//
+// Thread safety: fit_epoch, query_embeddings and evaluate share per-batch scratch and take an
+// internal lock, so concurrent calls on one model (Python threads with the GIL released) are
+// serialised rather than racing.
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -111,6 +116,7 @@ class SoftmaxModel {
 
   SoftmaxModelConfig config_;
   std::unique_ptr<Loss> loss_;
+  std::mutex mutex_;  // held by fit_epoch / query_embeddings / evaluate
   Mlp mlp_;
   std::vector<Parameter> categorical_tables_;
   std::vector<Parameter> bag_tables_;
