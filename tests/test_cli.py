@@ -56,6 +56,10 @@ def test_demo_writes_table_json_and_png(demo_run, capsys):
             assert key in row, (name, key)
             assert np.isfinite(row[key]), (name, key)
         assert 0 <= row["recall@10"] <= 1 and 0 <= row["folding rate"] <= 1
+        if name.startswith("Softmax"):
+            assert 0 <= row["cold-start recall@10 (features only)"] <= 1
+        if name.startswith("WALS"):
+            assert 0 <= row["cold-start recall@10 (similar queries)"] <= 1
     md = (out / "results.md").read_text()
     assert md.startswith("| |") and "folding rate" in md and len(res["sentences"]) >= 5
     img = read_png(out / "folding.png")
