@@ -439,6 +439,29 @@ def test_wals_fold_in_bad_inputs(wals):
     np.testing.assert_array_equal(wals.fold_in(dup), wals.fold_in(canonical))
 
 
+def test_wals_recommend_bad_inputs(wals):
+    with pytest.raises(IndexError, match="query_ids"):
+        wals.recommend([0, N_Q])
+    with pytest.raises(IndexError, match="query_ids"):
+        wals.recommend(np.array([2**40]))
+    with pytest.raises(IndexError, match="query_ids"):
+        wals.recommend(-1)
+    with pytest.raises(TypeError, match="query_ids"):
+        wals.recommend([0.5])
+    with pytest.raises(ValueError, match="query_ids"):
+        wals.recommend(np.zeros((2, 2), int))
+    with pytest.raises(ValueError, match="k"):
+        wals.recommend([0], k=0)
+    with pytest.raises(ValueError, match="exclude"):
+        wals.recommend([0, 1], exclude=A[:1])
+    with pytest.raises(IndexError, match="item_ids"):
+        wals.similar_items([N_I])
+    with pytest.raises(TypeError, match="item_ids"):
+        wals.similar_items("a")
+    ids, _ = wals.recommend(np.array([], dtype=np.int64), k=3)
+    assert ids.shape == (0, 3)
+
+
 def test_wals_objective_bad_inputs(wals):
     with pytest.raises(ValueError, match="interactions"):
         wals.objective(A[:-1])

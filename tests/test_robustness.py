@@ -141,6 +141,15 @@ def test_wals_fold_in_and_fit_from_many_python_threads():
                            .fit(a, show_progress=False).item_embeddings, [0, 1, 0, 1]))  # fmt: skip
     for x, y in zip(serial, parallel, strict=False):
         np.testing.assert_array_equal(x, y)
+    rec_serial = [m.recommend(np.arange(i, 200, 6), k=7, exclude=a[i::6]) for i in range(6)]
+    sim_serial = [m.similar_items(np.arange(i, 80, 6), k=4) for i in range(6)]
+    with ThreadPoolExecutor(6) as ex:
+        rec = list(ex.map(lambda i: m.recommend(np.arange(i, 200, 6), k=7, exclude=a[i::6]),
+                          range(6)))  # fmt: skip
+        sim = list(ex.map(lambda i: m.similar_items(np.arange(i, 80, 6), k=4), range(6)))
+    for (i1, s1), (i2, s2) in zip(rec_serial + sim_serial, rec + sim, strict=True):
+        np.testing.assert_array_equal(i1, i2)
+        np.testing.assert_array_equal(s1, s2)
     np.testing.assert_array_equal(fits[0], fits[2])
     np.testing.assert_array_equal(fits[1], fits[3])
 
