@@ -247,6 +247,18 @@ class WALS:
         RuntimeError
             If ``solver="cholesky"`` meets a row whose normal equations are not positive
             definite (possible only with ``regularization=0``).
+        KeyboardInterrupt
+            On Ctrl-C (noticed within ~50 ms, also while the core runs); the model then holds
+            the embeddings and ``loss_history`` of the last completed iteration (the initial
+            embeddings if none completed) and stays usable.
+
+        Notes
+        -----
+        Numerics: the Cholesky solver works in float64 and raises the RuntimeError above on a
+        singular row; the CG solver (float32) guards its step sizes, so a singular or
+        near-singular system (``regularization=0``, duplicate item columns, rows without
+        entries and ``unobserved_weight=0``) gives finite embeddings (it then minimises over
+        the non-singular directions only), never NaN.
         """
         rows, shape = _interactions_and_weights(interactions, weights)
         if shape[0] < 1 or shape[1] < 1:
@@ -265,10 +277,18 @@ class WALS:
         gram_v = _core.wals_gramian(v, self.num_threads)
         with tqdm(total=self.iterations, disable=not show_progress, desc="WALS") as progress:
             for iteration in range(self.iterations):
-                self._half_sweep(rows, v, gram_v, u)
-                gram_u = _core.wals_gramian(u, self.num_threads)
-                self._half_sweep(cols, u, gram_u, v, col_loss)
-                gram_v = _core.wals_gramian(v, self.num_threads)
+                # The half-sweeps update u and v in place; on Ctrl-C (KeyboardInterrupt raised
+                # from the core) roll back to the last completed iteration.
+                u_done, v_done = u.copy(), v.copy()
+                try:
+                    self._half_sweep(rows, v, gram_v, u)
+                    gram_u = _core.wals_gramian(u, self.num_threads)
+                    self._half_sweep(cols, u, gram_u, v, col_loss)
+                    gram_v = _core.wals_gramian(v, self.num_threads)
+                except BaseException:
+                    u[...] = u_done
+                    v[...] = v_done
+                    raise
                 # Observed part from the item half-sweep; the all-pairs part is <U^T U, V^T V>_F.
                 loss = (
                     float(col_loss.sum())
