@@ -41,6 +41,62 @@ def alias_distribution(keep: np.ndarray, alias: np.ndarray) -> np.ndarray:
     return p / n
 
 
+def topk_reference(
+    queries: np.ndarray, items: np.ndarray, k: int, exclude=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k by inner product with a dense float64 score matrix: best first, ties -> lower id,
+    excluded items (stored entries of the sparse ``exclude``) and NaN/-inf scores skipped, rows
+    padded with (-1, -inf). Exact (bit-equal to any correct float32 kernel) when the inputs are
+    small integers."""
+    q = np.asarray(queries, dtype=np.float64)
+    x = np.asarray(items, dtype=np.float64)
+    B, n = q.shape[0], x.shape[0]
+    scores = q @ x.T if n else np.zeros((B, 0))
+    ids = np.full((B, k), -1, dtype=np.int64)
+    out = np.full((B, k), -np.inf, dtype=np.float32)
+    ex = None if exclude is None else exclude.tocsr()
+    for b in range(B):
+        s = scores[b].copy()
+        if ex is not None:
+            s[ex.indices[ex.indptr[b] : ex.indptr[b + 1]]] = -np.inf
+        eligible = np.flatnonzero(np.isfinite(s) | (s == np.inf))
+        order = eligible[np.lexsort((eligible, -s[eligible]))][:k]
+        ids[b, : len(order)] = order
+        out[b, : len(order)] = s[order]
+    return ids, out
+
+
+def ranking_metrics_reference(recommended, relevant, k: int) -> dict[str, float]:
+    """Per-query loops over the textbook definitions (binary relevance; first occurrence of a
+    repeated id only; mean over queries with a relevant item)."""
+    rel = relevant.tocsr()
+    values: dict[str, list[float]] = {
+        m: [] for m in ("precision", "recall", "ndcg", "map", "hit_rate")
+    }
+    for b in range(rel.shape[0]):
+        row = rel.getrow(b)
+        relevant_set = {int(j) for j, v in zip(row.indices, row.data, strict=True) if v != 0}
+        R = len(relevant_set)
+        if R == 0:
+            continue
+        seen: set[int] = set()
+        hits = []
+        for j in recommended[b][:k]:
+            j = int(j)
+            hits.append(j >= 0 and j in relevant_set and j not in seen)
+            seen.add(j)
+        H = sum(hits)
+        dcg = sum(1.0 / np.log2(i + 2) for i, h in enumerate(hits) if h)
+        idcg = sum(1.0 / np.log2(i + 2) for i in range(min(k, R)))
+        ap = sum(sum(hits[: i + 1]) / (i + 1) for i, h in enumerate(hits) if h) / min(k, R)
+        values["precision"].append(H / k)
+        values["recall"].append(H / R)
+        values["ndcg"].append(dcg / idcg)
+        values["map"].append(ap)
+        values["hit_rate"].append(float(H > 0))
+    return {m: float(np.mean(v)) for m, v in values.items()}
+
+
 # --- softmax DNN (issue 5) -------------------------------------------------------------------
 
 
@@ -186,3 +242,120 @@ def hkv_implicit_als(
         sweep(c_rows, y, x)
         sweep(c_cols, x, y)
     return x, y
+
+
+# --- Sampled softmax (issue 6) ----------------------------------------------------------------
+
+
+def sampled_softmax(
+    psi,
+    items,
+    bias,
+    indptr,
+    indices,
+    weights,
+    ids,
+    log_q,
+    *,
+    owner=None,
+    pos_log_q=None,
+    logq_correction=True,
+    remove_accidental_hits=True,
+    gravity=0.0,
+    grad_scale=1.0,
+):
+    """Float64 sampled softmax of one batch, candidate by candidate (see sampled_softmax.h).
+
+    ``ids``/``log_q``: (1, m) shared draws or (B, m) per-query draws. ``owner`` (m,): in-batch draw
+    owners (a draw never is a negative of its owner). Returns ``(loss, dpsi (B, d), ditems (n, d),
+    dbias (n,))`` where loss is the sum over rows (plus gravity) and the gradients are those of
+    ``grad_scale * loss``.
+    """
+    psi = np.asarray(psi, np.float64)
+    V = np.asarray(items, np.float64)
+    bvec = np.zeros(len(V)) if bias is None else np.asarray(bias, np.float64)
+    ids = np.asarray(ids)
+    log_q = np.asarray(log_q, np.float64)
+    B, d = psi.shape
+    n = len(V)
+    R, m = ids.shape
+    dpsi = np.zeros((B, d))
+    dV = np.zeros((n, d))
+    db = np.zeros(n)
+    total = 0.0
+    for b in range(B):
+        pos = indices[indptr[b] : indptr[b + 1]]
+        p = np.asarray(weights[indptr[b] : indptr[b + 1]], np.float64)
+        if len(pos) == 0:
+            continue
+        r = 0 if R == 1 else b
+        draw = ids[r]
+        lq = log_q[r]
+        own = np.zeros(m, bool) if owner is None else np.asarray(owner) == b
+        m_b = m - own.sum()
+        cand = list(pos) + list(draw)
+        z = np.array([psi[b] @ V[j] + bvec[j] for j in cand])
+        corr = np.zeros(len(cand))
+        mask = np.zeros(len(cand), bool)
+        for k in range(len(pos)):
+            if logq_correction and not remove_accidental_hits:
+                corr[k] = np.log1p(m_b * np.exp(pos_log_q[indptr[b] + k]))
+        for i in range(m):
+            c = len(pos) + i
+            if own[i]:
+                mask[c] = True
+                continue
+            hit = draw[i] in set(pos.tolist())
+            if hit and remove_accidental_hits:
+                mask[c] = True
+            elif logq_correction:
+                corr[c] = np.log1p(m_b * np.exp(lq[i])) if hit else np.log(m_b) + lq[i]
+        zc = np.where(mask, -np.inf, z - corr)
+        mx = zc.max()
+        lse = mx + np.log(np.exp(zc - mx).sum())
+        total += float(p @ (lse - zc[: len(pos)]))
+        g = np.exp(zc - lse)
+        g[: len(pos)] -= p
+        g *= grad_scale
+        for c, j in enumerate(cand):
+            dpsi[b] += g[c] * V[j]
+            dV[j] += g[c] * psi[b]
+            db[j] += g[c]
+    if gravity > 0 and m > 0:
+        rows = ids[0]
+        w = np.exp(-log_q[0]) / (m * n)
+        gram_items = (V[rows] * w[:, None]).T @ V[rows]
+        nonempty = np.diff(indptr) > 0
+        P = psi[nonempty]
+        gram_q = P.T @ P
+        total += gravity * float((gram_q * gram_items).sum())
+        dpsi[nonempty] += 2 * gravity * grad_scale * P @ gram_items
+        np.add.at(dV, rows, 2 * gravity * grad_scale * w[:, None] * (V[rows] @ gram_q))
+    return total, dpsi, dV, db
+
+
+def full_softmax(psi, items, bias, indptr, indices, weights, *, gravity=0.0):
+    """Float64 full softmax (sum over rows) plus exact gravity; gradients of that sum.
+
+    Returns ``(loss, dpsi (B, d), ditems (n, d), dbias (n,))``.
+    """
+    psi = np.asarray(psi, np.float64)
+    V = np.asarray(items, np.float64)
+    bvec = np.zeros(len(V)) if bias is None else np.asarray(bias, np.float64)
+    B, n = len(psi), len(V)
+    P = np.zeros((B, n))
+    for b in range(B):
+        P[b, indices[indptr[b] : indptr[b + 1]]] = weights[indptr[b] : indptr[b + 1]]
+    Z = psi @ V.T + bvec
+    mx = Z.max(axis=1, keepdims=True)
+    lse = mx + np.log(np.exp(Z - mx).sum(axis=1, keepdims=True))
+    loss = float((P * (lse - Z)).sum())
+    G = np.exp(Z - lse) - P
+    dpsi, dV, db = G @ V, G.T @ psi, G.sum(axis=0)
+    if gravity > 0:
+        gram_items = V.T @ V / n
+        gram_q = psi.T @ psi
+        loss += gravity * float((gram_q * gram_items).sum())
+        dpsi += 2 * gravity * psi @ gram_items
+        dV += 2 * gravity * V @ gram_q / n
+    return loss, dpsi, dV, db

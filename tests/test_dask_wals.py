@@ -275,18 +275,13 @@ def kill_worker(client, address):
     os.kill(pid, signal.SIGKILL)
 
 
-def test_killed_worker_is_recomputed_from_inputs_with_lineage(client):
-    """Row blocks made by tasks: Dask recomputes what a killed worker held, and the fit ends with
-    exactly the embeddings of an undisturbed fit."""
+def test_killed_workers_are_recomputed_from_the_inputs(client):
+    """One worker killed between two iterations, another while an iteration runs: Dask
+    recomputes what they held and the fit ends with exactly the undisturbed embeddings."""
     client.wait_for_workers(2)
-    shape = (400, 300)
-    blocks = [
-        client.submit(sp.random, 200, shape[1], density=0.03, format="csr", random_state=s,
-                      dtype=np.float32, pure=False)
-        for s in (1, 2)
-    ]  # fmt: skip
+    a, w = make_problem(n=400, m=300, density=0.03, seed=5, empty_rows=(), empty_cols=())
     kw = dict(dim=8, iterations=5, seed=3)
-    ref = DaskWALS(client, **kw).fit(blocks, show_progress=False)
+    ref = DaskWALS(client, **kw).fit(a, w, show_progress=False)
     timer = None
 
     def callback(iteration, model):
@@ -298,28 +293,51 @@ def test_killed_worker_is_recomputed_from_inputs_with_lineage(client):
             timer = threading.Timer(0.02, kill_worker, args=(client, workers[-1]))
             timer.start()
 
-    got = DaskWALS(client, **kw).fit(blocks, show_progress=False, callback=callback)
+    got = DaskWALS(client, **kw).fit(a, w, show_progress=False, callback=callback)
     timer.join()
     np.testing.assert_array_equal(got.query_embeddings, ref.query_embeddings)
     np.testing.assert_array_equal(got.item_embeddings, ref.item_embeddings)
     assert got.loss_history == ref.loss_history
-    local = fs.WALS(**kw).fit(sp.vstack(client.gather(blocks)), show_progress=False)
-    assert_same_model(got, local)
-    client.wait_for_workers(2)
+    assert_same_model(got, fs.WALS(**kw).fit(a, w, show_progress=False))
 
 
-def test_killed_worker_with_scattered_input_is_a_clear_error(client):
-    """A matrix from the client is scattered, which Dask cannot recompute: RuntimeError."""
+def kill_all_workers(client):
+    for address in sorted(client.scheduler_info()["workers"]):
+        kill_worker(client, address)
+
+
+def test_losing_every_worker_recomputes_blocks_made_by_tasks(client):
+    """Row blocks made by tasks, every worker killed mid-fit (the nannies replace them)."""
     client.wait_for_workers(2)
-    a, w = make_problem(n=200, m=100, density=0.05, seed=9, empty_rows=(), empty_cols=())
+    blocks = [
+        client.submit(sp.random, 200, 300, density=0.03, format="csr", random_state=s,
+                      dtype=np.float32, pure=False)
+        for s in (1, 2)
+    ]  # fmt: skip
+    kw = dict(dim=8, iterations=3, seed=3, solver="cholesky")
+    ref = DaskWALS(client, **kw).fit(blocks, show_progress=False)
 
     def callback(iteration, model):
         if iteration == 0:
-            kill_worker(client, sorted(client.scheduler_info()["workers"])[0])
+            kill_all_workers(client)
 
-    mf = DaskWALS(client, 4, iterations=3)
+    got = DaskWALS(client, **kw).fit(blocks, show_progress=False, callback=callback)
+    np.testing.assert_array_equal(got.query_embeddings, ref.query_embeddings)
+    np.testing.assert_array_equal(got.item_embeddings, ref.item_embeddings)
+
+
+def test_lost_scattered_input_is_a_clear_error(client):
+    """Futures of scattered data cannot be recomputed: RuntimeError, not a hang or a result."""
+    client.wait_for_workers(2)
+    a, _ = make_problem(n=200, m=100, density=0.05, seed=9, empty_rows=(), empty_cols=())
+    blocks = [client.scatter(a[:100]), client.scatter(a[100:])]
+
+    def callback(iteration, model):
+        if iteration == 0:
+            kill_all_workers(client)
+
     with pytest.raises(RuntimeError, match="cannot recompute.*scattered"):
-        mf.fit(a, w, show_progress=False, callback=callback)
+        DaskWALS(client, 4, iterations=3).fit(blocks, show_progress=False, callback=callback)
     client.wait_for_workers(2)
     # The cluster is usable again afterwards.
     assert len(DaskWALS(client, 4, iterations=1).fit(a, show_progress=False).loss_history) == 1

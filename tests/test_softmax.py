@@ -383,3 +383,59 @@ def test_save_load_round_trip(tmp_path):
     # The loaded model keeps training.
     loaded.fit(feats, targets, show_progress=False)
     assert not np.array_equal(loaded.item_embeddings, model.item_embeddings)
+
+
+@pytest.fixture(scope="module")
+def categories():
+    data = fs.datasets.make_categories(3000, 400, 8, seed=0)
+    train, test = fs.datasets.train_test_split(data.interactions, seed=0)
+    return data, train, test
+
+
+def test_full_softmax_beats_popularity_and_does_not_fold(categories):
+    data, train, test = categories
+    pop = np.asarray(train.sum(axis=0), dtype=np.float32)
+
+    class Popular:
+        def recommend(self, queries, *, k, exclude=None):
+            return fs.topk(np.ones((len(queries), 1), np.float32), pop.T, k, exclude=exclude)
+
+    baseline = fs.evaluate(Popular(), train, test, k=10)["recall"]
+    feats = fs.QueryFeatures.from_features(data.features)
+    groups = {"query_groups": data.query_groups, "item_groups": data.item_groups}
+    results = {}
+    for loss in ("full", "positives"):
+        model = fs.SoftmaxModel(
+            400, hidden=(64,), dim=32, embedding_dim=16, loss=loss, epochs=5, batch_size=128
+        )
+        model.fit(data.features, train, show_progress=False)  # fs.datasets.Features accepted
+        results[loss] = fs.evaluate(model, train, test, k=10, queries=feats, **groups)
+    assert results["full"]["recall"] > 3 * baseline  # ~0.58 vs ~0.13
+    # Positives-only training folds: other categories' items fill the top 10 (~0.9 vs ~0.0).
+    assert results["positives"]["folding_rate"] > 0.5
+    assert results["full"]["folding_rate"] < 0.05
+    assert results["full"]["recall"] > 2 * results["positives"]["recall"]
+
+
+def test_validation_reports_recall_at_10(categories):
+    data, train, _ = categories
+    rows = np.arange(2500)
+    model = fs.SoftmaxModel(400, hidden=(32,), dim=16, embedding_dim=8, epochs=3, batch_size=256)
+    held_out = fs.QueryFeatures.from_features(data.features.take(np.arange(2500, 3000)))
+    model.fit(
+        data.features.take(rows),
+        train[rows],
+        validation=(held_out, data.interactions[2500:]),
+        show_progress=False,
+    )
+    recalls = [logs["recall@10"] for logs in model.history]
+    assert len(recalls) == 3 and recalls[-1] > 0.3  # cold-start queries, features only
+    ids, scores = model.recommend(held_out, k=10, exclude=data.interactions[2500:])
+    assert ids.shape == (500, 10) and scores.dtype == np.float32
+    assert not np.isin(ids[0], data.interactions[2500].indices).any()
+    np.testing.assert_allclose(
+        scores,
+        np.take_along_axis(model.query_embeddings(held_out) @ model.item_embeddings.T, ids, 1),
+        rtol=1e-5,
+        atol=1e-5,
+    )

@@ -49,17 +49,24 @@ double FullSoftmaxLoss::forward_backward(const ConstMapRowMatrixXf& psi,
   const index_t d = items.dim;
   const bool backward = dpsi != nullptr;
   const ItemPartition part(n);
+  const index_t n_blocks = (n + kBlock - 1) / kBlock;
   const bool buffered = static_cast<std::size_t>(B) * static_cast<std::size_t>(n) * sizeof(float) <=
                         max_buffer_bytes_;
   if (buffered && (logits_.rows() != B || logits_.cols() != n)) logits_.resize(B, n);
   const int slots = threads_for(part.n_tasks, ctx.num_threads);
   if (static_cast<int>(scratch_.size()) < slots) scratch_.resize(slots);
-  for (auto& s : scratch_) {
-    if (!buffered && (s.rows() != B || s.cols() != kBlock)) s.resize(B, kBlock);
+  for (auto& sc : scratch_) {
+    if (!buffered && (sc.rows() != B || sc.cols() != kBlock)) sc.resize(B, kBlock);
   }
-  // Per task and row: running max and sum of exp(z - max) over the task's items.
+  if (static_cast<int>(scaled_psi_.size()) < slots) scaled_psi_.resize(slots);
+  // Per task and row: running max and sum of exp(z - max); per block and row: the max that the
+  // block's stored exponentials are relative to.
   row_max_.assign(static_cast<std::size_t>(part.n_tasks * B), 0.0f);
   row_sum_.assign(static_cast<std::size_t>(part.n_tasks * B), 0.0f);
+  if (buffered && backward) block_max_.resize(static_cast<std::size_t>(n_blocks * B));
+  if (backward && static_cast<index_t>(partial_dpsi_.size()) < part.n_tasks) {
+    partial_dpsi_.resize(part.n_tasks);
+  }
   const ConstMapV V(items.weights, n, d);
 
   // The logits of items [j0, j0 + nb) for all B rows: in the buffer, or computed into scratch.
@@ -76,21 +83,34 @@ double FullSoftmaxLoss::forward_backward(const ConstMapRowMatrixXf& psi,
     return Z;
   };
 
-  // Pass 1: logits and per-task (max, sum exp) per row, merged online block by block.
+  // Pass 1, one task per fixed range of items, block by block with an online max (as in
+  // flash attention): Z = psi V_blk^T; E = exp(Z - m) with m the running row max (E replaces Z
+  // in the buffer); s = sum E; and for the backward pass P_t = sum_blocks E V_blk, rescaled
+  // whenever the running max grows. dL/dpsi needs no second pass.
   parallel_for(part.n_tasks, ctx.num_threads, [&](std::int64_t t, int slot) {
     float* m = row_max_.data() + t * B;
     float* s = row_sum_.data() + t * B;
     std::fill_n(m, B, -std::numeric_limits<float>::infinity());
+    RowMatrixXf* P = backward ? &partial_dpsi_[t] : nullptr;
+    if (P) {
+      if (P->rows() != B || P->cols() != d) P->resize(B, d);
+      P->setZero();
+    }
     const index_t end = std::min(n, (t + 1) * part.per_task);
     for (index_t j0 = t * part.per_task; j0 < end; j0 += kBlock) {
       const index_t nb = std::min(kBlock, end - j0);
       StridedMap Z = block_logits(j0, nb, slot, true);
       for (index_t b = 0; b < B; ++b) {
-        const float bm = Z.row(b).maxCoeff();
-        const float new_m = std::max(m[b], bm);
-        const float block_sum = (Z.row(b).array() - new_m).exp().sum();
-        s[b] = s[b] * std::exp(m[b] - new_m) + block_sum;
+        const float new_m = std::max(m[b], Z.row(b).maxCoeff());
+        const float alpha = std::exp(m[b] - new_m);  // 0 on the first block (m = -inf)
+        Z.row(b).array() = (Z.row(b).array() - new_m).exp();
+        s[b] = s[b] * alpha + Z.row(b).sum();
+        if (P && alpha != 1.0f) P->row(b) *= alpha;
         m[b] = new_m;
+      }
+      if (P) {
+        P->noalias() += Z * V.middleRows(j0, nb);
+        if (buffered) std::copy_n(m, B, block_max_.data() + (j0 / kBlock) * B);
       }
     }
   });
@@ -102,7 +122,8 @@ double FullSoftmaxLoss::forward_backward(const ConstMapRowMatrixXf& psi,
     for (index_t t = 0; t < part.n_tasks; ++t) M = std::max(M, row_max_[t * B + b]);
     double S = 0.0;
     for (index_t t = 0; t < part.n_tasks; ++t) {
-      S += static_cast<double>(row_sum_[t * B + b]) * std::exp(static_cast<double>(row_max_[t * B + b]) - M);
+      S += static_cast<double>(row_sum_[t * B + b]) *
+           std::exp(static_cast<double>(row_max_[t * B + b]) - M);
     }
     lse[b] = static_cast<float>(M + std::log(S));
   }
@@ -115,33 +136,44 @@ double FullSoftmaxLoss::forward_backward(const ConstMapRowMatrixXf& psi,
   }
   if (!backward) return loss;
 
-  // Pass 2: G = scale * softmax per block; dV_block = G^T psi; partial dpsi_t += G V_block.
+  // Pass 2: dV_blk = softmax_blk^T (scale psi) with softmax_bj = E_bj exp(m_blk,b - lse_b): the
+  // per-row factor goes into a scaled copy of psi, so the stored E is used as is.
   item_grad->kind = ItemGradient::Kind::kDense;
   if (item_grad->dense_weights.rows() != n || item_grad->dense_weights.cols() != d) {
     item_grad->dense_weights.resize(n, d);
   }
   item_grad->dense_bias.resize(items.bias ? n : 0);
-  if (static_cast<index_t>(partial_dpsi_.size()) < part.n_tasks) partial_dpsi_.resize(part.n_tasks);
   const float scale = ctx.grad_scale;
   const Eigen::Map<const Eigen::VectorXf> lse_vec(lse.data(), B);
   parallel_for(part.n_tasks, ctx.num_threads, [&](std::int64_t t, int slot) {
-    RowMatrixXf& P = partial_dpsi_[t];
-    if (P.rows() != B || P.cols() != d) P.resize(B, d);
-    P.setZero();
+    RowMatrixXf& psi_c = scaled_psi_[slot];
+    Eigen::VectorXf c(B);
     const index_t end = std::min(n, (t + 1) * part.per_task);
     for (index_t j0 = t * part.per_task; j0 < end; j0 += kBlock) {
       const index_t nb = std::min(kBlock, end - j0);
-      StridedMap G = block_logits(j0, nb, slot, !buffered);
-      G.array() = (G.array().colwise() - lse_vec.array()).exp() * scale;
-      item_grad->dense_weights.middleRows(j0, nb).noalias() = G.transpose() * psi;
-      if (items.bias) {
-        Eigen::Map<Eigen::RowVectorXf>(item_grad->dense_bias.data() + j0, nb) = G.colwise().sum();
+      StridedMap E = block_logits(j0, nb, slot, !buffered);
+      if (buffered) {
+        const Eigen::Map<const Eigen::VectorXf> mk(block_max_.data() + (j0 / kBlock) * B, B);
+        c = ((mk - lse_vec).array().exp() * scale).matrix();
+      } else {
+        E.array() = (E.array().colwise() - lse_vec.array()).exp();
+        c.setConstant(scale);
       }
-      P.noalias() += G * V.middleRows(j0, nb);
+      psi_c.noalias() = c.asDiagonal() * psi;
+      item_grad->dense_weights.middleRows(j0, nb).noalias() = E.transpose() * psi_c;
+      if (items.bias) {
+        Eigen::Map<Eigen::VectorXf>(item_grad->dense_bias.data() + j0, nb).noalias() =
+            E.transpose() * c;
+      }
     }
   });
+  // dL/dpsi_b = scale / S_b * sum_t exp(m_tb - M_b) P_t[b] = scale * sum_t exp(m_tb - lse_b) P_t[b].
   dpsi->setZero();
-  for (index_t t = 0; t < part.n_tasks; ++t) *dpsi += partial_dpsi_[t];
+  for (index_t t = 0; t < part.n_tasks; ++t) {
+    const Eigen::Map<const Eigen::VectorXf> mt(row_max_.data() + t * B, B);
+    dpsi->noalias() += ((mt - lse_vec).array().exp() * scale).matrix().asDiagonal() * partial_dpsi_[t];
+  }
+
   // Minus the targets: dz_bj -= scale * p_bj on the positives.
   for (index_t b = 0; b < B; ++b) {
     for (index_t k = targets.indptr[b]; k < targets.indptr[b + 1]; ++k) {

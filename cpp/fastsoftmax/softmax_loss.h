@@ -113,6 +113,8 @@ class FullSoftmaxLoss final : public Loss {
   RowMatrixXf logits_;                     // B x n when it fits the budget
   std::vector<float> row_max_, row_sum_;   // per item task and row: max logit, sum exp(z - max)
   std::vector<float> lse_;                 // per row: log-sum-exp over all items
+  std::vector<float> block_max_;           // per item block and row: max of the stored exps
+  std::vector<RowMatrixXf> scaled_psi_;    // per-slot B x d scratch
   std::vector<RowMatrixXf> partial_dpsi_;  // one B x d partial per item task
   std::vector<RowMatrixXf> scratch_;       // per-slot B x block scratch
 };

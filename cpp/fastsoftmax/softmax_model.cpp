@@ -245,6 +245,7 @@ void SoftmaxModel::backward_tower(const FeaturesView& x, const index_t* rows, in
 
 double SoftmaxModel::fit_epoch(const FeaturesView& x, const TargetsView& targets,
                                std::int64_t epoch) {
+  std::lock_guard<std::mutex> lock(mutex_);
   const index_t N = x.rows;
   const index_t bs = config_.batch_size;
   const int threads = config_.num_threads;
@@ -311,6 +312,7 @@ double SoftmaxModel::fit_epoch(const FeaturesView& x, const TargetsView& targets
 }
 
 void SoftmaxModel::query_embeddings(const FeaturesView& x, float* out) {
+  std::lock_guard<std::mutex> lock(mutex_);
   const index_t N = x.rows;
   const index_t bs = std::max<index_t>(config_.batch_size, 1024);
   std::vector<index_t> rows(static_cast<std::size_t>(std::min(N, bs)));
@@ -325,6 +327,7 @@ void SoftmaxModel::query_embeddings(const FeaturesView& x, float* out) {
 
 double SoftmaxModel::evaluate(const FeaturesView& x, const TargetsView& targets,
                               std::uint64_t seed, std::vector<RowMatrixXf>* gradients) {
+  std::lock_guard<std::mutex> lock(mutex_);
   const index_t N = x.rows;
   const index_t bs = config_.batch_size;
   auto params = parameters();

@@ -12,9 +12,14 @@
 // batch i of the whole run has LossContext::batch_index = e * batches_per_epoch + i; all parallel
 // work is split into fixed chunks and reduced in a fixed order. A fixed seed and thread count
 // therefore give bit-identical parameters.
+//
+// Thread safety: fit_epoch, query_embeddings and evaluate share per-batch scratch and take an
+// internal lock, so concurrent calls on one model (Python threads with the GIL released) are
+// serialised rather than racing.
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -90,6 +95,10 @@ class SoftmaxModel {
   /// categorical.<name>, bags.<name>, item_embeddings, item_bias.
   std::vector<std::pair<std::string, Parameter*>> parameters();
 
+  /// Calls the loss's prepare() with these (raw) targets and the current item table; fit calls it
+  /// with the training targets (sampled losses build popularity proposals there).
+  void prepare_loss(const TargetsView& targets) { loss_->prepare(targets, item_view()); }
+
   /// Number of optimiser steps taken so far.
   std::int64_t steps() const { return steps_; }
   /// Resets the optimiser state of every parameter (e.g. after loading parameters).
@@ -107,6 +116,7 @@ class SoftmaxModel {
 
   SoftmaxModelConfig config_;
   std::unique_ptr<Loss> loss_;
+  std::mutex mutex_;  // held by fit_epoch / query_embeddings / evaluate
   Mlp mlp_;
   std::vector<Parameter> categorical_tables_;
   std::vector<Parameter> bag_tables_;

@@ -6,8 +6,11 @@ package is a thin, typed, documented API over it.
 
 from __future__ import annotations
 
-from . import _core
+from . import _core, datasets, metrics
+from .baselines import Popularity
+from .evaluation import evaluate
 from .io import load, register_model
+from .retrieval import topk
 from .sampler import AliasSampler
 from .softmax import QueryFeatures, SoftmaxModel
 from .wals import WALS
@@ -17,9 +20,14 @@ __version__: str = _core.__version__
 __all__ = [
     "WALS",
     "AliasSampler",
+    "Popularity",
     "QueryFeatures",
     "SoftmaxModel",
     "__version__",
+    "datasets",
+    "evaluate",
     "load",
+    "metrics",
     "register_model",
+    "topk",
 ]

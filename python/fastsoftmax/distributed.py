@@ -11,6 +11,7 @@ data and schedules the tasks; nothing here opens a socket.
 from __future__ import annotations
 
 import operator
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -299,14 +300,21 @@ class DaskWALS:
     ``fs.WALS``'s up to float rounding (the Gramians are summed block by block instead of chunk by
     chunk).
 
-    **Losing a worker.** Every block is the result of Dask tasks, so when a worker dies mid-fit,
-    Dask recomputes what it held from the tasks' inputs (going back through the previous
-    iterations, so recovery can cost up to the fit so far) and the fit finishes with exactly the
-    embeddings of an undisturbed fit. That requires inputs Dask can recompute: futures of tasks
-    or a dask array. Data scattered from the client (what :meth:`fit` does with a scipy.sparse
-    matrix) cannot be recomputed: if a worker holding such a block dies, :meth:`fit` raises
-    RuntimeError saying so, and never returns a partial result. A task whose worker dies more
-    often than ``distributed.scheduler.allowed-failures`` fails with Dask's ``KilledWorker``.
+    **Losing a worker.** Every block is the result of Dask tasks, so when workers die mid-fit
+    (even all of them at once, if the cluster replaces them), Dask recomputes what they held from
+    the tasks' inputs, going back through the previous iterations (recovery can cost up to the
+    fit so far), and the fit ends with exactly the embeddings of an undisturbed fit. A
+    scipy.sparse matrix from the client goes into the task graph (the scheduler keeps a copy of
+    it during the fit, as for ``da.from_array``), so it is recomputable; so are futures of tasks
+    and dask arrays. Futures of data the user scattered cannot be recomputed: if they are lost
+    and needed, :meth:`fit` raises RuntimeError saying so. No partial or mixed result is ever
+    returned. A task whose worker dies more often than
+    ``distributed.scheduler.allowed-failures`` fails with Dask's ``KilledWorker``.
+
+    **Placement.** Tasks carry no worker restrictions (a restriction would outlive the worker it
+    names); every task runs where its largest inputs are, so blocks and their factor rows stay
+    where they were built. Dask's work stealing may still move a task whose inputs are small;
+    set ``distributed.scheduler.work-stealing: False`` for strict placement.
 
     Parameters
     ----------
@@ -317,10 +325,8 @@ class DaskWALS:
     num_row_blocks, num_col_blocks : int, optional
         Number of blocks of query rows and of item rows; default: the number of workers. Blocks
         are balanced by entries plus ``dim`` per row. ``num_row_blocks`` applies to a
-        client-side matrix, whose row blocks are scattered round-robin over the workers;
-        futures and dask arrays bring their own row blocks, which stay where they are. Column
-        block c is built where row block ``c % num_row_blocks`` is, and every other task runs
-        where its largest input is (Dask's data locality; no worker restrictions).
+        client-side matrix; futures and dask arrays bring their own row blocks, which stay
+        where they are. Column block c is built where row block ``c % num_row_blocks`` is.
     unobserved_weight, regularization, iterations, solver, cg_steps, init_scale, seed
         As in :class:`fastsoftmax.WALS`.
     num_threads : int, default 0
@@ -475,16 +481,16 @@ class DaskWALS:
         except distributed.client.FutureCancelledError as e:
             raise RuntimeError(
                 "DaskWALS: a worker was lost together with input data that Dask cannot "
-                "recompute (data scattered from the client); the fit is abandoned. Refit, or "
-                "pass the interactions as futures of tasks or a dask array (e.g. loaded from "
-                f"storage by tasks) so that Dask recomputes lost blocks. Dask said: {e}"
+                "recompute (futures of data scattered to the cluster); the fit is abandoned. "
+                "Refit, or pass the interactions as futures of tasks or a dask array (e.g. "
+                f"loaded from storage by tasks) so that Dask recomputes lost blocks. Dask said: {e}"
             ) from e
 
     def _submit(self, fn: Callable, *args: Any) -> distributed.Future:
         # No worker restrictions: Dask runs every task where its largest inputs are (the blocks,
-        # placed once by scatter or by the user's tasks, and "anchors" for the tasks that build
-        # blocks). Restrictions would outlive the workers they name: after a loss of every
-        # worker, Dask leaves tasks restricted to dead workers unscheduled for good.
+        # and "anchors" for the tasks that build blocks). Restrictions would outlive the workers
+        # they name: after a loss of every worker, Dask leaves tasks restricted to dead workers
+        # unscheduled for good (loose restrictions included).
         return self.client.submit(fn, *args, pure=False)
 
     def _row_blocks(
@@ -524,15 +530,18 @@ class DaskWALS:
         for b in range(k):
             lo, hi = bounds[b], bounds[b + 1]
             e0, e1 = rows.indptr[lo], rows.indptr[hi]
-            part = _Csr(
+            part = (
                 rows.indptr[lo : hi + 1] - e0,
                 rows.indices[e0:e1],
                 rows.targets[e0:e1],
                 None if rows.weights is None else rows.weights[e0:e1],
                 shape[1],
             )
-            where = workers[b % len(workers)]
-            blocks.append(self.client.scatter(part, workers=[where], hash=False))
+            # In the task graph, not scattered: the scheduler keeps the block's arrays (as for
+            # da.from_array), so Dask can recompute the block if its worker dies.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
+                blocks.append(self._submit(_Csr, *part))
         return blocks, bounds, shape[1]
 
     def _blocks_on_cluster(self, interactions: Any, weights: Any) -> list[distributed.Future]:
@@ -595,8 +604,8 @@ class DaskWALS:
         ----------
         interactions : scipy.sparse matrix, list of distributed.Future, or dask.array.Array
             The (n_queries, n_items) targets, as in :meth:`fastsoftmax.WALS.fit`. A scipy.sparse
-            matrix on the client is cut into ``num_row_blocks`` blocks and scattered. A list of
-            futures gives the row blocks directly, top to bottom: each resolves to a
+            matrix on the client is cut into ``num_row_blocks`` blocks, sent with the tasks. A
+            list of futures gives the row blocks directly, top to bottom: each resolves to a
             scipy.sparse matrix with all n_items columns, so data that never fits on the client
             can be used. A dask array (of scipy.sparse chunks) gives one row block per row of
             chunks.
@@ -619,7 +628,7 @@ class DaskWALS:
             On bad input, as :meth:`fastsoftmax.WALS.fit` (raised from the workers for blocks
             that live there), or blocks with different numbers of columns.
         RuntimeError
-            If a worker holding scattered client data was lost (see the class notes), or as
+            If a worker holding scattered data was lost (see the class notes), or as
             :meth:`fastsoftmax.WALS.fit` for a Cholesky failure.
         """
         workers = sorted(self.client.scheduler_info()["workers"])

@@ -17,18 +17,20 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _core
+from ._sampled_options import SampledOptions
 from ._validation import (
     as_real_array,
     check_choice,
     check_int,
     check_num_threads,
     check_seed,
+    check_sparse_structure,
 )
 from .io import register_model, save_arrays
 
 __all__ = ["QueryFeatures", "SoftmaxModel"]
 
-_LOSSES = ("full", "positives")
+_LOSSES = ("full", "positives", "sampled")
 _OPTIMIZERS = ("sgd", "adagrad", "adam")
 _POOLINGS = ("mean", "sum", "sqrtn")
 _MODEL_TYPE = "SoftmaxModel"
@@ -40,6 +42,7 @@ def _as_csr(value: object, name: str) -> sp.csr_array | sp.csr_matrix:
         raise TypeError(
             f"{name}: expected a scipy.sparse matrix (rows x vocabulary), got {type(value).__name__}"
         )
+    check_sparse_structure(value, name)
     m = value.tocsr()
     if m.dtype.kind not in "biuf":
         raise TypeError(f"{name}: expected real values, got dtype {m.dtype}")
@@ -140,6 +143,20 @@ class QueryFeatures:
         if len(set(sizes.values())) > 1:
             raise ValueError(f"QueryFeatures: features disagree on the number of rows: {sizes}")
         self.n_rows: int = next(iter(sizes.values()))
+        #: Default table sizes per feature name (filled from ``fs.datasets.Features``).
+        self.cardinalities: dict[str, int] = {}
+
+    @classmethod
+    def from_features(cls, features: Any) -> QueryFeatures:
+        """Wrap a :class:`fastsoftmax.datasets.Features` (its ``cardinalities`` become the default
+        table sizes of the model built from it)."""
+        q = cls(
+            dense=features.dense,
+            categorical=features.categorical or None,
+            bags=features.bags or None,
+        )
+        q.cardinalities = {str(k): int(v) for k, v in features.cardinalities.items()}
+        return q
 
     def __len__(self) -> int:
         """Number of rows N."""
@@ -151,6 +168,17 @@ class QueryFeatures:
             f"QueryFeatures(n_rows={self.n_rows}, dense={f}, "
             f"categorical={list(self.categorical)}, bags={list(self.bags)})"
         )
+
+
+def _as_query_features(feats: object, name: str = "feats") -> QueryFeatures:
+    """QueryFeatures as is; a ``fs.datasets.Features`` wrapped; anything else a TypeError."""
+    if isinstance(feats, QueryFeatures):
+        return feats
+    if all(hasattr(feats, a) for a in ("dense", "categorical", "bags", "cardinalities")):
+        return QueryFeatures.from_features(feats)
+    raise TypeError(
+        f"{name}: expected fs.QueryFeatures (or fs.datasets.Features), got {type(feats).__name__}"
+    )
 
 
 def _targets_arrays(
@@ -193,10 +221,12 @@ class SoftmaxModel:
     pooling : {"mean", "sum", "sqrtn"}, default "mean"
         How a bag's embeddings are combined, with per-id weights w: ``sum_k w_k e_k`` divided by
         ``sum_k w_k`` (mean), 1 (sum) or ``sqrt(sum_k w_k^2)`` (sqrtn). An empty bag gives 0.
-    loss : {"full", "positives"}, default "full"
+    loss : {"full", "positives", "sampled"}, default "full"
         ``"full"``: exact softmax over all n items (gradient touches every item).
         ``"positives"``: softmax restricted to each row's positives (positives-only training:
         cheap, but prone to folding).
+        ``"sampled"``: sampled softmax over each row's positives and ``num_negatives`` negatives
+        drawn from ``sampler`` (options below; the item gradient touches the candidates only).
     optimizer : {"sgd", "adagrad", "adam"}, default "adagrad"
         Dense updates for the MLP; lazy row-sparse updates for the embedding tables, and for V
         when the loss gives a row-sparse gradient. Adagrad/Adam follow PyTorch's formulas.
@@ -218,6 +248,43 @@ class SoftmaxModel:
         Table sizes of categorical / bag features; by default taken from the data at the first
         :meth:`fit` (categorical: max id + 1; bags: the matrix's column count). An id outside its
         table at predict time raises IndexError (there is no out-of-vocabulary bucket).
+    num_negatives : int, default 256
+        ``loss="sampled"``: negatives m per batch (shared) or per row. With ``gravity`` and
+        ``loss="positives"``: the uniform rows the item Gramian is estimated on.
+    sampler : {"uniform", "popularity", "weights", "in_batch", "score"}, default "uniform"
+        Proposal Q of the negatives: uniform; an alias table over the training item counts
+        ``** sampler_alpha`` (counts of rows with the item as a positive, taken at each
+        :meth:`fit`); an alias table over ``sampler_weights``; the other rows' positives of the
+        batch (Q = the items' positive-entry frequency in the training targets; ``num_negatives``
+        is ignored); or hard negatives ``Q_b(j) ~ exp(score_bj / temperature)`` (below).
+    sampler_alpha : float, default 0.75
+    sampler_weights : array_like, shape (n_items,), optional
+        Non-negative weights for ``sampler="weights"``; with ``sampler="score"``, the proposal of
+        the candidate pool (uniform otherwise).
+    share_negatives : bool, default True
+        One set of negatives per batch (their logits are one B x m GEMM) or one per row. The shared
+        score proposal is the batch mixture ``mean_b Q_b``.
+    hard_pool : int or None, default 2048
+        ``sampler="score"``: ``None`` samples exactly from all n scores (a full forward pass: the
+        reference mode); an int M resamples m of M pool candidates with weights
+        ``exp(score / T) / Q0`` (sampling-importance-resampling). The logQ correction then uses
+        the implied ``Q_b(j) = exp(score_bj / T) / Zhat_b`` with ``Zhat_b`` the pool's
+        importance-sampling estimate of the normaliser, an O(1/M) approximation.
+    temperature : float, default 1.0
+    hard_fraction : float, default 1.0
+        Share of the m negatives drawn by the score sampler; the rest are uniform (the correction
+        uses the mixture).
+    logq_correction : bool, default True
+        Subtract ``log(m Q(j))`` (the expected count) from every sampled logit, so that the
+        expected gradient approaches the full softmax's as m grows.
+    remove_accidental_hits : bool, default True
+        Mask sampled negatives equal to one of the row's positives. (Positives, then in the
+        candidate set exactly once, are not corrected; with hits kept, a positive and its hits
+        are corrected by ``log(1 + m Q(j))``.)
+    gravity : float, default 0.0
+        Coefficient of the gravity term ``<Psi^T Psi / B, V^T V / n>_F`` (any loss): exact for
+        ``"full"``; ``V^T V / n`` estimated on the sampled rows (``"sampled"``) or on
+        ``num_negatives`` uniform rows (``"positives"``).
 
     Attributes
     ----------
@@ -250,6 +317,17 @@ class SoftmaxModel:
         seed: int = 0,
         item_bias: bool = False,
         vocab_sizes: Mapping[str, int] | None = None,
+        num_negatives: int = 256,
+        sampler: str = "uniform",
+        sampler_alpha: float = 0.75,
+        sampler_weights: Any = None,
+        share_negatives: bool = True,
+        hard_pool: int | None = 2048,
+        temperature: float = 1.0,
+        hard_fraction: float = 1.0,
+        logq_correction: bool = True,
+        remove_accidental_hits: bool = True,
+        gravity: float = 0.0,
     ) -> None:
         self.n_items = check_int(n_items, "n_items", minimum=1)
         if isinstance(hidden, numbers.Integral):
@@ -279,6 +357,20 @@ class SoftmaxModel:
             str(k): check_int(v, f"vocab_sizes['{k}']", minimum=1)
             for k, v in (vocab_sizes or {}).items()
         }
+        self._sampled = SampledOptions(
+            self.n_items,
+            num_negatives=num_negatives,
+            sampler=sampler,
+            sampler_alpha=sampler_alpha,
+            sampler_weights=sampler_weights,
+            share_negatives=share_negatives,
+            hard_pool=hard_pool,
+            temperature=temperature,
+            hard_fraction=hard_fraction,
+            logq_correction=logq_correction,
+            remove_accidental_hits=remove_accidental_hits,
+            gravity=gravity,
+        )
         self._impl: Any = None
         self._schema: dict[str, Any] | None = None
         self._epoch = 0
@@ -286,7 +378,7 @@ class SoftmaxModel:
 
     # -- building --------------------------------------------------------------------------------
     def _loss_options(self) -> dict[str, Any]:
-        return {}
+        return self._sampled.loss_options(self.loss_kind)
 
     def _feature_dim(self, name: str) -> int:
         if isinstance(self.embedding_dim, dict):
@@ -299,7 +391,7 @@ class SoftmaxModel:
         cat_vocab = []
         for name, ids in feats.categorical.items():
             seen = int(ids.max()) + 1 if len(ids) else 1
-            v = self.vocab_sizes.get(name, seen)
+            v = self.vocab_sizes.get(name, max(seen, feats.cardinalities.get(name, seen)))
             if v < seen:
                 raise IndexError(
                     f"categorical '{name}': id {seen - 1} is outside vocab_sizes['{name}'] = {v}"
@@ -308,7 +400,7 @@ class SoftmaxModel:
         bag_vocab = []
         for name in feats.bags:
             seen = feats.bag_vocab[name]
-            v = self.vocab_sizes.get(name, seen)
+            v = self.vocab_sizes.get(name, max(seen, feats.cardinalities.get(name, seen)))
             if v < seen:
                 raise ValueError(
                     f"bags '{name}': {seen} columns exceed vocab_sizes['{name}'] = {v}"
@@ -349,8 +441,7 @@ class SoftmaxModel:
             raise RuntimeError("SoftmaxModel: not fitted yet (call fit first)")
 
     def _data(self, feats: object, targets: object = None, *, name: str = "feats") -> Any:
-        if not isinstance(feats, QueryFeatures):
-            raise TypeError(f"{name}: expected fs.QueryFeatures, got {type(feats).__name__}")
+        feats = _as_query_features(feats, name)
         s = self._schema
         assert s is not None
         f = 0 if feats.dense is None else feats.dense.shape[1]
@@ -393,7 +484,7 @@ class SoftmaxModel:
 
         Parameters
         ----------
-        feats : QueryFeatures
+        feats : QueryFeatures or fastsoftmax.datasets.Features
             Features of the N training queries.
         targets : scipy.sparse matrix, shape (N, n_items)
             Non-negative target weights; row b is normalised to the distribution p_b. Every row
@@ -417,20 +508,23 @@ class SoftmaxModel:
             For malformed features or targets (wrong types, shapes, N mismatch, negative or
             non-finite targets, a row without positives, ids outside their tables).
         """
-        if not isinstance(feats, QueryFeatures):
-            raise TypeError(f"feats: expected fs.QueryFeatures, got {type(feats).__name__}")
+        feats = _as_query_features(feats)
+        if feats.n_rows == 0:
+            raise ValueError("feats: expected at least one row to fit on, got 0")
         if self._impl is None:
             # Check the targets before building (their errors should not depend on build order).
             _targets_arrays(targets, feats.n_rows, self.n_items)
             self._build(feats)
         data = self._data(feats, targets)
+        self._impl.prepare_loss(data)  # e.g. the popularity proposal of loss="sampled"
         val = None
         if validation is not None:
             if not isinstance(validation, tuple) or len(validation) != 2:
                 raise TypeError("validation: expected a tuple (QueryFeatures, targets)")
             val_targets = _as_csr(validation[1], "validation targets")
-            self._data(validation[0], None, name="validation features")
-            val = (validation[0], val_targets)
+            val_feats = _as_query_features(validation[0], "validation features")
+            self._data(val_feats, None, name="validation features")
+            val = (val_feats, val_targets)
         epochs = range(self.epochs)
         bar = None
         if show_progress:
@@ -487,7 +581,7 @@ class SoftmaxModel:
 
         Parameters
         ----------
-        feats : QueryFeatures
+        feats : QueryFeatures or fastsoftmax.datasets.Features
             N queries.
         k : int, default 10
         exclude : scipy.sparse matrix, shape (N, n_items), optional
@@ -515,7 +609,7 @@ class SoftmaxModel:
 
         Parameters
         ----------
-        feats : QueryFeatures
+        feats : QueryFeatures or fastsoftmax.datasets.Features
             N queries.
         targets : scipy.sparse matrix, shape (N, n_items)
             Their target weights (see :meth:`fit`).
@@ -578,6 +672,7 @@ class SoftmaxModel:
             "seed": self.seed,
             "item_bias": self.item_bias,
             "vocab_sizes": self.vocab_sizes,
+            **self._sampled.config(),
         }
 
     def _to_arrays(self) -> dict[str, np.ndarray]:

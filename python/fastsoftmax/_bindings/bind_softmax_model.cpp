@@ -9,12 +9,19 @@
 #include "binding_utils.h"
 #include "fastsoftmax/softmax_loss.h"
 #include "fastsoftmax/softmax_model.h"
+#include "sampled_loss_factory.h"
 
 namespace fastsoftmax::py {
 namespace {
 
 /// Builds the Loss named `loss`; `options` carries the kind's settings (unused keys are an error).
-std::unique_ptr<Loss> make_loss(const std::string& loss, const pyb::dict& options) {
+std::unique_ptr<Loss> make_loss(const std::string& loss, const pyb::dict& all_options,
+                                index_t n_items) {
+  // Sampled softmax and gravity (sampled_loss_factory.h).
+  if (loss == "sampled") return make_sampled_loss(n_items, all_options);
+  double gravity = 0.0;
+  index_t gravity_samples = 0;
+  const pyb::dict options = pop_gravity_options(all_options, &gravity, &gravity_samples);
   auto reject_other_options = [&](std::size_t used) {
     if (options.size() != used) {
       throw std::invalid_argument(str_cat("loss_options: unexpected options for loss '", loss,
@@ -30,14 +37,14 @@ std::unique_ptr<Loss> make_loss(const std::string& loss, const pyb::dict& option
       ++used;
     }
     reject_other_options(used);
-    return std::make_unique<FullSoftmaxLoss>(budget);
+    return with_gravity(std::make_unique<FullSoftmaxLoss>(budget), gravity, gravity_samples);
   }
   if (loss == "positives") {
     reject_other_options(0);
-    return std::make_unique<PositivesOnlyLoss>();
+    return with_gravity(std::make_unique<PositivesOnlyLoss>(), gravity, gravity_samples);
   }
   throw std::invalid_argument(
-      str_cat("loss: expected one of 'full', 'positives', got '", loss, "'"));
+      str_cat("loss: expected one of 'full', 'positives', 'sampled', got '", loss, "'"));
 }
 
 /// Query features (and optionally targets) of one call, checked against a model and pinned.
@@ -86,6 +93,12 @@ SoftmaxData make_data(SoftmaxModel& model, index_t rows, pyb::handle dense,
     const index_t nnz = indptr.data()[expected_rows];
     if (indptr.data()[0] != 0 || nnz < 0 || nnz > indices.shape(0)) {
       throw std::invalid_argument(str_cat(name, ": inconsistent indptr"));
+    }
+    for (index_t r = 0; r < expected_rows; ++r) {  // before anything reads indices by row
+      if (indptr.data()[r + 1] < indptr.data()[r]) {
+        throw std::invalid_argument(
+            str_cat(name, ": indptr must be non-decreasing, got a decrease at row ", r));
+      }
     }
     BagsView v{indptr.data(), indices.data(), nullptr};
     d.keep_alive.push_back(indptr);
@@ -158,7 +171,7 @@ void bind_softmax_model(pyb::module_& m) {
              c.seed = seed;
              resolve_num_threads(num_threads);  // throws for < 0
              c.num_threads = num_threads;
-             auto l = make_loss(loss, loss_options);
+             auto l = make_loss(loss, loss_options, n_items);
              ReleaseGil release;
              return new SoftmaxModel(c, std::move(l));
            }),
@@ -231,6 +244,14 @@ void bind_softmax_model(pyb::module_& m) {
              }
              return out;
            })
+      .def(
+          "prepare_loss",
+          [](SoftmaxModel& self, const SoftmaxData& d) {
+            if (!d.has_targets) throw std::invalid_argument("targets: required");
+            ReleaseGil release;
+            self.prepare_loss(d.targets);
+          },
+          pyb::arg("data"), "Loss::prepare with these targets (e.g. item popularity).")
       .def("reset_optimizer_state", &SoftmaxModel::reset_optimizer_state)
       .def_property_readonly("steps", &SoftmaxModel::steps)
       .def_property_readonly("loss_name", [](const SoftmaxModel& s) { return s.loss_function().name(); });

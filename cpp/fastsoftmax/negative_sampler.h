@@ -1,0 +1,122 @@
+#pragma once
+// Proposal distributions Q for sampled softmax, each with its probability Q(j) available for the
+// logQ correction (DESIGN.md section 2).
+//
+// * kUniform: Q(j) = 1/n, one Lemire integer draw per negative.
+// * kAlias:   a static distribution (popularity counts ** alpha, or user weights) through an
+//             AliasSampler; Q(j) = its normalised weight.
+// * kInBatch: the negatives are the positive entries of the batch (every CSR entry of the batch
+//             targets, in CSR order); entry e belongs to query owner[e] and is never a negative of
+//             that query. Marginally each entry is a draw from the positive-entry frequency of the
+//             training targets, which is the Q(j) given at construction (the "frequency correction").
+//             num_negatives is ignored.
+// * kScore:   hard negatives, Q_b(j) = exp(z_bj / T) / sum_k exp(z_bk / T) with z the current logits.
+//             hard_pool == 0: exact over all n items (needs all B x n logits: the reference mode).
+//             hard_pool == M > 0: sampling-importance-resampling (SIR): a pool of M candidates from
+//             Q0 (uniform, or the alias table when weights are given), scored with one B x M GEMM,
+//             resampled with weights exp(z/T) / Q0(c). The correction uses the implied proposal
+//             Qhat_b(j) = exp(z_bj / T) / Zhat_b with Zhat_b = (1/M) sum_i exp(z_b,c_i / T) / Q0(c_i)
+//             the pool's importance-sampling estimate of the normaliser. This is an approximation:
+//             the true marginal of a SIR draw differs from Q_b by O(1/M) (heavy items are
+//             under-drawn), see tests/test_negative_sampler.py for the measured bias.
+//             hard_fraction f < 1: m_h = round(f m) hard draws and m - m_h uniform draws; the
+//             effective proposal is the mixture Q = (m_h/m) Q_hard + (1 - m_h/m) / n, which is what
+//             m Q(j) (the expected count of j among the m draws) is computed from.
+//
+// Shared (share = true): one set of m draws for the whole batch (the loss's negative logits are then
+// one B x m GEMM). For kScore the shared proposal is the batch mixture Qbar(j) = mean_b Q_b(j).
+// Per query (share = false): m draws per query row.
+//
+// Randomness: Rng(seed, stream) with fixed streams (shared draws: streams 0..2; query row b: 3 + b),
+// parallel work in fixed chunks: the draws depend on (seed, inputs) only, never on num_threads.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "fastsoftmax/alias_sampler.h"
+#include "fastsoftmax/common.h"
+
+namespace fastsoftmax {
+
+enum class SamplerKind { kUniform, kAlias, kInBatch, kScore };
+
+/// Parses "uniform" | "alias" | "in_batch" | "score"; std::invalid_argument naming `sampler`.
+SamplerKind parse_sampler_kind(const std::string& name);
+
+struct NegativeSamplerOptions {
+  SamplerKind kind = SamplerKind::kUniform;
+  index_t num_negatives = 256;  // m (kInBatch: ignored)
+  bool share = true;
+  index_t hard_pool = 2048;  // kScore: M; 0 = exact over all items
+  double temperature = 1.0;  // kScore: T > 0
+  double hard_fraction = 1.0;  // kScore: in [0, 1]
+};
+
+/// The draws of one batch, written by NegativeSampler::sample (buffers are reused across calls).
+struct NegativeDraws {
+  index_t rows = 0;  // 1 when shared, else B
+  index_t m = 0;     // draws per row
+  std::vector<index_t> ids;     // rows x m item ids
+  std::vector<float> log_q;     // rows x m: log Q(ids) under the row's (mixture) proposal
+  std::vector<index_t> owner;   // kInBatch: m entries, the query each draw belongs to; else empty
+  // kScore: per query, log of the (exact or SIR-estimated) normaliser of exp(z / T); size B.
+  std::vector<double> log_norm;
+  index_t m_hard = 0;  // kScore: number of hard draws per row (the rest are uniform)
+
+  // Scratch, reused across batches.
+  std::vector<float> scores;    // B x (pool or n) logits
+  RowMatrixXf pool_rows;        // gathered rows of the pool
+  std::vector<index_t> pool;    // pool ids
+  std::vector<double> cdf;      // per slot cumulative weights
+};
+
+/// Inputs of one batch that proposals may need: the query embeddings (score), the item table
+/// (score), the batch targets (in-batch). Pointers are borrowed.
+struct SamplerBatch {
+  index_t B = 0;
+  index_t dim = 0;
+  const float* psi = nullptr;      // B x dim
+  const float* items = nullptr;    // n x dim
+  const float* bias = nullptr;     // n or nullptr
+  const index_t* indptr = nullptr;   // B + 1 (kInBatch)
+  const index_t* indices = nullptr;  // indptr[B] (kInBatch)
+};
+
+class NegativeSampler {
+ public:
+  /// `weights` (n entries, may be nullptr): kAlias: the static distribution (required); kInBatch:
+  /// the positive-entry frequencies Q(j) (required); kScore: the pool proposal Q0 (nullptr:
+  /// uniform). Throws std::invalid_argument naming the bad option.
+  NegativeSampler(index_t n_items, const NegativeSamplerOptions& options, const double* weights);
+
+  const NegativeSamplerOptions& options() const { return options_; }
+  index_t n_items() const { return n_; }
+
+  /// Draws the negatives of one batch into `out`.
+  void sample(const SamplerBatch& batch, std::uint64_t seed, int num_threads,
+              NegativeDraws& out) const;
+
+  /// log Q(j) of item j under the proposal of query b for the batch `draws` was drawn for.
+  /// `z_col` (kScore only): the logits of item j for all B queries of the batch (only z_col[b] is
+  /// read when draws are per query).
+  double log_q(const NegativeDraws& draws, index_t b, index_t j, const float* z_col) const;
+
+  /// Static Q(j) (kUniform, kAlias, kInBatch).
+  double static_probability(index_t j) const;
+
+ private:
+  void sample_score(const SamplerBatch& batch, std::uint64_t seed, int num_threads,
+                    NegativeDraws& out) const;
+  double mix_log(double log_q_hard) const;  // log(f exp(log_q_hard) + (1 - f) / n), f = m_h / m
+
+  index_t n_;
+  NegativeSamplerOptions options_;
+  std::unique_ptr<AliasSampler> alias_;  // kAlias, or the kScore pool proposal
+  std::vector<double> q_;                // static probabilities (kAlias, kInBatch, kScore pool)
+  std::vector<float> log_q_static_;      // log of q_ (float, -inf for zero)
+  index_t m_hard_ = 0;
+};
+
+}  // namespace fastsoftmax

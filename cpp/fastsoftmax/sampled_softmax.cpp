@@ -1,0 +1,392 @@
+#include "fastsoftmax/sampled_softmax.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "fastsoftmax/thread_pool.h"
+
+namespace fastsoftmax {
+namespace {
+
+constexpr float kNegInfF = -std::numeric_limits<float>::infinity();
+constexpr index_t kRowsPerTask = 16;
+constexpr index_t kColsPerTask = 64;
+
+index_t n_tasks(index_t n, index_t per_task) { return (n + per_task - 1) / per_task; }
+
+using StridedMap = Eigen::Map<RowMatrixXf, 0, Eigen::OuterStride<>>;
+using ConstStridedMap = Eigen::Map<const RowMatrixXf, 0, Eigen::OuterStride<>>;
+
+float dot(const float* a, const float* b, index_t d) {
+  return Eigen::Map<const Eigen::VectorXf>(a, d).dot(Eigen::Map<const Eigen::VectorXf>(b, d));
+}
+
+}  // namespace
+
+double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, const float* items,
+                                        const float* bias, index_t n_items, const index_t* indptr,
+                                        const index_t* indices, const float* weights,
+                                        const NegativeDraws& draws, const float* pos_log_q,
+                                        const SampledSoftmaxOptions& options, float grad_scale,
+                                        int num_threads, float* dpsi,
+                                        std::vector<index_t>* item_rows, RowMatrixXf* item_grad,
+                                        std::vector<float>* item_bias_grad,
+                                        SampledSoftmaxWorkspace& ws) {
+  const index_t m = draws.m;
+  const index_t R = draws.rows;
+  if (R != 1 && R != B) throw_invalid("draws: expected 1 or ", B, " rows, got ", R);
+  if (static_cast<index_t>(draws.ids.size()) != R * m ||
+      static_cast<index_t>(draws.log_q.size()) != R * m) {
+    throw_invalid("draws: expected ", R * m, " ids and log_q, got ", draws.ids.size(), " and ",
+                  draws.log_q.size());
+  }
+  const bool shared = R == 1;
+  const bool has_owner = !draws.owner.empty();
+  if (has_owner && (!shared || static_cast<index_t>(draws.owner.size()) != m)) {
+    throw_invalid("draws: owner must have one entry per shared draw");
+  }
+  const bool grad = dpsi != nullptr;
+  const bool logq = options.logq_correction;
+  const bool remove_hits = options.remove_accidental_hits;
+  const bool correct_positives = logq && !remove_hits;
+  if (correct_positives && pos_log_q == nullptr && indptr[B] > 0) {
+    throw_invalid("pos_log_q: needed when logq_correction and not remove_accidental_hits");
+  }
+  const double gamma = options.gravity;
+  const float scale = grad_scale;
+  const index_t nnz = indptr[B];
+
+  ConstMapRowMatrixXf Psi(psi, B, d);
+  ws.z.resize(B, m);
+  ws.pos_z.resize(nnz);
+  ws.row_loss.assign(B, 0.0);
+
+  // ---- Logits of the draws.
+  if (shared) {
+    ws.vs.resize(m, d);
+    ws.bs.assign(m, 0.0f);
+    parallel_for(n_tasks(m, 256), num_threads, [&](std::int64_t task, int) {
+      const index_t i1 = std::min(m, (task + 1) * 256);
+      for (index_t i = task * 256; i < i1; ++i) {
+        const index_t j = draws.ids[i];
+        std::copy_n(items + j * d, d, ws.vs.data() + i * d);
+        if (bias != nullptr) ws.bs[i] = bias[j];
+      }
+    });
+    parallel_for(n_tasks(B, kRowsPerTask), num_threads, [&](std::int64_t task, int) {
+      const index_t b0 = task * kRowsPerTask, nb = std::min(kRowsPerTask, B - b0);
+      auto Zb = ws.z.middleRows(b0, nb);
+      Zb.noalias() = Psi.middleRows(b0, nb) * ws.vs.transpose();
+      if (bias != nullptr) {
+        Zb.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(ws.bs.data(), m);
+      }
+    });
+    // (id, column) pairs sorted by id, to find each positive's accidental hits.
+    ws.sorted.resize(m);
+    for (index_t i = 0; i < m; ++i) ws.sorted[i] = {draws.ids[i], i};
+    std::sort(ws.sorted.begin(), ws.sorted.end());
+  } else {
+    parallel_for(n_tasks(B, kRowsPerTask), num_threads, [&](std::int64_t task, int) {
+      const index_t b1 = std::min(B, (task + 1) * kRowsPerTask);
+      for (index_t b = task * kRowsPerTask; b < b1; ++b) {
+        const index_t* ids = draws.ids.data() + b * m;
+        for (index_t i = 0; i < m; ++i) {
+          ws.z(b, i) = dot(psi + b * d, items + ids[i] * d, d) + (bias ? bias[ids[i]] : 0.0f);
+        }
+      }
+    });
+  }
+
+  // ---- Per row: corrections, masks, log-sum-exp, loss, dL/dz, and dpsi from the positives.
+  ws.exp_scratch.resize(threads_for(n_tasks(B, kRowsPerTask), num_threads));
+  for (auto& e : ws.exp_scratch) e.resize(m);
+  parallel_for(n_tasks(B, kRowsPerTask), num_threads, [&](std::int64_t task, int slot) {
+    const index_t b1 = std::min(B, (task + 1) * kRowsPerTask);
+    for (index_t b = task * kRowsPerTask; b < b1; ++b) {
+      float* zrow = ws.z.data() + b * m;
+      const index_t k0 = indptr[b], k1 = indptr[b + 1];
+      if (grad) Eigen::Map<Eigen::RowVectorXf>(dpsi + b * d, d).setZero();
+      if (k0 == k1) {
+        std::fill_n(zrow, m, 0.0f);
+        continue;
+      }
+      const float* lq = draws.log_q.data() + (shared ? 0 : b * m);
+      const index_t* ids = draws.ids.data() + (shared ? 0 : b * m);
+      index_t m_b = m;
+      if (has_owner) {
+        for (index_t i = 0; i < m; ++i) {
+          if (draws.owner[i] == b) {
+            zrow[i] = kNegInfF;
+            --m_b;
+          }
+        }
+      }
+      const double log_mb = m_b > 0 ? std::log(static_cast<double>(m_b)) : 0.0;
+      if (logq) {
+        for (index_t i = 0; i < m; ++i) zrow[i] -= static_cast<float>(log_mb + lq[i]);
+      }
+      // Accidental hits: draws equal to one of b's positives (own in-batch entries excluded).
+      auto handle_hit = [&](index_t i) {
+        if (zrow[i] == kNegInfF) return;
+        if (remove_hits) {
+          zrow[i] = kNegInfF;
+        } else if (logq) {
+          const double lc = log_mb + lq[i];
+          zrow[i] += static_cast<float>(lc - std::log1p(std::exp(lc)));
+        }
+      };
+      if (remove_hits || logq) {
+        if (shared) {
+          for (index_t k = k0; k < k1; ++k) {
+            auto it = std::lower_bound(ws.sorted.begin(), ws.sorted.end(),
+                                       std::pair<index_t, index_t>{indices[k], 0});
+            for (; it != ws.sorted.end() && it->first == indices[k]; ++it) handle_hit(it->second);
+          }
+        } else {
+          for (index_t i = 0; i < m; ++i) {
+            if (std::binary_search(indices + k0, indices + k1, ids[i])) handle_hit(i);
+          }
+        }
+      }
+      // Positives.
+      float* pz = ws.pos_z.data();
+      for (index_t k = k0; k < k1; ++k) {
+        const index_t j = indices[k];
+        double z = dot(psi + b * d, items + j * d, d) + (bias ? bias[j] : 0.0f);
+        if (correct_positives) z -= std::log1p(std::exp(log_mb + pos_log_q[k]));
+        pz[k] = static_cast<float>(z);
+      }
+      // Max-shifted log-sum-exp over the candidates. Negatives: Eigen's vectorised exp into the
+      // slot's scratch, masked (-inf) entries then set to exactly 0 (Eigen's exp clamps at
+      // exp(-88.7) instead of returning 0).
+      Eigen::Map<Eigen::ArrayXf> zr(zrow, m);
+      Eigen::ArrayXf& e = ws.exp_scratch[slot];
+      float mx = m > 0 ? zr.maxCoeff() : kNegInfF;
+      for (index_t k = k0; k < k1; ++k) mx = std::max(mx, pz[k]);
+      double s = 0.0;
+      for (index_t k = k0; k < k1; ++k) s += std::exp(static_cast<double>(pz[k]) - mx);
+      if (m > 0) {
+        e = (zr - mx).exp();
+        for (index_t i = 0; i < m; ++i) e[i] = zrow[i] == kNegInfF ? 0.0f : e[i];
+        s += static_cast<double>(e.sum());
+      }
+      const double lse = mx + std::log(s);
+      double loss = 0.0;
+      for (index_t k = k0; k < k1; ++k) loss += weights[k] * (lse - pz[k]);
+      ws.row_loss[b] = loss;
+      if (!grad) continue;
+      if (m > 0) {
+        e = (zr - static_cast<float>(lse)).exp();
+        for (index_t i = 0; i < m; ++i) zrow[i] = zrow[i] == kNegInfF ? 0.0f : scale * e[i];
+      }
+      Eigen::Map<Eigen::RowVectorXf> g(dpsi + b * d, d);
+      for (index_t k = k0; k < k1; ++k) {
+        pz[k] = scale * static_cast<float>(std::exp(static_cast<double>(pz[k]) - lse) - weights[k]);
+        g += pz[k] * Eigen::Map<const Eigen::RowVectorXf>(items + indices[k] * d, d);
+      }
+      if (!shared) {
+        for (index_t i = 0; i < m; ++i) {
+          if (zrow[i] != 0.0f) {
+            g += zrow[i] * Eigen::Map<const Eigen::RowVectorXf>(items + ids[i] * d, d);
+          }
+        }
+      }
+    }
+  });
+  double total = 0.0;
+  for (index_t b = 0; b < B; ++b) total += ws.row_loss[b];
+
+  // ---- Gravity on the draws: Gram_items = sum_s w_s v_s v_s^T, w_s = 1 / (D n Q(s)).
+  // Shared: all m draws (D = m). Per query: the draws of row 0 (each row's draws are an unbiased
+  // sample on their own; using one row keeps this O(m d^2)).
+  std::vector<float> grav_w;
+  if (gamma > 0 && m > 0) {
+    const index_t D = m;
+    grav_w.resize(D);
+    for (index_t i = 0; i < D; ++i) {
+      grav_w[i] = static_cast<float>(std::exp(-static_cast<double>(draws.log_q[i])) /
+                                     (static_cast<double>(D) * static_cast<double>(n_items)));
+    }
+    RowMatrixXf rows_s;
+    const RowMatrixXf* Vs = &ws.vs;
+    if (!shared) {
+      rows_s.resize(D, d);
+      for (index_t i = 0; i < D; ++i) rows_s.row(i) = ConstMapRowMatrixXf(items + draws.ids[i] * d, 1, d);
+      Vs = &rows_s;
+    }
+    Eigen::Map<const Eigen::VectorXf> w(grav_w.data(), D);
+    ws.gram_items.noalias() = Vs->transpose() * (w.asDiagonal() * (*Vs));
+    // Query side over the rows that have positives.
+    index_t nonempty = 0;
+    for (index_t b = 0; b < B; ++b) nonempty += indptr[b + 1] > indptr[b];
+    if (nonempty == B) {
+      ws.gram_queries.noalias() = Psi.transpose() * Psi;
+    } else {
+      ws.gram_queries.setZero(d, d);
+      for (index_t b = 0; b < B; ++b) {
+        if (indptr[b + 1] > indptr[b]) ws.gram_queries.noalias() += Psi.row(b).transpose() * Psi.row(b);
+      }
+    }
+    total += gamma * static_cast<double>((ws.gram_queries.array() * ws.gram_items.array()).sum());
+    if (grad) {
+      const float c = static_cast<float>(2.0 * gamma) * scale;
+      MapRowMatrixXf dP(dpsi, B, d);
+      ws.tmp.noalias() = c * (Psi * ws.gram_items);
+      for (index_t b = 0; b < B; ++b) {
+        if (indptr[b + 1] > indptr[b]) dP.row(b) += ws.tmp.row(b);
+      }
+      // Item side: d/dv_s = 2 gamma scale w_s (Psi^T Psi) v_s, one row per draw (kept in ws.tmp).
+      ws.tmp.noalias() = c * (w.asDiagonal() * ((*Vs) * ws.gram_queries));
+    }
+  }
+  if (!grad) return total;
+
+  // ---- Shared draws: dpsi += G V_S, dV_S = G^T Psi, bias: column sums of G.
+  if (shared && m > 0) {
+    parallel_for(n_tasks(B, kRowsPerTask), num_threads, [&](std::int64_t task, int) {
+      const index_t b0 = task * kRowsPerTask, nb = std::min(kRowsPerTask, B - b0);
+      MapRowMatrixXf dP(dpsi + b0 * d, nb, d);
+      dP.noalias() += ws.z.middleRows(b0, nb) * ws.vs;
+    });
+    ws.dvs.resize(m, d);
+    ws.dbs.assign(m, 0.0f);
+    parallel_for(n_tasks(m, kColsPerTask), num_threads, [&](std::int64_t task, int) {
+      const index_t i0 = task * kColsPerTask, ni = std::min(kColsPerTask, m - i0);
+      ws.dvs.middleRows(i0, ni).noalias() = ws.z.middleCols(i0, ni).transpose() * Psi;
+      for (index_t i = i0; i < i0 + ni; ++i) ws.dbs[i] = ws.z.col(i).sum();
+    });
+  }
+
+  // ---- Row-sparse item gradient: sorted unique candidate ids, contributions in a fixed order.
+  ws.keys.assign(draws.ids.begin(), draws.ids.end());
+  ws.keys.insert(ws.keys.end(), indices, indices + nnz);
+  std::sort(ws.keys.begin(), ws.keys.end());
+  ws.keys.erase(std::unique(ws.keys.begin(), ws.keys.end()), ws.keys.end());
+  const index_t K = static_cast<index_t>(ws.keys.size());
+  item_rows->assign(ws.keys.begin(), ws.keys.end());
+  if (item_grad->rows() < K || item_grad->cols() != d) item_grad->resize(K, d);
+  item_grad->topRows(K).setZero();
+  const bool want_bias = bias != nullptr && item_bias_grad != nullptr;
+  if (want_bias) item_bias_grad->assign(K, 0.0f);
+  auto slot_of = [&](index_t j) {
+    return static_cast<index_t>(std::lower_bound(ws.keys.begin(), ws.keys.end(), j) - ws.keys.begin());
+  };
+  if (shared) {
+    for (index_t i = 0; i < m; ++i) {
+      const index_t s = slot_of(draws.ids[i]);
+      item_grad->row(s) += ws.dvs.row(i);
+      if (want_bias) (*item_bias_grad)[s] += ws.dbs[i];
+    }
+  } else {
+    for (index_t b = 0; b < B; ++b) {
+      const float* g = ws.z.data() + b * m;
+      for (index_t i = 0; i < m; ++i) {
+        if (g[i] == 0.0f) continue;
+        const index_t s = slot_of(draws.ids[b * m + i]);
+        item_grad->row(s) += g[i] * Psi.row(b);
+        if (want_bias) (*item_bias_grad)[s] += g[i];
+      }
+    }
+  }
+  for (index_t b = 0; b < B; ++b) {
+    for (index_t k = indptr[b]; k < indptr[b + 1]; ++k) {
+      const index_t s = slot_of(indices[k]);
+      item_grad->row(s) += ws.pos_z[k] * Psi.row(b);
+      if (want_bias) (*item_bias_grad)[s] += ws.pos_z[k];
+    }
+  }
+  if (!grav_w.empty()) {
+    for (index_t i = 0; i < m; ++i) item_grad->row(slot_of(draws.ids[i])) += ws.tmp.row(i);
+  }
+  return total;
+}
+
+SampledSoftmax::SampledSoftmax(index_t n_items, const NegativeSamplerOptions& sampler_options,
+                               const double* sampler_weights,
+                               const SampledSoftmaxOptions& options)
+    : sampler_(n_items, sampler_options, sampler_weights), options_(options) {
+  if (!(options.gravity >= 0) || !std::isfinite(options.gravity)) {
+    throw_invalid("gravity: expected a finite value >= 0, got ", options.gravity);
+  }
+}
+
+double SampledSoftmax::forward_backward(const float* psi, index_t B, index_t d, const float* items,
+                                        const float* bias, const index_t* indptr,
+                                        const index_t* indices, const float* weights,
+                                        std::uint64_t seed, float grad_scale, int num_threads,
+                                        float* dpsi, std::vector<index_t>* item_rows,
+                                        RowMatrixXf* item_grad,
+                                        std::vector<float>* item_bias_grad) {
+  SamplerBatch batch;
+  batch.B = B;
+  batch.dim = d;
+  batch.psi = psi;
+  batch.items = items;
+  batch.bias = bias;
+  batch.indptr = indptr;
+  batch.indices = indices;
+  sampler_.sample(batch, seed, num_threads, draws_);
+  const index_t nnz = indptr[B];
+  const float* pos_log_q = nullptr;
+  if (options_.logq_correction && !options_.remove_accidental_hits) {
+    pos_log_q_.resize(nnz);
+    const bool score = sampler_.options().kind == SamplerKind::kScore;
+    const bool shared = draws_.rows == 1;
+    parallel_for(n_tasks(B, kRowsPerTask), num_threads, [&](std::int64_t task, int) {
+      std::vector<float> z_col(score ? B : 0);
+      const index_t b1 = std::min(B, (task + 1) * kRowsPerTask);
+      for (index_t b = task * kRowsPerTask; b < b1; ++b) {
+        for (index_t k = indptr[b]; k < indptr[b + 1]; ++k) {
+          const index_t j = indices[k];
+          if (score) {
+            const float bj = bias ? bias[j] : 0.0f;
+            for (index_t r = 0; r < B; ++r) {
+              if (shared || r == b) z_col[r] = dot(psi + r * d, items + j * d, d) + bj;
+            }
+          }
+          pos_log_q_[k] = static_cast<float>(sampler_.log_q(draws_, b, j, z_col.data()));
+        }
+      }
+    });
+    pos_log_q = pos_log_q_.data();
+  }
+  return sampled_softmax_forward_backward(psi, B, d, items, bias, sampler_.n_items(), indptr,
+                                          indices, weights, draws_, pos_log_q, options_,
+                                          grad_scale, num_threads, dpsi, item_rows, item_grad,
+                                          item_bias_grad, ws_);
+}
+
+double gravity_exact(const float* psi, index_t B, index_t d, const float* items, index_t n_items,
+                     double gamma, float grad_scale, int num_threads, float* dpsi, float* dV) {
+  if (gamma <= 0 || B == 0) return 0.0;
+  ConstMapRowMatrixXf Psi(psi, B, d);
+  // V^T V over fixed item blocks, reduced in block order.
+  constexpr index_t kBlock = 4096;
+  const index_t tasks = n_tasks(n_items, kBlock);
+  std::vector<RowMatrixXf> partial(static_cast<std::size_t>(tasks));
+  parallel_for(tasks, num_threads, [&](std::int64_t t, int) {
+    const index_t j0 = t * kBlock, nj = std::min(kBlock, n_items - j0);
+    ConstMapRowMatrixXf V(items + j0 * d, nj, d);
+    partial[t].noalias() = V.transpose() * V;
+  });
+  RowMatrixXf gram_items = RowMatrixXf::Zero(d, d);
+  for (const auto& p : partial) gram_items += p;
+  gram_items /= static_cast<float>(n_items);
+  const RowMatrixXf gram_queries = Psi.transpose() * Psi;
+  const double loss =
+      gamma * static_cast<double>((gram_queries.array() * gram_items.array()).sum());
+  const float c = static_cast<float>(2.0 * gamma) * grad_scale;
+  if (dpsi != nullptr) MapRowMatrixXf(dpsi, B, d).noalias() += c * (Psi * gram_items);
+  if (dV != nullptr) {
+    const RowMatrixXf Cq = (c / static_cast<float>(n_items)) * gram_queries;
+    parallel_for(tasks, num_threads, [&](std::int64_t t, int) {
+      const index_t j0 = t * kBlock, nj = std::min(kBlock, n_items - j0);
+      ConstMapRowMatrixXf V(items + j0 * d, nj, d);
+      MapRowMatrixXf(dV + j0 * d, nj, d).noalias() += V * Cq;
+    });
+  }
+  return loss;
+}
+
+}  // namespace fastsoftmax

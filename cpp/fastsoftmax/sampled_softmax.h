@@ -1,0 +1,111 @@
+#pragma once
+// Sampled softmax for one batch (DESIGN.md section 2), and the gravity regulariser.
+//
+// Candidates of query b: its positives P_b and the sampled negatives S (shared by the batch, or
+// its own row of draws). Corrected logits, with m_b the number of draws that are negatives of b
+// (m, or for the in-batch sampler m minus b's own entries):
+//   * negatives: z'_bi = z_bi - log(m_b Q(s_i))  (the expected count of s_i among the draws);
+//   * accidental hits (a draw equal to one of b's positives): masked to -inf when
+//     remove_accidental_hits; otherwise kept, and the positive and each of its hits are corrected by
+//     log(1 + m_b Q(j)), the expected multiplicity of j among b's candidates;
+//   * positives: with accidental hits removed a positive is a candidate exactly once, with
+//     certainty, so its correction is log(1) = 0.
+// Without logq_correction no candidate is corrected. With these corrections the candidates'
+// corrected exponentials sum to an unbiased estimate of sum_j exp(z_bj) for every m, so the
+// expected gradient approaches the full-softmax gradient as m grows (measured in
+// tests/test_sampled_softmax.py). DESIGN.md's z - log(m Q) on the positives too is the large-m Q
+// approximation of log(1 + m Q); applied together with accidental-hit removal it would converge to
+// a softmax whose denominator omits the positives, so it is not used.
+//
+// Loss of row b: sum_{j in P_b} p_bj (lse_b - z'_bj), lse_b over all candidates (max-shifted:
+// finite for |z| ~ 1e4). Gradients reach psi_b and the rows (and bias) of V for the candidates only:
+// the item gradient is row-sparse.
+//
+// Gravity (Krichene et al.): g_b = psi_b^T (V^T V / n) psi_b per query, coefficient gamma; summed over
+// the rows like the loss, so gamma * mean_b g_b = gamma * <Psi^T Psi / B, V^T V / n>_F. Sampled
+// version: V^T V / n estimated on the draws as sum_s v_s v_s^T / (D n Q(s)) (D = all draws of the
+// batch), unbiased for any proposal; exact version: the full Gramian and a dense item gradient.
+
+#include <cstdint>
+#include <vector>
+
+#include "fastsoftmax/common.h"
+#include "fastsoftmax/negative_sampler.h"
+
+namespace fastsoftmax {
+
+struct SampledSoftmaxOptions {
+  bool logq_correction = true;
+  bool remove_accidental_hits = true;
+  double gravity = 0.0;  // gamma >= 0
+};
+
+/// Scratch of sampled_softmax_forward_backward, reused across batches.
+struct SampledSoftmaxWorkspace {
+  RowMatrixXf vs;                  // gathered rows of the shared draws (m x d)
+  std::vector<float> bs;           // their bias
+  RowMatrixXf z;                   // B x m logits, then dL/dz
+  std::vector<float> pos_z;        // per target entry: corrected logit, then dL/dz
+  std::vector<double> row_loss;    // per row
+  std::vector<std::pair<index_t, index_t>> sorted;  // (id, column) of the shared draws
+  RowMatrixXf dvs;                 // m x d item gradient of the shared draws
+  std::vector<float> dbs;          // m
+  std::vector<index_t> keys;       // candidate ids, sorted unique
+  std::vector<index_t> slot;       // slot of each contribution
+  RowMatrixXf gram_items, gram_queries, tmp;
+  std::vector<Eigen::ArrayXf> exp_scratch;  // per thread slot, m entries
+};
+
+/// Loss (sum over the B rows, unscaled, plus gravity) and gradients of grad_scale * loss.
+///
+/// psi: B x d. items: n x d, bias: n or nullptr. Targets: CSR (indptr B + 1, indices strictly
+/// increasing per row, weights summing to 1 per row; rows with no entry contribute nothing).
+/// draws: from NegativeSampler::sample for this batch. pos_log_q: per target entry, log Q(j) of
+/// the positive under the row's proposal (read only when logq_correction and not
+/// remove_accidental_hits; may be nullptr otherwise).
+/// dpsi (B x d) and the row-sparse item gradient (item_rows sorted unique, item_grad rows
+/// [0, item_rows.size()), item_bias_grad when bias) are overwritten; dpsi == nullptr: forward only.
+double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, const float* items,
+                                        const float* bias, index_t n_items, const index_t* indptr,
+                                        const index_t* indices, const float* weights,
+                                        const NegativeDraws& draws, const float* pos_log_q,
+                                        const SampledSoftmaxOptions& options, float grad_scale,
+                                        int num_threads, float* dpsi,
+                                        std::vector<index_t>* item_rows, RowMatrixXf* item_grad,
+                                        std::vector<float>* item_bias_grad,
+                                        SampledSoftmaxWorkspace& ws);
+
+/// A sampler and the sampled-softmax options together: draws the batch's negatives (and the
+/// positives' log Q when needed), then calls sampled_softmax_forward_backward. Not thread-safe (it
+/// owns its scratch); the draws depend on (seed, inputs) only.
+class SampledSoftmax {
+ public:
+  SampledSoftmax(index_t n_items, const NegativeSamplerOptions& sampler_options,
+                 const double* sampler_weights, const SampledSoftmaxOptions& options);
+
+  const NegativeSampler& sampler() const { return sampler_; }
+  const SampledSoftmaxOptions& options() const { return options_; }
+  const NegativeDraws& last_draws() const { return draws_; }
+
+  /// As sampled_softmax_forward_backward, with the negatives drawn from Rng streams of `seed`.
+  double forward_backward(const float* psi, index_t B, index_t d, const float* items,
+                          const float* bias, const index_t* indptr, const index_t* indices,
+                          const float* weights, std::uint64_t seed, float grad_scale,
+                          int num_threads, float* dpsi, std::vector<index_t>* item_rows,
+                          RowMatrixXf* item_grad, std::vector<float>* item_bias_grad);
+
+ private:
+  NegativeSampler sampler_;
+  SampledSoftmaxOptions options_;
+  NegativeDraws draws_;
+  SampledSoftmaxWorkspace ws_;
+  std::vector<float> pos_log_q_;
+};
+
+/// Exact gravity: returns gamma * sum_b psi_b^T (V^T V / n) psi_b; adds the gradients of
+/// grad_scale times that to dpsi (B x d, may be nullptr) and to the dense item gradient dV (n x d,
+/// may be nullptr). Cost O((B + n) d^2).
+double gravity_exact(const float* psi, index_t B, index_t d, const float* items, index_t n_items,
+                     double gamma, float grad_scale, int num_threads, float* dpsi, float* dV);
+
+}  // namespace fastsoftmax

@@ -1,0 +1,761 @@
+"""Datasets with known structure, and honest train/test splits.
+
+* :func:`make_categories` -- a synthetic corpus in which every query and item belongs to one
+  category and queries interact (almost) only within their own category: the setting in which
+  folding can be measured (:func:`fastsoftmax.metrics.folding_rate`).
+* :func:`load_movielens`, :func:`load_csv` -- real interaction files from a local folder.
+* :func:`train_test_split` (a random share of each query's interactions held out) and
+  :func:`cold_start_split` (whole queries held out).
+
+Every loader returns a :class:`Dataset`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import numbers
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._validation import check_int, check_seed
+from .metrics import as_csr
+from .sampler import AliasSampler
+
+__all__ = [
+    "Dataset",
+    "Features",
+    "cold_start_split",
+    "load_csv",
+    "load_movielens",
+    "make_categories",
+    "train_test_split",
+]
+
+
+@dataclass
+class Features:
+    """Query features of N queries, in the three kinds a softmax DNN consumes.
+
+    Attributes
+    ----------
+    dense : numpy.ndarray, float32, shape (N, F), or None
+        Dense real-valued features.
+    categorical : dict of str -> numpy.ndarray, int64, shape (N,)
+        Categorical features as ids in ``[0, cardinality)``; the cardinality of feature ``name``
+        is ``cardinalities[name]``.
+    bags : dict of str -> scipy.sparse.csr_matrix, shape (N, vocabulary)
+        Bags of ids (e.g. a watch history): the stored entries of row ``b`` are query ``b``'s ids,
+        the values their weights.
+    cardinalities : dict of str -> int
+        Number of distinct values of each categorical feature and vocabulary size of each bag.
+    """
+
+    dense: np.ndarray | None = None
+    categorical: dict[str, np.ndarray] = field(default_factory=dict)
+    bags: dict[str, sp.csr_matrix] = field(default_factory=dict)
+    cardinalities: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_queries(self) -> int:
+        """Number of queries N."""
+        for v in (self.dense, *self.categorical.values(), *self.bags.values()):
+            if v is not None:
+                return int(v.shape[0])
+        return 0
+
+    def __len__(self) -> int:
+        return self.n_queries
+
+    def take(self, rows: np.typing.ArrayLike) -> Features:
+        """The features of the queries ``rows`` (int array or boolean mask), in that order."""
+        rows = np.asarray(rows)
+        return Features(
+            dense=None if self.dense is None else self.dense[rows],
+            categorical={k: v[rows] for k, v in self.categorical.items()},
+            bags={k: sp.csr_matrix(v[rows]) for k, v in self.bags.items()},
+            cardinalities=dict(self.cardinalities),
+        )
+
+
+@dataclass
+class Dataset:
+    """Interactions between queries (users) and items, with side information.
+
+    Attributes
+    ----------
+    interactions : scipy.sparse.csr_matrix, float32, shape (n_queries, n_items)
+        Interaction weights (counts, ratings or 1), canonical CSR (sorted, no duplicates).
+    features : Features or None
+        Query features, row ``b`` for query ``b``.
+    query_groups : numpy.ndarray, int64, shape (n_queries,), or None
+        Known group of each query (the category of a synthetic query), if any.
+    item_groups : numpy.ndarray, int64, shape (n_items,), or None
+        Group of each item (the category; the first genre of a movie), if any.
+    query_ids, item_ids : numpy.ndarray, shape (n_queries,) / (n_items,)
+        Original id of each row / column (e.g. MovieLens userId / movieId).
+    group_names : list of str or None
+        Name of each item group id, when groups have names (genres).
+    item_features : dict of str -> scipy.sparse.csr_matrix or numpy.ndarray
+        Extra item side information, e.g. ``"genres"``: a multi-hot CSR (n_items x n_genres).
+    item_names : numpy.ndarray of str or None
+        Item titles, when the files have them.
+    name : str
+        Where the data came from.
+    """
+
+    interactions: sp.csr_matrix
+    features: Features | None = None
+    query_groups: np.ndarray | None = None
+    item_groups: np.ndarray | None = None
+    query_ids: np.ndarray | None = None
+    item_ids: np.ndarray | None = None
+    group_names: list[str] | None = None
+    item_features: dict[str, object] = field(default_factory=dict)
+    item_names: np.ndarray | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        n_q, n_i = self.interactions.shape
+        if self.query_ids is None:
+            self.query_ids = np.arange(n_q, dtype=np.int64)
+        if self.item_ids is None:
+            self.item_ids = np.arange(n_i, dtype=np.int64)
+
+    @property
+    def n_queries(self) -> int:
+        """Number of queries (rows)."""
+        return int(self.interactions.shape[0])
+
+    @property
+    def n_items(self) -> int:
+        """Number of items (columns)."""
+        return int(self.interactions.shape[1])
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset({self.name!r}: {self.n_queries:,} queries x {self.n_items:,} items, "
+            f"{self.interactions.nnz:,} interactions)"
+        )
+
+    def replace(self, **changes: object) -> Dataset:
+        """A copy with some attributes replaced (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _check_fraction(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number in (0, 1), got {type(value).__name__}")
+    value = float(value)
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name}: expected a number in (0, 1), got {value}")
+    return value
+
+
+def _check_real(value: object, name: str, *, low: float, high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
+    value = float(value)
+    if not np.isfinite(value) or value < low or (high is not None and value > high):
+        rng = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name}: expected a finite number {rng}, got {value}")
+    return value
+
+
+def _csr_from_pairs(
+    rows: np.ndarray, cols: np.ndarray, weights: np.ndarray | None, shape: tuple[int, int]
+) -> sp.csr_matrix:
+    """Canonical float32 CSR from (row, col[, weight]) triples; duplicate pairs are summed
+    (without weights: counted)."""
+    data = np.ones(len(rows)) if weights is None else np.asarray(weights, dtype=np.float64)
+    out = sp.coo_matrix((data, (rows, cols)), shape=shape).tocsr()  # sums duplicates (C++)
+    out.sum_duplicates()
+    return sp.csr_matrix(out, dtype=np.float32)
+
+
+def make_categories(
+    n_queries: int = 10_000,
+    n_items: int = 1_000,
+    n_categories: int = 10,
+    *,
+    seed: int = 0,
+    interactions_per_query: float = 20.0,
+    in_category: float = 0.95,
+    popularity_exponent: float = 1.0,
+    history_size: int = 10,
+    n_dense: int = 4,
+    dense_noise: float = 1.0,
+    feature_noise: float = 0.1,
+) -> Dataset:
+    """A synthetic corpus with known categories ("languages") for measuring folding.
+
+    Generative process (all draws vectorised; the same seed gives the same dataset):
+
+    1. Items are split into ``n_categories`` categories of (almost) equal size, at random; so are
+       queries.
+    2. Inside each category, items get a random popularity rank ``r = 1, 2, ...`` and weight
+       ``r ** -popularity_exponent`` (a power law; 0 gives uniform popularity).
+    3. Query ``b`` makes ``1 + Poisson(interactions_per_query - 1)`` draws. Each draw picks the
+       query's own category with probability ``in_category``, otherwise one of the other
+       categories uniformly, then an item of that category by popularity. Repeated draws of the
+       same item add up: ``interactions[b, j]`` is the number of times ``b`` drew ``j``.
+    4. Features of each query, as a softmax DNN would see them:
+
+       * ``categorical["category"]``: the query's category, replaced by a uniformly random
+         category with probability ``feature_noise``;
+       * ``dense`` (``n_dense`` float32 columns): a random per-category centre plus Gaussian noise
+         of standard deviation ``dense_noise``;
+       * ``bags["history"]``: ``history_size`` further draws of the same process (the query's
+         past; weights count repeats). They are separate from ``interactions``, so no split of
+         ``interactions`` can leak test items through the features.
+
+    Parameters
+    ----------
+    n_queries, n_items, n_categories : int
+        Corpus size; ``1 <= n_categories <= n_items``. 1e6 x 1e5 with the defaults builds in
+        seconds.
+    seed : int, default 0
+        Seed in [0, 2**64).
+    interactions_per_query : float, default 20
+        Mean number of draws per query, >= 1.
+    in_category : float, default 0.95
+        Probability that a draw stays in the query's category, in [0, 1].
+    popularity_exponent : float, default 1.0
+        Power-law exponent of item popularity within a category, >= 0.
+    history_size : int, default 10
+        Draws in each query's history bag, >= 0.
+    n_dense : int, default 4
+        Number of dense features, >= 0 (0 gives ``dense = None``).
+    dense_noise : float, default 1.0
+        Standard deviation of the noise on the dense features, >= 0.
+    feature_noise : float, default 0.1
+        Probability that the categorical feature is wrong (uniformly random), in [0, 1].
+
+    Returns
+    -------
+    Dataset
+        ``interactions`` (float32 CSR, n_queries x n_items), ``features``, ``query_groups`` and
+        ``item_groups`` (int64 category ids).
+
+    Examples
+    --------
+    >>> import fastsoftmax as fs
+    >>> data = fs.datasets.make_categories(1000, 200, 4, seed=0)
+    >>> data.interactions.shape, data.item_groups.max()
+    ((1000, 200), np.int64(3))
+    """
+    n_queries = check_int(n_queries, "n_queries", minimum=1)
+    n_items = check_int(n_items, "n_items", minimum=1)
+    n_categories = check_int(n_categories, "n_categories", minimum=1)
+    if n_categories > n_items:
+        raise ValueError(
+            f"n_categories: expected at most n_items = {n_items} categories, got {n_categories}"
+        )
+    seed = check_seed(seed)
+    mean = _check_real(interactions_per_query, "interactions_per_query", low=1.0)
+    in_cat = _check_real(in_category, "in_category", low=0.0, high=1.0)
+    alpha = _check_real(popularity_exponent, "popularity_exponent", low=0.0)
+    history_size = check_int(history_size, "history_size", minimum=0)
+    n_dense = check_int(n_dense, "n_dense", minimum=0)
+    dense_noise = _check_real(dense_noise, "dense_noise", low=0.0)
+    feature_noise = _check_real(feature_noise, "feature_noise", low=0.0, high=1.0)
+
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x0CA7E9]))
+    n_cat = n_categories
+    item_groups = (np.arange(n_items, dtype=np.int64) % n_cat)[rng.permutation(n_items)]
+    query_groups = (np.arange(n_queries, dtype=np.int64) % n_cat)[rng.permutation(n_queries)]
+
+    # Items sorted by (category, random popularity rank). Categories have one of (at most) two
+    # sizes; the rank inside a category of size s is drawn from an alias table over
+    # r ** -alpha, r = 1..s, and item = by_cat[cat_start[category] + rank].
+    by_cat = np.lexsort((rng.random(n_items), item_groups))
+    cat_start = np.searchsorted(item_groups[by_cat], np.arange(n_cat))
+    cat_size = np.bincount(item_groups, minlength=n_cat)
+    samplers = {
+        int(size): AliasSampler(np.arange(1, size + 1, dtype=np.float64) ** -alpha)
+        for size in np.unique(cat_size)
+    }
+
+    def draw(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.repeat(np.arange(n_queries, dtype=np.int64), counts)
+        cat = query_groups[rows]
+        if n_cat > 1 and in_cat < 1.0:
+            leave = np.flatnonzero(rng.random(len(rows)) >= in_cat)
+            cat[leave] = (cat[leave] + 1 + rng.integers(0, n_cat - 1, len(leave))) % n_cat
+        pos = cat_start[cat]
+        sizes = cat_size[cat]
+        for size, sampler in samplers.items():
+            sel = np.flatnonzero(sizes == size) if len(samplers) > 1 else slice(None)
+            n_sel = len(rows) if len(samplers) == 1 else len(sel)
+            pos[sel] += sampler.sample(n_sel, seed=int(rng.integers(0, 2**63)))
+        return rows, by_cat[pos]
+
+    counts = 1 + rng.poisson(mean - 1.0, n_queries)
+    rows, cols = draw(counts)
+    interactions = _csr_from_pairs(rows, cols, None, (n_queries, n_items))
+
+    bags = {}
+    if history_size > 0:
+        hrows, hcols = draw(np.full(n_queries, history_size))
+        bags["history"] = _csr_from_pairs(hrows, hcols, None, (n_queries, n_items))
+    categorical = query_groups.copy()
+    noisy = rng.random(n_queries) < feature_noise
+    categorical[noisy] = rng.integers(0, n_cat, noisy.sum())
+    dense = None
+    if n_dense > 0:
+        centres = rng.standard_normal((n_cat, n_dense))
+        dense = (
+            centres[query_groups] + dense_noise * rng.standard_normal((n_queries, n_dense))
+        ).astype(np.float32)
+    features = Features(
+        dense=dense,
+        categorical={"category": categorical},
+        bags=bags,
+        cardinalities={"category": n_cat, **({"history": n_items} if bags else {})},
+    )
+    return Dataset(
+        interactions=interactions,
+        features=features,
+        query_groups=query_groups,
+        item_groups=item_groups,
+        name=f"categories(n_queries={n_queries}, n_items={n_items}, "
+        f"n_categories={n_categories}, seed={seed})",
+    )
+
+
+def train_test_split(
+    interactions: sp.spmatrix | sp.sparray, *, test_fraction: float = 0.2, seed: int = 0
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Hold out a random share of every query's interactions.
+
+    A query with ``m`` interactions (stored non-zero entries) gets
+    ``t = floor(test_fraction * m + U)`` of them, ``U ~ Uniform[0, 1)`` (stochastic rounding, so
+    the expected share is exactly ``test_fraction``), capped at ``m - 1`` so that every query with
+    an interaction keeps at least one for training. Which ones is uniform at random. Duplicate
+    entries of the input are summed first, so an interaction is either in train or in test, never
+    in both. The same seed gives the same split.
+
+    Parameters
+    ----------
+    interactions : scipy sparse matrix, shape (n_queries, n_items)
+        Any sparse format; explicit zeros are dropped.
+    test_fraction : float, default 0.2
+        Expected share of each query's interactions held out, in (0, 1).
+    seed : int, default 0
+        Seed in [0, 2**64).
+
+    Returns
+    -------
+    train, test : scipy.sparse.csr_matrix, shape (n_queries, n_items)
+        Disjoint, canonical, same dtype as the input; ``train + test == interactions``.
+    """
+    csr = as_csr(interactions, "interactions")
+    frac = _check_fraction(test_fraction, "test_fraction")
+    seed = check_seed(seed)
+    if (csr.data == 0).any():
+        csr = csr.copy()
+        csr.eliminate_zeros()
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5B117]))
+    n_rows = csr.shape[0]
+    m = np.diff(csr.indptr).astype(np.int64)
+    t = np.floor(frac * m + rng.random(n_rows)).astype(np.int64)
+    t = np.clip(t, 0, np.maximum(m - 1, 0))
+    rows = np.repeat(np.arange(n_rows, dtype=np.int64), m)
+    # A random order inside each row: sort random keys per row (scipy's per-row C++ sort).
+    keys = rng.integers(0, 2**31 - 1, csr.nnz, dtype=np.int32)
+    shuffled = sp.csr_matrix(
+        (np.arange(csr.nnz, dtype=np.float64), keys, csr.indptr), shape=(n_rows, 2**31 - 1)
+    )
+    shuffled.has_sorted_indices = False
+    shuffled.sort_indices()
+    order = shuffled.data.astype(np.int64)
+    rank = np.empty(csr.nnz, dtype=np.int64)
+    rank[order] = np.arange(csr.nnz) - csr.indptr[rows]
+    is_test = rank < t[rows]
+    return _select(csr, rows, ~is_test), _select(csr, rows, is_test)
+
+
+def _select(csr: sp.csr_matrix, rows: np.ndarray, keep: np.ndarray) -> sp.csr_matrix:
+    """The stored entries of ``csr`` (row of each entry: ``rows``) where ``keep`` is True, as a
+    new canonical CSR."""
+    indptr = np.zeros(csr.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows[keep], minlength=csr.shape[0]), out=indptr[1:])
+    out = sp.csr_matrix(
+        (csr.data[keep], csr.indices[keep], indptr.astype(csr.indptr.dtype)),
+        shape=csr.shape,
+        dtype=csr.dtype,
+    )
+    out.has_sorted_indices = True
+    return out
+
+
+def cold_start_split(
+    interactions: sp.spmatrix | sp.sparray, *, test_fraction: float = 0.2, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out whole queries (cold start).
+
+    ``round(test_fraction * n_queries)`` queries, chosen uniformly at random, are held out; a
+    model trained on ``interactions[train_queries]`` has never seen the ``test_queries``.
+
+    Parameters
+    ----------
+    interactions : scipy sparse matrix, shape (n_queries, n_items)
+        Only its number of rows is used.
+    test_fraction : float, default 0.2
+        Share of queries held out, in (0, 1).
+    seed : int, default 0
+        Seed in [0, 2**64).
+
+    Returns
+    -------
+    train_queries, test_queries : numpy.ndarray, int64
+        Disjoint, sorted query ids whose union is ``arange(n_queries)``.
+    """
+    if not sp.issparse(interactions):
+        raise TypeError(
+            f"interactions: expected a scipy.sparse matrix, got {type(interactions).__name__}"
+        )
+    frac = _check_fraction(test_fraction, "test_fraction")
+    seed = check_seed(seed)
+    n = interactions.shape[0]
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xC01D]))
+    n_test = round(frac * n)
+    held = np.zeros(n, dtype=bool)
+    held[rng.permutation(n)[:n_test]] = True
+    return np.flatnonzero(~held).astype(np.int64), np.flatnonzero(held).astype(np.int64)
+
+
+# ---- Loaders ------------------------------------------------------------------------------------
+
+ML100K_GENRES = [
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+    "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
+    "Thriller", "War", "Western",
+]  # fmt: skip
+
+
+def _read_columns(
+    path: Path, columns: list[int], *, delimiter: str, skip_header: bool, weight: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Read user ids, item ids (int64, or str if not integers) and optional float64 weights from
+    the given column positions of a delimited text file."""
+    names = ("user", "item", "weight")[: len(columns)]
+    for id_type in ("i8", "U64"):
+        dtype = [(names[0], id_type), (names[1], id_type)] + ([("weight", "f8")] if weight else [])
+        try:
+            table = np.loadtxt(
+                path,
+                delimiter=delimiter,
+                skiprows=1 if skip_header else 0,
+                usecols=columns,
+                dtype=dtype,
+                ndmin=1,
+                encoding="utf-8",
+                comments=None,
+            )
+        except ValueError as err:
+            if id_type == "U64":
+                raise ValueError(f"path: cannot parse {path}: {err}") from None
+            continue
+        w = table["weight"].astype(np.float64) if weight else None
+        return table["user"], table["item"], w
+    raise AssertionError("unreachable")
+
+
+def _index(ids: np.ndarray, universe: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted unique ids, position of every id in them)."""
+    uniq = np.unique(ids if universe is None else np.concatenate([universe, ids]))
+    return uniq, np.searchsorted(uniq, ids)
+
+
+def _check_path(path: str | os.PathLike, *, directory: bool) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"path: {str(p)!r} does not exist")
+    if directory and not p.is_dir():
+        raise NotADirectoryError(f"path: expected a folder, got the file {str(p)!r}")
+    if not directory and not p.is_file():
+        raise IsADirectoryError(f"path: expected a file, got the folder {str(p)!r}")
+    return p
+
+
+def load_csv(
+    path: str | os.PathLike,
+    user_col: str | int,
+    item_col: str | int,
+    weight_col: str | int | None = None,
+    *,
+    delimiter: str = ",",
+    header: bool = True,
+) -> Dataset:
+    """Load a plain interaction file (one ``user, item[, weight]`` row per interaction).
+
+    Parameters
+    ----------
+    path : str or path-like
+        A delimited text file (UTF-8).
+    user_col, item_col : str or int
+        Column of the user (query) ids and of the item ids: a name from the header line, or a
+        0-based position. Ids may be integers or strings (at most 64 characters).
+    weight_col : str or int, optional
+        Column of the interaction weights (floats). Without it every row weighs 1.
+    delimiter : str, default ","
+        Field separator (e.g. ``"\\t"``). Quoted fields are not supported in the id and weight
+        columns.
+    header : bool, default True
+        Whether the first line is a header (required when columns are given by name).
+
+    Returns
+    -------
+    Dataset
+        ``interactions`` (float32 CSR, users x items; rows of the same (user, item) pair are
+        summed), ``query_ids`` / ``item_ids``: the original ids of the rows / columns, sorted
+        (int64 when every id is an integer, else str). No features or groups.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If a column is missing or a value cannot be parsed.
+    """
+    p = _check_path(path, directory=False)
+    cols = [user_col, item_col] + ([] if weight_col is None else [weight_col])
+    names = ["user_col", "item_col", "weight_col"]
+    positions = []
+    header_fields: list[str] | None = None
+    if header:
+        with p.open(encoding="utf-8", newline="") as f:
+            header_fields = [h.strip() for h in next(csv.reader(f, delimiter=delimiter), [])]
+    for name, col in zip(names, cols, strict=False):
+        if isinstance(col, str):
+            if header_fields is None:
+                raise ValueError(f"{name}: a column name needs header=True, got {col!r}")
+            if col not in header_fields:
+                raise ValueError(f"{name}: no column {col!r} in {p.name}; it has {header_fields}")
+            positions.append(header_fields.index(col))
+        else:
+            positions.append(check_int(col, name, minimum=0))
+    users, items, weights = _read_columns(
+        p, positions, delimiter=delimiter, skip_header=header, weight=weight_col is not None
+    )
+    query_ids, rows = _index(users)
+    item_ids, cols_ = _index(items)
+    interactions = _csr_from_pairs(rows, cols_, weights, (len(query_ids), len(item_ids)))
+    return Dataset(interactions=interactions, query_ids=query_ids, item_ids=item_ids, name=str(p))
+
+
+def load_movielens(path: str | os.PathLike, *, min_rating: float | None = None) -> Dataset:
+    """Load a MovieLens folder (no download: point it at an unpacked archive).
+
+    Two layouts are recognised:
+
+    * ml-100k: ``u.data`` (tab-separated user, item, rating, timestamp), ``u.user``
+      (``id|age|gender|occupation|zip``) and ``u.item`` (``id|title|...|19 genre flags``,
+      latin-1);
+    * ml-latest / ml-latest-small / ml-25m ...: ``ratings.csv``
+      (``userId,movieId,rating,timestamp``) and ``movies.csv`` (``movieId,title,genres`` with
+      genres separated by ``|``).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The folder.
+    min_rating : float, optional
+        Without it, interactions are weighted by the rating. With it, a rating >= ``min_rating``
+        becomes an interaction of weight 1 and lower ratings are dropped.
+
+    Returns
+    -------
+    Dataset
+        * ``interactions``: float32 CSR, users x movies; the columns are every movie of the movie
+          file plus any rated movie missing from it, sorted by movie id;
+        * ``query_ids`` / ``item_ids``: the original userId / movieId of each row / column;
+        * ``item_groups``: the first listed genre of each movie (int64 index into
+          ``group_names``; -1 for a rated movie absent from the movie file);
+          ``item_features["genres"]``: all genres, a multi-hot float32 CSR (n_items x n_genres);
+          ``item_names``: the titles;
+        * ``features`` (ml-100k only; ml-latest has no user file): ``dense`` = age (float32,
+          (N, 1)), ``categorical`` = ``"gender"`` (F=0, M=1) and ``"occupation"`` (index into
+          the sorted occupations). ``query_groups`` is None.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder does not exist.
+    ValueError
+        If the folder has neither layout, or a file cannot be parsed.
+    """
+    folder = _check_path(path, directory=True)
+    if min_rating is not None:
+        min_rating = _check_real(min_rating, "min_rating", low=-np.inf)
+    if (folder / "u.data").is_file():
+        return _load_ml100k(folder, min_rating)
+    if (folder / "ratings.csv").is_file():
+        return _load_ml_latest(folder, min_rating)
+    found = sorted(x.name for x in folder.iterdir())[:20]
+    raise ValueError(
+        f"path: {str(folder)!r} is not a MovieLens folder: expected u.data (+ u.user, u.item; "
+        f"ml-100k layout) or ratings.csv (+ movies.csv; ml-latest layout), found {found}"
+    )
+
+
+def _ratings_to_interactions(
+    users: np.ndarray,
+    movies: np.ndarray,
+    ratings: np.ndarray,
+    movie_universe: np.ndarray,
+    user_universe: np.ndarray | None,
+    min_rating: float | None,
+) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    query_ids, rows = _index(users, user_universe)
+    item_ids, cols = _index(movies, movie_universe)
+    if min_rating is not None:
+        keep = ratings >= min_rating
+        rows, cols, ratings = rows[keep], cols[keep], np.ones(int(keep.sum()))
+    return (
+        _csr_from_pairs(rows, cols, ratings, (len(query_ids), len(item_ids))),
+        query_ids,
+        item_ids,
+    )
+
+
+def _genre_side_info(
+    item_ids: np.ndarray, movie_ids: np.ndarray, genre_rows: list[list[int]], n_genres: int
+) -> tuple[np.ndarray, sp.csr_matrix]:
+    """item_groups (first genre, -1 if unknown) and the multi-hot genre CSR, aligned with
+    item_ids."""
+    pos = np.searchsorted(item_ids, movie_ids)
+    groups = np.full(len(item_ids), -1, dtype=np.int64)
+    groups[pos] = [g[0] if g else -1 for g in genre_rows]
+    r = np.repeat(pos, [len(g) for g in genre_rows])
+    c = np.array([x for g in genre_rows for x in g], dtype=np.int64)
+    multi_hot = sp.csr_matrix(
+        (np.ones(len(c), dtype=np.float32), (r, c)), shape=(len(item_ids), n_genres)
+    )
+    return groups, multi_hot
+
+
+def _load_ml100k(folder: Path, min_rating: float | None) -> Dataset:
+    users, movies, ratings = _read_columns(
+        folder / "u.data", [0, 1, 2], delimiter="\t", skip_header=False, weight=True
+    )
+    movie_ids, titles, genre_rows = [], [], []
+    item_file = folder / "u.item"
+    if item_file.is_file():
+        with item_file.open(encoding="latin-1") as f:
+            for line_no, line in enumerate(f, 1):
+                fields = line.rstrip("\n").split("|")
+                if len(fields) < 2:
+                    continue
+                try:
+                    movie_ids.append(int(fields[0]))
+                except ValueError:
+                    raise ValueError(f"path: u.item line {line_no}: bad movie id") from None
+                titles.append(fields[1])
+                flags = fields[-len(ML100K_GENRES) :] if len(fields) >= 5 + 19 else []
+                genre_rows.append([g for g, v in enumerate(flags) if v.strip() == "1"])
+    movie_ids_arr = np.asarray(movie_ids, dtype=np.int64)
+
+    user_rows = {}
+    user_file = folder / "u.user"
+    if user_file.is_file():
+        with user_file.open(encoding="latin-1") as f:
+            for line_no, line in enumerate(f, 1):
+                fields = line.rstrip("\n").split("|")
+                if len(fields) < 4:
+                    continue
+                try:
+                    user_rows[int(fields[0])] = (float(fields[1]), fields[2], fields[3])
+                except ValueError:
+                    raise ValueError(
+                        f"path: u.user line {line_no}: cannot parse {line!r}"
+                    ) from None
+
+    interactions, query_ids, item_ids = _ratings_to_interactions(
+        users,
+        movies,
+        ratings,
+        movie_ids_arr,
+        np.fromiter(user_rows, dtype=np.int64, count=len(user_rows)),
+        min_rating,
+    )
+    groups, multi_hot = _genre_side_info(item_ids, movie_ids_arr, genre_rows, len(ML100K_GENRES))
+    names = np.full(len(item_ids), "", dtype=object)
+    names[np.searchsorted(item_ids, movie_ids_arr)] = titles
+
+    features = None
+    if user_rows:
+        occupations = sorted({v[2] for v in user_rows.values()})
+        occ_index = {o: i for i, o in enumerate(occupations)}
+        age = np.zeros((len(query_ids), 1), dtype=np.float32)
+        gender = np.zeros(len(query_ids), dtype=np.int64)
+        occupation = np.zeros(len(query_ids), dtype=np.int64)
+        for i, uid in enumerate(query_ids.tolist()):
+            a, g, o = user_rows.get(uid, (np.nan, "", ""))
+            age[i, 0] = a
+            gender[i] = 1 if g == "M" else 0
+            occupation[i] = occ_index.get(o, 0)
+        features = Features(
+            dense=age,
+            categorical={"gender": gender, "occupation": occupation},
+            cardinalities={"gender": 2, "occupation": len(occupations)},
+        )
+    return Dataset(
+        interactions=interactions,
+        features=features,
+        item_groups=groups,
+        query_ids=query_ids,
+        item_ids=item_ids,
+        group_names=list(ML100K_GENRES),
+        item_features={"genres": multi_hot},
+        item_names=names,
+        name=str(folder),
+    )
+
+
+def _load_ml_latest(folder: Path, min_rating: float | None) -> Dataset:
+    users, movies, ratings = _read_columns(
+        folder / "ratings.csv", [0, 1, 2], delimiter=",", skip_header=True, weight=True
+    )
+    movie_ids, titles, genre_names = [], [], []
+    movie_file = folder / "movies.csv"
+    if movie_file.is_file():
+        with movie_file.open(encoding="utf-8", newline="") as f:
+            reader = csv.reader(f)
+            next(reader, None)
+            for row in reader:
+                if len(row) < 3:
+                    continue
+                try:
+                    movie_ids.append(int(row[0]))
+                except ValueError:
+                    raise ValueError(
+                        f"path: movies.csv line {reader.line_num}: bad movieId {row[0]!r}"
+                    ) from None
+                titles.append(row[1])
+                genre_names.append(row[2].split("|") if row[2] else [])
+    all_genres = sorted({g for gs in genre_names for g in gs})
+    g_index = {g: i for i, g in enumerate(all_genres)}
+    genre_rows = [[g_index[g] for g in gs] for gs in genre_names]
+    movie_ids_arr = np.asarray(movie_ids, dtype=np.int64)
+    interactions, query_ids, item_ids = _ratings_to_interactions(
+        users, movies, ratings, movie_ids_arr, None, min_rating
+    )
+    groups, multi_hot = _genre_side_info(item_ids, movie_ids_arr, genre_rows, len(all_genres))
+    names = np.full(len(item_ids), "", dtype=object)
+    names[np.searchsorted(item_ids, movie_ids_arr)] = titles
+    return Dataset(
+        interactions=interactions,
+        item_groups=groups,
+        query_ids=query_ids,
+        item_ids=item_ids,
+        group_names=all_genres,
+        item_features={"genres": multi_hot},
+        item_names=names,
+        name=str(folder),
+    )

@@ -1,0 +1,376 @@
+"""Negative samplers of the sampled softmax: draws follow the stated proposal, log Q is right."""
+
+import numpy as np
+import pytest
+from scipy import stats
+from test_sampler import chi_square_pvalue
+
+from fastsoftmax import _core
+
+
+def draw(
+    sampler,
+    n,
+    m,
+    *,
+    share=True,
+    hard_pool=0,
+    temperature=1.0,
+    hard_fraction=1.0,
+    weights=None,
+    psi=None,
+    items=None,
+    bias=None,
+    indptr=None,
+    indices=None,
+    seed=0,
+    num_threads=1,
+):
+    return _core._sample_negatives(
+        sampler,
+        n,
+        m,
+        share,
+        hard_pool,
+        temperature,
+        hard_fraction,
+        weights,
+        psi,
+        items,
+        bias,
+        indptr,
+        indices,
+        seed,
+        num_threads,
+    )
+
+
+def score_problem(B=3, n=40, d=6, scale=1.0, seed=0):
+    rng = np.random.default_rng(seed)
+    psi = (rng.standard_normal((B, d)) * scale).astype(np.float32)
+    items = rng.standard_normal((n, d)).astype(np.float32)
+    bias = (0.3 * rng.standard_normal(n)).astype(np.float32)
+    indptr = np.arange(B + 1, dtype=np.int64)
+    indices = rng.integers(0, n, B).astype(np.int64)
+    return psi, items, bias, indptr, indices
+
+
+def softmax_rows(z):
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def logits(psi, items, bias):
+    return psi.astype(np.float64) @ items.T.astype(np.float64) + bias
+
+
+def test_uniform_shared_and_per_query():
+    n = 37
+    out = draw("uniform", n, 200_000)
+    assert out["ids"].shape == (1, 200_000)
+    assert chi_square_pvalue(out["ids"][0], np.full(n, 1 / n)) > 1e-4
+    np.testing.assert_allclose(out["log_q"], -np.log(n), rtol=1e-6)
+    psi, items, bias, indptr, indices = score_problem(B=4, n=n)
+    per = draw(
+        "uniform",
+        n,
+        50_000,
+        share=False,
+        psi=psi,
+        items=items,
+        bias=bias,
+        indptr=indptr,
+        indices=indices,
+    )
+    assert per["ids"].shape == (4, 50_000)
+    assert not np.array_equal(per["ids"][0], per["ids"][1])
+    for row in per["ids"]:
+        assert chi_square_pvalue(row, np.full(n, 1 / n)) > 1e-4
+
+
+def test_alias_popularity():
+    w = 1.0 / np.arange(1, 61) ** 0.9
+    w[[3, 10]] = 0.0
+    out = draw("alias", 60, 300_000, weights=w, seed=5)
+    p = w / w.sum()
+    assert chi_square_pvalue(out["ids"][0], p) > 1e-4
+    assert not np.isin(out["ids"], [3, 10]).any()
+    np.testing.assert_allclose(out["log_q"][0], np.log(p[out["ids"][0]]), rtol=1e-5)
+
+
+def test_in_batch_uses_the_batch_positives_with_their_frequency():
+    n = 20
+    freq = np.arange(1.0, n + 1)
+    indptr = np.array([0, 2, 3, 6], dtype=np.int64)
+    indices = np.array([1, 5, 5, 0, 7, 19], dtype=np.int64)
+    psi = np.zeros((3, 2), np.float32)
+    items = np.zeros((n, 2), np.float32)
+    out = draw("in_batch", n, 1, weights=freq, psi=psi, items=items, indptr=indptr, indices=indices)
+    np.testing.assert_array_equal(out["ids"][0], indices)
+    np.testing.assert_array_equal(out["owner"], [0, 0, 1, 2, 2, 2])
+    np.testing.assert_allclose(out["log_q"][0], np.log(freq[indices] / freq.sum()), rtol=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_exact_score_per_query_follows_softmax(temperature):
+    psi, items, bias, indptr, indices = score_problem(scale=0.8)
+    out = draw(
+        "score",
+        40,
+        100_000,
+        share=False,
+        hard_pool=0,
+        temperature=temperature,
+        psi=psi,
+        items=items,
+        bias=bias,
+        indptr=indptr,
+        indices=indices,
+        seed=2,
+        num_threads=2,
+    )
+    z = logits(psi, items, bias) / temperature
+    q = softmax_rows(z)
+    for b in range(3):
+        assert chi_square_pvalue(out["ids"][b], q[b]) > 1e-4
+        np.testing.assert_allclose(out["log_q"][b], np.log(q[b, out["ids"][b]]), atol=1e-4)
+    np.testing.assert_allclose(out["log_norm"], np.log(np.exp(z).sum(axis=1)), rtol=1e-6)
+
+
+def test_exact_score_detects_a_wrong_temperature():
+    psi, items, bias, indptr, indices = score_problem(scale=0.8)
+    out = draw(
+        "score",
+        40,
+        100_000,
+        share=False,
+        temperature=1.0,
+        psi=psi,
+        items=items,
+        bias=bias,
+        indptr=indptr,
+        indices=indices,
+    )
+    q_wrong = softmax_rows(logits(psi, items, bias) / 1.2)
+    assert chi_square_pvalue(out["ids"][0], q_wrong[0]) < 1e-6
+
+
+def test_exact_score_shared_follows_the_batch_mixture():
+    psi, items, bias, indptr, indices = score_problem(scale=0.8)
+    out = draw(
+        "score",
+        40,
+        200_000,
+        share=True,
+        psi=psi,
+        items=items,
+        bias=bias,
+        indptr=indptr,
+        indices=indices,
+        seed=9,
+    )
+    qbar = softmax_rows(logits(psi, items, bias)).mean(axis=0)
+    assert chi_square_pvalue(out["ids"][0], qbar) > 1e-4
+    np.testing.assert_allclose(out["log_q"][0], np.log(qbar[out["ids"][0]]), atol=1e-4)
+
+
+def test_hard_fraction_mixes_in_uniform_draws():
+    n, m = 40, 100_000
+    psi, items, bias, indptr, indices = score_problem(scale=1.5)
+    out = draw(
+        "score",
+        n,
+        m,
+        share=False,
+        hard_fraction=0.3,
+        psi=psi,
+        items=items,
+        bias=bias,
+        indptr=indptr,
+        indices=indices,
+        seed=4,
+    )
+    m_h = out["m_hard"]
+    assert m_h == 30_000
+    q = softmax_rows(logits(psi, items, bias))
+    assert chi_square_pvalue(out["ids"][0, :m_h], q[0]) > 1e-4
+    assert chi_square_pvalue(out["ids"][0, m_h:], np.full(n, 1 / n)) > 1e-4
+    mix = 0.3 * q[0] + 0.7 / n  # the proposal whose m * Q is each item's expected count
+    np.testing.assert_allclose(out["log_q"][0], np.log(mix[out["ids"][0]]), atol=1e-4)
+
+
+def total_variation(ids, q):
+    return 0.5 * np.abs(np.bincount(ids, minlength=len(q)) / len(ids) - q).sum()
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_sir_approaches_the_exact_score_distribution(share):
+    """SIR marginal -> Q as the pool grows; its implied log Q -> the exact log Q."""
+    n = 40
+    psi, items, bias, indptr, indices = score_problem(scale=1.2)
+    q = softmax_rows(logits(psi, items, bias))
+    target = q.mean(axis=0) if share else q[0]
+    tv = {}
+    for pool in (20, 2000):
+        ids = np.concatenate(
+            [
+                draw(
+                    "score",
+                    n,
+                    2000,
+                    share=share,
+                    hard_pool=pool,
+                    psi=psi,
+                    items=items,
+                    bias=bias,
+                    indptr=indptr,
+                    indices=indices,
+                    seed=s,
+                )["ids"][0]
+                for s in range(100)
+            ]
+        )
+        tv[pool] = total_variation(ids, target)
+    assert tv[2000] < 0.02  # sampling noise of 200k draws over 40 cells is ~0.01
+    assert tv[20] > tv[2000]
+    out = draw(
+        "score",
+        n,
+        500,
+        share=share,
+        hard_pool=20_000,
+        psi=psi,
+        items=items,
+        bias=bias,
+        indptr=indptr,
+        indices=indices,
+        seed=1,
+    )
+    np.testing.assert_allclose(out["log_q"][0], np.log(target[out["ids"][0]]), atol=0.05)
+
+
+def test_sir_pool_from_popularity():
+    n = 40
+    psi, items, bias, indptr, indices = score_problem(scale=1.0)
+    w = 1.0 / np.arange(1, n + 1)
+    q = softmax_rows(logits(psi, items, bias))[0]
+    ids = np.concatenate(
+        [
+            draw(
+                "score",
+                n,
+                2000,
+                share=False,
+                hard_pool=4000,
+                weights=w,
+                psi=psi,
+                items=items,
+                bias=bias,
+                indptr=indptr,
+                indices=indices,
+                seed=s,
+            )["ids"][0]
+            for s in range(50)
+        ]
+    )
+    assert total_variation(ids, q) < 0.03
+
+
+def test_deterministic_for_seed_and_thread_count():
+    psi, items, bias, indptr, indices = score_problem(B=40, n=300)
+    kw = dict(psi=psi, items=items, bias=bias, indptr=indptr, indices=indices)
+    for sampler, pool in [("uniform", 0), ("score", 0), ("score", 64)]:
+        for share in (True, False):
+            a = draw(
+                sampler,
+                300,
+                50,
+                share=share,
+                hard_pool=pool,
+                hard_fraction=0.6,
+                seed=7,
+                num_threads=1,
+                **kw,
+            )
+            b = draw(
+                sampler,
+                300,
+                50,
+                share=share,
+                hard_pool=pool,
+                hard_fraction=0.6,
+                seed=7,
+                num_threads=2,
+                **kw,
+            )
+            c = draw(
+                sampler,
+                300,
+                50,
+                share=share,
+                hard_pool=pool,
+                hard_fraction=0.6,
+                seed=8,
+                num_threads=2,
+                **kw,
+            )
+            np.testing.assert_array_equal(a["ids"], b["ids"])
+            np.testing.assert_array_equal(a["log_q"], b["log_q"])
+            assert not np.array_equal(a["ids"], c["ids"])
+
+
+def test_extreme_scores_give_finite_log_q():
+    psi, items, bias, indptr, indices = score_problem(scale=3000.0)  # |z| ~ 1e4
+    for pool in (0, 16):
+        for share in (True, False):
+            out = draw(
+                "score",
+                40,
+                64,
+                share=share,
+                hard_pool=pool,
+                hard_fraction=0.5,
+                psi=psi,
+                items=items,
+                bias=bias,
+                indptr=indptr,
+                indices=indices,
+            )
+            assert np.isfinite(out["log_q"]).all() and (out["log_q"] <= 1e-6).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(sampler="nope"), ValueError, "sampler: expected one of"),
+        (dict(m=0), ValueError, "num_negatives"),
+        (dict(sampler="alias"), ValueError, "sampler_weights"),
+        (dict(sampler="score", temperature=0.0), ValueError, "temperature"),
+        (dict(sampler="score", hard_fraction=1.5), ValueError, "hard_fraction"),
+        (dict(sampler="alias", weights=-np.ones(10)), ValueError, "weights"),
+    ],
+)
+def test_bad_options(kwargs, error, match):
+    psi, items, bias, indptr, indices = score_problem(n=10)
+    args = dict(sampler="uniform", m=5, temperature=1.0, hard_fraction=1.0, weights=None)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        draw(
+            args.pop("sampler"),
+            10,
+            args.pop("m"),
+            psi=psi,
+            items=items,
+            bias=bias,
+            indptr=indptr,
+            indices=indices,
+            **args,
+        )
+
+
+def test_chi_square_is_not_vacuous():
+    """Sanity of the helper on these sizes: a uniform sample is rejected against a skewed Q."""
+    out = draw("uniform", 40, 100_000)
+    q = stats.zipf(1.5).pmf(np.arange(1, 41))
+    assert chi_square_pvalue(out["ids"][0], q / q.sum()) < 1e-6

@@ -1,0 +1,267 @@
+"""fs.SoftmaxModel(loss="sampled") and gravity: bias of the sampled gradient, folding, options."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import fastsoftmax as fs
+from fastsoftmax.metrics import folding_rate
+
+
+def make_problem(n_rows=24, n_items=60, seed=0):
+    rng = np.random.default_rng(seed)
+    dense = rng.normal(size=(n_rows, 3))
+    cat = rng.integers(0, 5, n_rows)
+    feats = fs.QueryFeatures(dense=dense, categorical={"c": cat})
+    t = sp.lil_matrix((n_rows, n_items))
+    for r in range(n_rows):
+        for j in rng.choice(n_items, rng.integers(1, 4), replace=False):
+            t[r, j] = rng.random() + 0.5
+    return feats, sp.csr_matrix(t)
+
+
+def build(feats, targets, **kwargs):
+    opts = {"hidden": (8,), "dim": 5, "embedding_dim": 4, "num_threads": 2, "epochs": 0}
+    opts.update(kwargs)
+    model = fs.SoftmaxModel(targets.shape[1], **opts)
+    model.fit(feats, targets, show_progress=False)
+    return model
+
+
+def copy_parameters(src, dst):
+    for name, value in src.parameters.items():
+        dst.parameters[name][...] = value
+
+
+def flat(grads):
+    return np.concatenate([grads[k].ravel() for k in sorted(grads)])
+
+
+def relative_bias(model, full_grad, feats, targets, n_seeds):
+    mean = np.mean([flat(model.gradients(feats, targets, seed=s)) for s in range(n_seeds)], axis=0)
+    return np.linalg.norm(mean - full_grad) / np.linalg.norm(full_grad)
+
+
+@pytest.fixture(scope="module")
+def bias_setup():
+    feats, targets = make_problem()
+    full = build(feats, targets, loss="full", item_bias=True)
+    # Spread the item table so that the softmax is far from uniform.
+    full.parameters["item_embeddings"][...] *= 8.0
+    return feats, targets, full, flat(full.gradients(feats, targets))
+
+
+def sampled_like(full, feats, targets, **kwargs):
+    model = build(feats, targets, loss="sampled", item_bias=True, **kwargs)
+    copy_parameters(full, model)
+    return model
+
+
+def test_sampled_gradients_approach_full_softmax_as_m_grows(bias_setup):
+    feats, targets, full, g_full = bias_setup
+    errs = [
+        relative_bias(
+            sampled_like(full, feats, targets, num_negatives=m), g_full, feats, targets, 200
+        )
+        for m in (4, 32, 512)
+    ]
+    assert errs[0] > errs[1] > errs[2]
+    assert errs[2] < 0.05
+
+
+def test_logq_correction_reduces_bias_under_a_skewed_proposal(bias_setup):
+    feats, targets, full, g_full = bias_setup
+    w = 1.0 / np.arange(1, 61)
+    kw = dict(sampler="weights", sampler_weights=w, num_negatives=512)
+    with_q = relative_bias(sampled_like(full, feats, targets, **kw), g_full, feats, targets, 200)
+    without = relative_bias(
+        sampled_like(full, feats, targets, logq_correction=False, **kw),
+        g_full,
+        feats,
+        targets,
+        200,
+    )
+    assert with_q < 0.05  # measured 0.011
+    assert without > 5 * with_q  # measured 0.21
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(sampler="score", hard_pool=None, hard_fraction=0.5),
+        dict(sampler="score", hard_pool=None),
+        dict(sampler="score", hard_pool=None, share_negatives=False, remove_accidental_hits=False),
+        dict(sampler="uniform", share_negatives=False, gravity=0.3),
+    ],
+)
+def test_other_proposals_are_asymptotically_unbiased(bias_setup, kwargs):
+    # (Not "popularity" / "in_batch" here: with 24 rows most items are never a positive, so
+    # they are outside those proposals' support and never a negative.)
+    feats, targets, full, g_full = bias_setup
+    if kwargs.get("gravity"):
+        ref = build(feats, targets, loss="full", item_bias=True, gravity=kwargs["gravity"])
+        copy_parameters(full, ref)
+        g_full = flat(ref.gradients(feats, targets))
+    model = sampled_like(full, feats, targets, num_negatives=512, **kwargs)
+    assert relative_bias(model, g_full, feats, targets, 100) < 0.1
+
+
+def test_sir_bias_shrinks_with_the_pool(bias_setup):
+    """SIR's implied-Q correction is an O(1/M) approximation: measured against full softmax."""
+    feats, targets, full, g_full = bias_setup
+    errs = [
+        relative_bias(
+            sampled_like(full, feats, targets, num_negatives=256, sampler="score", hard_pool=M),
+            g_full,
+            feats,
+            targets,
+            100,
+        )
+        for M in (64, 4096)
+    ]
+    assert errs[1] < errs[0] and errs[1] < 0.1
+
+
+def test_gradients_is_one_sampled_estimate_used_by_fit():
+    """One SGD step over one batch == params - lr * gradients(seed=model seed)."""
+    feats, targets = make_problem()
+    kw = dict(
+        loss="sampled", num_negatives=16, optimizer="sgd", learning_rate=0.1, batch_size=64, seed=3
+    )
+    model = build(feats, targets, **kw)
+    before = {k: v.copy() for k, v in model.parameters.items()}
+    g = model.gradients(feats, targets, seed=3)
+    assert not np.array_equal(flat(g), flat(model.gradients(feats, targets, seed=4)))
+    model.epochs = 1
+    model.fit(feats, targets, show_progress=False)
+    for name, value in model.parameters.items():
+        np.testing.assert_allclose(value, before[name] - 0.1 * g[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def categories():
+    data = fs.datasets.make_categories(3000, 400, 8, seed=0, in_category=1.0, feature_noise=0.0)
+    f = data.features
+    feats = fs.QueryFeatures(dense=f.dense, categorical=f.categorical, bags=f.bags)
+    return feats, data
+
+
+def folding(feats, data, **kwargs):
+    opts = dict(
+        hidden=(32,), dim=16, embedding_dim=8, epochs=5, num_threads=2, seed=1, batch_size=128
+    )
+    opts.update(kwargs)
+    model = fs.SoftmaxModel(data.interactions.shape[1], **opts)
+    model.fit(feats, data.interactions, show_progress=False)
+    ids, _ = model.recommend(feats, k=10)
+    return folding_rate(ids, data.query_groups, data.item_groups, 10)
+
+
+def test_folding_positives_vs_negative_sampling(categories):
+    feats, data = categories
+    positives = folding(feats, data, loss="positives")
+    uniform = folding(feats, data, loss="sampled", num_negatives=32)
+    hard = folding(feats, data, loss="sampled", num_negatives=32, sampler="score", hard_pool=256)
+    assert positives > 0.5  # measured 0.83
+    assert uniform < 0.5 * positives
+    assert hard <= uniform + 0.02
+
+
+def test_gravity_lowers_folding_of_positives_only(categories):
+    feats, data = categories
+    assert folding(feats, data, loss="positives", gravity=1.0) < (
+        folding(feats, data, loss="positives") - 0.1
+    )
+
+
+def test_extreme_logits_are_finite():
+    feats, targets = make_problem()
+    for kwargs in (
+        dict(),
+        dict(sampler="score", hard_pool=32, hard_fraction=0.5),
+        dict(remove_accidental_hits=False, share_negatives=False, gravity=1e-3),
+    ):
+        model = build(feats, targets, loss="sampled", num_negatives=64, **kwargs)
+        model.parameters["item_embeddings"][...] *= 3e3
+        model.parameters["mlp.1.weight"][...] *= 3e3
+        z = model.query_embeddings(feats) @ model.item_embeddings.T
+        assert np.abs(z).max() > 1e3
+        assert np.isfinite(model.loss(feats, targets))
+        for g in model.gradients(feats, targets, seed=1).values():
+            assert np.isfinite(g).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(),
+        dict(sampler="in_batch"),
+        dict(sampler="popularity"),
+        dict(sampler="score", hard_pool=64, share_negatives=False),
+    ],
+)
+def test_training_is_deterministic(kwargs):
+    feats, targets = make_problem(n_rows=200)
+    runs = []
+    for threads in (2, 2, 1):
+        model = build(
+            feats,
+            targets,
+            loss="sampled",
+            num_negatives=32,
+            epochs=2,
+            num_threads=threads,
+            batch_size=32,
+            **kwargs,
+        )
+        runs.append(flat(model.parameters))
+    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_array_equal(runs[0], runs[2])  # chunks fixed: also any thread count
+
+
+def test_save_load_keeps_the_options(tmp_path):
+    feats, targets = make_problem()
+    w = np.arange(1.0, 61.0)
+    model = build(
+        feats,
+        targets,
+        loss="sampled",
+        sampler="weights",
+        sampler_weights=w,
+        num_negatives=7,
+        gravity=0.2,
+        hard_pool=None,
+        epochs=1,
+    )
+    model.save(tmp_path / "m.npz")
+    loaded = fs.load(tmp_path / "m.npz")
+    np.testing.assert_array_equal(
+        flat(model.gradients(feats, targets, seed=2)),
+        flat(loaded.gradients(feats, targets, seed=2)),
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(sampler="hard"), ValueError, "sampler: expected one of"),
+        (dict(num_negatives=0), ValueError, "num_negatives: expected an integer >= 1"),
+        (dict(num_negatives=2.5), TypeError, "num_negatives: expected an integer"),
+        (dict(sampler="weights"), ValueError, "sampler_weights: sampler='weights' needs"),
+        (dict(sampler="weights", sampler_weights=np.ones(5)), ValueError, "expected 60 weights"),
+        (dict(sampler="weights", sampler_weights=-np.ones(60)), ValueError, "non-negative"),
+        (dict(sampler_weights=np.ones(60)), ValueError, "only used with sampler='weights'"),
+        (dict(temperature=0.0), ValueError, "temperature: expected a finite number > 0"),
+        (dict(hard_fraction=1.5), ValueError, "hard_fraction: expected a finite number"),
+        (dict(hard_pool=0), ValueError, "hard_pool"),
+        (dict(gravity=-1.0), ValueError, "gravity: expected a finite number >= 0"),
+        (dict(gravity=float("nan")), ValueError, "gravity"),
+        (dict(sampler_alpha=-1.0), ValueError, "sampler_alpha"),
+        (dict(share_negatives="yes"), TypeError, "share_negatives: expected a bool"),
+        (dict(logq_correction=1), TypeError, "logq_correction: expected a bool"),
+        (dict(loss="sampledd"), ValueError, "loss: expected one of"),
+    ],
+)
+def test_bad_options(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        fs.SoftmaxModel(60, **{"loss": "sampled", **kwargs})
