@@ -75,6 +75,8 @@ class SoftmaxModel:
     def loss_name(self) -> str: ...
 
 # WALS (cpp/fastsoftmax/wals.h)
+wals_gramian_chunk: int
+
 def wals_gramian(factors: np.ndarray, num_threads: int) -> np.ndarray: ...
 def wals_solve_rows(
     indptr: np.ndarray,

@@ -77,6 +77,42 @@ def _interactions_and_weights(
     return _Csr(a.indptr, a.indices, a.data, w_data, a.shape[1]), a.shape
 
 
+# Rows per independent random stream of the initial embeddings.
+_INIT_CHUNK = 4096
+
+
+def _initial_embeddings(
+    seed: int, side: int, start: int, stop: int, dim: int, scale: float
+) -> np.ndarray:
+    """Rows [start, stop) of the initial query (side 0) or item (side 1) embeddings, N(0, scale^2).
+
+    Chunk k of _INIT_CHUNK rows is drawn from its own stream, seeded by (seed, side, k), so any
+    block of rows (a Dask worker's, say) is generated without the others and the values do not
+    depend on the blocking. Returns float32, shape (stop - start, dim).
+    """
+    out = np.empty((stop - start, dim), dtype=np.float32)
+    for k in range(start // _INIT_CHUNK, -(-stop // _INIT_CHUNK)):
+        lo, hi = k * _INIT_CHUNK, min((k + 1) * _INIT_CHUNK, stop)
+        rng = np.random.default_rng([seed, side, k])
+        rows = rng.standard_normal((hi - lo, dim), dtype=np.float32)  # a prefix of chunk k
+        begin = max(lo, start)
+        out[begin - start : hi - start] = rows[begin - lo :]
+    out *= np.float32(scale)
+    return out
+
+
+def _objective(
+    observed: float, gram_u: np.ndarray, gram_v: np.ndarray, w0: float, lam: float
+) -> float:
+    """The objective from the observed part (the row losses of the item half-sweep) and the
+    Gramians: the all-pairs part is <U^T U, V^T V>_F."""
+    return (
+        observed
+        + w0 * float(np.vdot(gram_u, gram_v))
+        + lam * float(np.trace(gram_u) + np.trace(gram_v))
+    )
+
+
 class WALS:
     """Weighted matrix factorisation A ~ U V^T trained by weighted alternating least squares.
 
@@ -118,7 +154,8 @@ class WALS:
         Threads to use; 0 means all cores. Results are bit-identical for a fixed seed and any
         thread count.
     seed : int, default 0
-        Seed in [0, 2**64) of the initial embeddings.
+        Seed in [0, 2**64) of the initial embeddings (one random stream per chunk of rows, so
+        that :class:`fastsoftmax.distributed.DaskWALS` draws the same values block by block).
 
     Attributes
     ----------
@@ -264,11 +301,8 @@ class WALS:
         if shape[0] < 1 or shape[1] < 1:
             raise ValueError(f"interactions: expected at least one row and column, got {shape}")
         cols = rows.transpose()
-        rng = np.random.default_rng(self.seed)
-        u = rng.standard_normal((shape[0], self.dim), dtype=np.float32)
-        v = rng.standard_normal((shape[1], self.dim), dtype=np.float32)
-        u *= np.float32(self.init_scale)
-        v *= np.float32(self.init_scale)
+        u = _initial_embeddings(self.seed, 0, 0, shape[0], self.dim, self.init_scale)
+        v = _initial_embeddings(self.seed, 1, 0, shape[1], self.dim, self.init_scale)
         self._u, self._v = u, v
         self.loss_history = []
         col_loss = np.empty(shape[1], dtype=np.float64)
@@ -290,11 +324,7 @@ class WALS:
                     v[...] = v_done
                     raise
                 # Observed part from the item half-sweep; the all-pairs part is <U^T U, V^T V>_F.
-                loss = (
-                    float(col_loss.sum())
-                    + w0 * float(np.vdot(gram_u, gram_v))
-                    + lam * float(np.trace(gram_u) + np.trace(gram_v))
-                )
+                loss = _objective(float(col_loss.sum()), gram_u, gram_v, w0, lam)
                 self.loss_history.append(loss)
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss:.6g}")
