@@ -265,3 +265,26 @@ def test_save_load_keeps_the_options(tmp_path):
 def test_bad_options(kwargs, error, match):
     with pytest.raises(error, match=match):
         fs.SoftmaxModel(60, **{"loss": "sampled", **kwargs})
+
+
+def test_positives_gravity_estimate_is_unbiased(bias_setup):
+    """loss="positives" + gravity: the item Gramian on uniform rows, unbiased for the exact term
+    (which "full" + gravity adds exactly)."""
+    feats, targets, full, g_full = bias_setup
+    models = {}
+    for name, kw in {
+        "pos": dict(loss="positives"),
+        "pos_grav": dict(loss="positives", gravity=0.5, num_negatives=64),
+        "full_grav": dict(loss="full", gravity=0.5),
+    }.items():
+        models[name] = build(feats, targets, item_bias=True, **kw)
+        copy_parameters(full, models[name])
+    exact_gravity = flat(models["full_grav"].gradients(feats, targets)) - g_full
+    expected = flat(models["pos"].gradients(feats, targets)) + exact_gravity
+    a = models["pos_grav"].gradients(feats, targets, seed=0)
+    b = models["pos_grav"].gradients(feats, targets, seed=1)
+    assert not np.array_equal(flat(a), flat(b))
+    mean = np.mean(
+        [flat(models["pos_grav"].gradients(feats, targets, seed=s)) for s in range(300)], axis=0
+    )
+    assert np.linalg.norm(mean - expected) < 0.05 * np.linalg.norm(exact_gravity)

@@ -533,3 +533,38 @@ def test_bad_retrieval_input():
         mf.similar_items([30])
     with pytest.raises(RuntimeError, match="not fitted"):
         fs.WALS(3).recommend([0])
+
+
+# -- pieces shared with fastsoftmax.distributed -------------------------------------------------
+
+
+def test_initial_embeddings_do_not_depend_on_the_blocking():
+    from fastsoftmax.wals import _INIT_CHUNK, _initial_embeddings
+
+    n = 2 * _INIT_CHUNK + 37
+    full = _initial_embeddings(11, 0, 0, n, 3, 0.5)
+    assert full.dtype == np.float32 and full.shape == (n, 3)
+    cuts = [0, 5, _INIT_CHUNK - 1, _INIT_CHUNK + 2, 2 * _INIT_CHUNK, n]
+    parts = [_initial_embeddings(11, 0, lo, hi, 3, 0.5) for lo, hi in itertools.pairwise(cuts)]
+    np.testing.assert_array_equal(np.concatenate(parts), full)
+    # A shorter matrix is a prefix; the item side and another seed are other streams.
+    np.testing.assert_array_equal(_initial_embeddings(11, 0, 0, 100, 3, 0.5), full[:100])
+    assert not np.array_equal(_initial_embeddings(11, 1, 0, 100, 3, 0.5), full[:100])
+    assert not np.array_equal(_initial_embeddings(12, 0, 0, 100, 3, 0.5), full[:100])
+    assert abs(full.std() - 0.5) < 0.02
+
+
+def test_core_accepts_unpickled_arrays():
+    """Arrays that went through pickle (multiprocessing, Dask) have equal, not identical, dtypes."""
+    import pickle
+
+    a, w = make_problem()
+    y = np.random.default_rng(0).standard_normal((a.shape[1], 3)).astype(np.float32)
+    args = [pickle.loads(pickle.dumps(x)) for x in (*csr_args(a, w), y)]
+    assert args[0].dtype is not np.dtype(np.int64)  # what the test is about
+    gram = _core.wals_gramian(args[-1], 1)
+    np.testing.assert_array_equal(gram, _core.wals_gramian(y, 1))
+    x = np.zeros((a.shape[0], 3), np.float32)
+    _core.wals_solve_rows(*args, gram, x, 0.1, 0.1, "cholesky", 1, 1)
+    with pytest.raises(TypeError, match="float32, got >f4"):
+        _core.wals_gramian(y.astype(">f4"), 1)

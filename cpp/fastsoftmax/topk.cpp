@@ -445,6 +445,9 @@ void validate_exclude(const std::int64_t* indptr, index_t indptr_size, const Ind
   for (index_t b = 0; b < n_queries; ++b) {
     const std::int64_t lo = indptr[b], hi = indptr[b + 1];
     if (hi < lo) throw_invalid("exclude: indptr must be non-decreasing, got a decrease at row ", b);
+    if (hi > nnz) {
+      throw_invalid("exclude: indptr[", b + 1, "] = ", hi, " exceeds the number of entries ", nnz);
+    }
     for (std::int64_t e = lo; e < hi; ++e) {
       const auto j = static_cast<std::int64_t>(indices[e]);
       if (j < 0 || j >= n_items) {

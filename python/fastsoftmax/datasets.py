@@ -280,28 +280,42 @@ def make_categories(
         for size in np.unique(cat_size)
     }
 
-    def draw(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.repeat(np.arange(n_queries, dtype=np.int64), counts)
-        cat = query_groups[rows]
+    def draw(counts: np.ndarray) -> sp.csr_matrix:
+        """counts[b] draws for query b, as a canonical CSR of draw counts."""
+        cat = np.repeat(query_groups, counts)
+        total = len(cat)
         if n_cat > 1 and in_cat < 1.0:
-            leave = np.flatnonzero(rng.random(len(rows)) >= in_cat)
+            leave = np.flatnonzero(rng.random(total) >= in_cat)
             cat[leave] = (cat[leave] + 1 + rng.integers(0, n_cat - 1, len(leave))) % n_cat
         pos = cat_start[cat]
-        sizes = cat_size[cat]
-        for size, sampler in samplers.items():
-            sel = np.flatnonzero(sizes == size) if len(samplers) > 1 else slice(None)
-            n_sel = len(rows) if len(samplers) == 1 else len(sel)
-            pos[sel] += sampler.sample(n_sel, seed=int(rng.integers(0, 2**63)))
-        return rows, by_cat[pos]
+        if len(samplers) == 1:
+            (sampler,) = samplers.values()
+            pos += sampler.sample(total, seed=int(rng.integers(0, 2**63)))
+        else:
+            sizes = cat_size[cat]
+            for size, sampler in samplers.items():
+                sel = np.flatnonzero(sizes == size)
+                pos[sel] += sampler.sample(len(sel), seed=int(rng.integers(0, 2**63)))
+        indptr = np.zeros(n_queries + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        idx_dtype = np.int32 if max(total, n_items) < 2**31 else np.int64
+        out = sp.csr_matrix(
+            (
+                np.ones(total, dtype=np.float32),
+                by_cat[pos].astype(idx_dtype),
+                indptr.astype(idx_dtype),
+            ),
+            shape=(n_queries, n_items),
+        )
+        out.sum_duplicates()  # sorts each row (C++) and adds repeated draws up
+        return out
 
     counts = 1 + rng.poisson(mean - 1.0, n_queries)
-    rows, cols = draw(counts)
-    interactions = _csr_from_pairs(rows, cols, None, (n_queries, n_items))
+    interactions = draw(counts)
 
     bags = {}
     if history_size > 0:
-        hrows, hcols = draw(np.full(n_queries, history_size))
-        bags["history"] = _csr_from_pairs(hrows, hcols, None, (n_queries, n_items))
+        bags["history"] = draw(np.full(n_queries, history_size))
     categorical = query_groups.copy()
     noisy = rng.random(n_queries) < feature_noise
     categorical[noisy] = rng.integers(0, n_cat, noisy.sum())

@@ -24,6 +24,7 @@ from ._validation import (
     check_int,
     check_num_threads,
     check_seed,
+    check_sparse_structure,
 )
 from .io import register_model, save_arrays
 
@@ -41,6 +42,7 @@ def _as_csr(value: object, name: str) -> sp.csr_array | sp.csr_matrix:
         raise TypeError(
             f"{name}: expected a scipy.sparse matrix (rows x vocabulary), got {type(value).__name__}"
         )
+    check_sparse_structure(value, name)
     m = value.tocsr()
     if m.dtype.kind not in "biuf":
         raise TypeError(f"{name}: expected real values, got dtype {m.dtype}")
@@ -503,10 +505,23 @@ class SoftmaxModel:
         Raises
         ------
         TypeError, ValueError, IndexError
-            For malformed features or targets (wrong types, shapes, N mismatch, negative or
-            non-finite targets, a row without positives, ids outside their tables).
+            For malformed features or targets (wrong types, shapes, N mismatch, no rows,
+            negative or non-finite targets, a row without positives, ids outside their tables).
+        KeyboardInterrupt
+            On Ctrl-C, noticed between batches (and inside long batches) within ~50 ms. The
+            model keeps the parameters of the last completed optimiser step (a consistent state:
+            every step is applied whole) and ``history`` lists the completed epochs only; it
+            predicts, saves and can continue training.
+
+        Notes
+        -----
+        Numerics: the losses use a max-shifted log-sum-exp, so logits of magnitude 1e4 and more
+        give finite losses and gradients; target weights are normalised per row in float64, so
+        their scale (even 1e30) does not matter.
         """
         feats = _as_query_features(feats)
+        if feats.n_rows == 0:
+            raise ValueError("feats: expected at least one row to fit on, got 0")
         if self._impl is None:
             # Check the targets before building (their errors should not depend on build order).
             _targets_arrays(targets, feats.n_rows, self.n_items)

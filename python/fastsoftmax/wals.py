@@ -77,6 +77,42 @@ def _interactions_and_weights(
     return _Csr(a.indptr, a.indices, a.data, w_data, a.shape[1]), a.shape
 
 
+# Rows per independent random stream of the initial embeddings.
+_INIT_CHUNK = 4096
+
+
+def _initial_embeddings(
+    seed: int, side: int, start: int, stop: int, dim: int, scale: float
+) -> np.ndarray:
+    """Rows [start, stop) of the initial query (side 0) or item (side 1) embeddings, N(0, scale^2).
+
+    Chunk k of _INIT_CHUNK rows is drawn from its own stream, seeded by (seed, side, k), so any
+    block of rows (a Dask worker's, say) is generated without the others and the values do not
+    depend on the blocking. Returns float32, shape (stop - start, dim).
+    """
+    out = np.empty((stop - start, dim), dtype=np.float32)
+    for k in range(start // _INIT_CHUNK, -(-stop // _INIT_CHUNK)):
+        lo, hi = k * _INIT_CHUNK, min((k + 1) * _INIT_CHUNK, stop)
+        rng = np.random.default_rng([seed, side, k])
+        rows = rng.standard_normal((hi - lo, dim), dtype=np.float32)  # a prefix of chunk k
+        begin = max(lo, start)
+        out[begin - start : hi - start] = rows[begin - lo :]
+    out *= np.float32(scale)
+    return out
+
+
+def _objective(
+    observed: float, gram_u: np.ndarray, gram_v: np.ndarray, w0: float, lam: float
+) -> float:
+    """The objective from the observed part (the row losses of the item half-sweep) and the
+    Gramians: the all-pairs part is <U^T U, V^T V>_F."""
+    return (
+        observed
+        + w0 * float(np.vdot(gram_u, gram_v))
+        + lam * float(np.trace(gram_u) + np.trace(gram_v))
+    )
+
+
 class WALS:
     """Weighted matrix factorisation A ~ U V^T trained by weighted alternating least squares.
 
@@ -118,7 +154,8 @@ class WALS:
         Threads to use; 0 means all cores. Results are bit-identical for a fixed seed and any
         thread count.
     seed : int, default 0
-        Seed in [0, 2**64) of the initial embeddings.
+        Seed in [0, 2**64) of the initial embeddings (one random stream per chunk of rows, so
+        that :class:`fastsoftmax.distributed.DaskWALS` draws the same values block by block).
 
     Attributes
     ----------
@@ -247,16 +284,25 @@ class WALS:
         RuntimeError
             If ``solver="cholesky"`` meets a row whose normal equations are not positive
             definite (possible only with ``regularization=0``).
+        KeyboardInterrupt
+            On Ctrl-C (noticed within ~50 ms, also while the core runs); the model then holds
+            the embeddings and ``loss_history`` of the last completed iteration (the initial
+            embeddings if none completed) and stays usable.
+
+        Notes
+        -----
+        Numerics: the Cholesky solver works in float64 and raises the RuntimeError above on a
+        singular row; the CG solver (float32) guards its step sizes, so a singular or
+        near-singular system (``regularization=0``, duplicate item columns, rows without
+        entries and ``unobserved_weight=0``) gives finite embeddings (it then minimises over
+        the non-singular directions only), never NaN.
         """
         rows, shape = _interactions_and_weights(interactions, weights)
         if shape[0] < 1 or shape[1] < 1:
             raise ValueError(f"interactions: expected at least one row and column, got {shape}")
         cols = rows.transpose()
-        rng = np.random.default_rng(self.seed)
-        u = rng.standard_normal((shape[0], self.dim), dtype=np.float32)
-        v = rng.standard_normal((shape[1], self.dim), dtype=np.float32)
-        u *= np.float32(self.init_scale)
-        v *= np.float32(self.init_scale)
+        u = _initial_embeddings(self.seed, 0, 0, shape[0], self.dim, self.init_scale)
+        v = _initial_embeddings(self.seed, 1, 0, shape[1], self.dim, self.init_scale)
         self._u, self._v = u, v
         self.loss_history = []
         col_loss = np.empty(shape[1], dtype=np.float64)
@@ -265,16 +311,20 @@ class WALS:
         gram_v = _core.wals_gramian(v, self.num_threads)
         with tqdm(total=self.iterations, disable=not show_progress, desc="WALS") as progress:
             for iteration in range(self.iterations):
-                self._half_sweep(rows, v, gram_v, u)
-                gram_u = _core.wals_gramian(u, self.num_threads)
-                self._half_sweep(cols, u, gram_u, v, col_loss)
-                gram_v = _core.wals_gramian(v, self.num_threads)
+                # The half-sweeps update u and v in place; on Ctrl-C (KeyboardInterrupt raised
+                # from the core) roll back to the last completed iteration.
+                u_done, v_done = u.copy(), v.copy()
+                try:
+                    self._half_sweep(rows, v, gram_v, u)
+                    gram_u = _core.wals_gramian(u, self.num_threads)
+                    self._half_sweep(cols, u, gram_u, v, col_loss)
+                    gram_v = _core.wals_gramian(v, self.num_threads)
+                except BaseException:
+                    u[...] = u_done
+                    v[...] = v_done
+                    raise
                 # Observed part from the item half-sweep; the all-pairs part is <U^T U, V^T V>_F.
-                loss = (
-                    float(col_loss.sum())
-                    + w0 * float(np.vdot(gram_u, gram_v))
-                    + lam * float(np.trace(gram_u) + np.trace(gram_v))
-                )
+                loss = _objective(float(col_loss.sum()), gram_u, gram_v, w0, lam)
                 self.loss_history.append(loss)
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss:.6g}")

@@ -71,6 +71,10 @@ WalsSolver solver_from(const std::string& solver) {
 }  // namespace
 
 void bind_wals(pyb::module_& m) {
+  // Rows per float32 partial sum of wals_gramian: Gramians of row blocks that start at multiples
+  // of it add up (in float64) to the Gramian of the whole matrix up to float64 rounding.
+  m.attr("wals_gramian_chunk") = kGramianChunk;
+
   m.def(
       "wals_gramian",
       [](pyb::handle factors, int num_threads) {

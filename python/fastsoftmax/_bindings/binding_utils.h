@@ -33,7 +33,9 @@ pyb::array_t<T, pyb::array::c_style> require_array(pyb::handle obj, const char* 
                                   std::string(pyb::str(pyb::type::handle_of(obj).attr("__name__")))));
   }
   auto arr = pyb::reinterpret_borrow<pyb::array>(obj);
-  if (!arr.dtype().is(pyb::dtype::of<T>())) {
+  // equal(), not is(): an unpickled array (multiprocessing, Dask) has an equal dtype object that
+  // is not numpy's cached one. Byte-swapped dtypes are not equal and still rejected.
+  if (!arr.dtype().equal(pyb::dtype::of<T>())) {
     throw pyb::type_error(str_cat(name, ": expected dtype ", dtype_name<T>(), ", got ",
                                   std::string(pyb::str(arr.dtype()))));
   }
