@@ -28,7 +28,7 @@ def client():
             n_workers=2,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",  # a free port: other runs may hold 8787
             worker_dashboard_address=None,
         ) as cluster,
         distributed.Client(cluster) as c,
