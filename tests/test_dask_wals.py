@@ -317,13 +317,15 @@ def test_killed_workers_are_recomputed_from_the_inputs(client, watchdog):
 
 
 def kill_all_workers(client):
+    # On a loaded machine a LocalCluster nanny sometimes fails to restart its worker after this:
+    # the tests that use it need only one worker back.
     for address in sorted(client.scheduler_info()["workers"]):
         kill_worker(client, address)
 
 
 def test_losing_every_worker_recomputes_blocks_made_by_tasks(client, watchdog):
     """Row blocks made by tasks, every worker killed mid-fit (the nannies replace them)."""
-    client.wait_for_workers(2, timeout=120)
+    client.wait_for_workers(1, timeout=120)
     blocks = [
         client.submit(sp.random, 200, 300, density=0.03, format="csr", random_state=s,
                       dtype=np.float32, pure=False)
@@ -343,7 +345,7 @@ def test_losing_every_worker_recomputes_blocks_made_by_tasks(client, watchdog):
 
 def test_lost_scattered_input_is_a_clear_error(client, watchdog):
     """Futures of scattered data cannot be recomputed: RuntimeError, not a hang or a result."""
-    client.wait_for_workers(2, timeout=120)
+    client.wait_for_workers(1, timeout=120)
     a, _ = make_problem(n=200, m=100, density=0.05, seed=9, empty_rows=(), empty_cols=())
     blocks = [client.scatter(a[:100]), client.scatter(a[100:])]
 
@@ -353,6 +355,6 @@ def test_lost_scattered_input_is_a_clear_error(client, watchdog):
 
     with pytest.raises(RuntimeError, match="cannot recompute.*scattered"):
         DaskWALS(client, 4, iterations=3).fit(blocks, show_progress=False, callback=callback)
-    client.wait_for_workers(2, timeout=120)
+    client.wait_for_workers(1, timeout=120)
     # The cluster is usable again afterwards.
     assert len(DaskWALS(client, 4, iterations=1).fit(a, show_progress=False).loss_history) == 1
