@@ -88,7 +88,7 @@ def main() -> None:
             n_workers=args.workers,
             threads_per_worker=args.threads_per_worker,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",  # a free port: other runs may hold 8787
         ) as cluster,
         Client(cluster) as client,
     ):
