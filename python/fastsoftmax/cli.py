@@ -103,11 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--iterations", type=_positive_int, default=15, help="WALS sweeps")
     train.add_argument("--unobserved-weight", type=_non_negative_float, default=0.1, help="WALS w0")
     train.add_argument("--regularization", type=_non_negative_float, default=0.05)
-    train.add_argument("--epochs", type=_positive_int, default=10, help="softmax epochs")
+    train.add_argument("--epochs", type=_positive_int, default=40, help="softmax epochs")
     train.add_argument("--loss", choices=("full", "sampled", "positives"), default="sampled",
                        help="softmax loss")  # fmt: skip
     train.add_argument("--num-negatives", type=_positive_int, default=256)
-    train.add_argument("--learning-rate", type=_positive_float, default=0.05)
+    train.add_argument("--learning-rate", type=_positive_float, default=0.1)
     train.add_argument("--test-fraction", type=float, default=0.2)
     train.add_argument("--no-eval", action="store_true", help="train on everything, no evaluation")
     train.add_argument("--seed", type=_non_negative_int, default=0)
