@@ -184,7 +184,202 @@ def bench_full(data: dict, args: argparse.Namespace) -> dict:
     }
 
 
-CONFIGS: dict[str, Callable[[dict, argparse.Namespace], dict]] = {"full": bench_full}
+# --- Sampled softmax (issue 6) ----------------------------------------------------------------
+NUM_NEGATIVES = 256
+
+
+def run_torch_sampled(data: dict, args: argparse.Namespace) -> dict:
+    """PyTorch counterpart of loss="sampled": the same network, V as a sparse nn.Embedding (sparse
+    Adagrad rows, as ours), 256 shared uniform negatives per batch, logQ correction
+    (z - log(m / n)) and accidental-hit removal; positives uncorrected, as in ours."""
+    import math
+
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    n_items = data["n_items"]
+    m = NUM_NEGATIVES
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hist = nn.EmbeddingBag(n_items, 64, mode="mean", sparse=True)
+            self.cat = nn.Embedding(N_CAT, 16, sparse=True)
+            self.mlp = nn.Sequential(
+                nn.Linear(N_DENSE + 16 + 64, HIDDEN[0]),
+                nn.ReLU(),
+                nn.Linear(HIDDEN[0], HIDDEN[1]),
+                nn.ReLU(),
+                nn.Linear(HIDDEN[1], DIM),
+            )
+            self.items = nn.Embedding(n_items, DIM, sparse=True)
+            nn.init.normal_(self.items.weight, std=DIM**-0.5)
+
+        def forward(self, dense, cat, hist):
+            return self.mlp(torch.cat([dense, self.cat(cat), self.hist(hist)], dim=1))
+
+    net = Net()
+    opt = torch.optim.Adagrad(net.parameters(), lr=LR)
+    dense = torch.from_numpy(data["dense"])
+    cat = torch.from_numpy(data["cat"])
+    hist = torch.from_numpy(data["hist"])
+    target = torch.from_numpy(data["target"])
+    log_mq = math.log(m / n_items)
+    n = len(target)
+    gen = torch.Generator().manual_seed(0)
+
+    def loss_fn(psi: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        b = len(y)
+        neg = torch.randint(n_items, (m,), generator=gen)
+        rows = net.items(torch.cat([y, neg]))
+        pos = (psi * rows[:b]).sum(1, keepdim=True)
+        logits_neg = psi @ rows[b:].T - log_mq
+        logits_neg = logits_neg.masked_fill(neg[None, :] == y[:, None], float("-inf"))
+        logits = torch.cat([pos, logits_neg], 1)
+        return nn.functional.cross_entropy(logits, torch.zeros(b, dtype=torch.long))
+
+    def epoch(seed: int) -> float:
+        perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
+        total = 0.0
+        for i in range(0, n, BATCH):
+            idx = perm[i : i + BATCH]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(net(dense[idx], cat[idx], hist[idx]), target[idx])
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        return total / n
+
+    epoch(0)
+    t0 = time.perf_counter()
+    loss = epoch(1)
+    return {"seconds": time.perf_counter() - t0, "loss": loss}
+
+
+def bench_sampled(data: dict, args: argparse.Namespace) -> dict:
+    """loss="sampled": 256 shared uniform negatives, logQ, accidental-hit removal; sparse V."""
+    ours = run_ours(data, args, loss="sampled", num_negatives=NUM_NEGATIVES, sampler="uniform")
+    ref = run_torch_sampled(data, args)
+    n = len(data["target"])
+    return {
+        "config": "sampled",
+        "ours_ex_s": n / ours["seconds"],
+        "torch_ex_s": n / ref["seconds"],
+        "x_torch": ref["seconds"] / ours["seconds"],
+        "ours_loss": ours["loss"],
+        "torch_loss": ref["loss"],
+    }
+
+
+def score_sampler_throughput(n_items: int, args: argparse.Namespace) -> list[dict]:
+    """Batches/s of the score-proportional sampler (B = 256 queries, m = 256 shared and per-query
+    negatives, d = 64): exact over all items (n <= 1e5 only: it scores all n) and SIR from a
+    pool of 2048 uniform candidates."""
+    from fastsoftmax import _core
+
+    rng = np.random.default_rng(0)
+    psi = (0.3 * rng.standard_normal((BATCH, DIM))).astype(np.float32)
+    items = (0.3 * rng.standard_normal((n_items, DIM))).astype(np.float32)
+    indptr = np.arange(BATCH + 1, dtype=np.int64)
+    indices = rng.integers(0, n_items, BATCH).astype(np.int64)
+    rows = []
+    modes = [("sir", 2048)] + ([("exact", 0)] if n_items <= 100_000 else [])
+    for mode, pool in modes:
+        for share in (True, False):
+
+            def call(pool=pool, share=share) -> None:
+                _core._sample_negatives(
+                    "score",
+                    n_items,
+                    NUM_NEGATIVES,
+                    share,
+                    pool,
+                    1.0,
+                    1.0,
+                    None,
+                    psi,
+                    items,
+                    None,
+                    indptr,
+                    indices,
+                    0,
+                    args.threads,
+                )
+
+            seconds = best_time(call, repeat=3 if mode == "sir" else 1)
+            rows.append(
+                {
+                    "n_items": n_items,
+                    "mode": mode + (" M=2048" if pool else ""),
+                    "shared": share,
+                    "ms_per_batch": 1e3 * seconds,
+                    "negatives_per_s": BATCH * NUM_NEGATIVES / seconds
+                    if not share
+                    else NUM_NEGATIVES / seconds,
+                }
+            )
+    return rows
+
+
+def _recall(model: fs.SoftmaxModel, feats, train, test) -> float:
+    from fastsoftmax.metrics import recall_at_k
+
+    ids, _ = model.recommend(feats, k=10, exclude=train)
+    return float(recall_at_k(ids, test, k=10))
+
+
+def recall_sampled_vs_full(args: argparse.Namespace) -> list[dict]:
+    """recall@10 on held-out interactions, loss "sampled" (uniform, 256 negatives) vs "full"
+    after the same number of epochs: make_categories, and ml-latest-small when present (features:
+    the user's training items as a bag; targets: the same training items)."""
+    from pathlib import Path
+
+    out = []
+    sets = []
+    cat = fs.datasets.make_categories(20_000, 5_000, 20, seed=0)
+    sets.append(("make_categories", cat.features, cat.interactions, 5))
+    ml_path = Path(args.movielens)
+    if ml_path.exists():
+        ml = fs.datasets.load_movielens(ml_path)
+        sets.append(("ml-latest-small", None, ml.interactions, 30))
+    for name, feats, interactions, epochs in sets:
+        train, test = fs.datasets.train_test_split(interactions, test_fraction=0.2, seed=0)
+        if feats is None:
+            bag = sp.csr_matrix(train, dtype=np.float32)
+            feats = fs.QueryFeatures(bags={"history": bag})
+        row = {"dataset": name, "epochs": epochs}
+        for loss in ("full", "sampled"):
+            model = fs.SoftmaxModel(
+                interactions.shape[1],
+                hidden=(128,),
+                dim=DIM,
+                embedding_dim=32,
+                loss=loss,
+                num_negatives=NUM_NEGATIVES,
+                epochs=epochs,
+                batch_size=BATCH if name == "make_categories" else 64,
+                num_threads=args.threads,
+                seed=0,
+            )
+            t0 = time.perf_counter()
+            model.fit(feats, train, show_progress=False)
+            row[f"{loss}_fit_s"] = time.perf_counter() - t0
+            row[f"recall@10_{loss}"] = _recall(model, feats, train, test)
+        row["sampled/full"] = row["recall@10_sampled"] / row["recall@10_full"]
+        out.append(row)
+        print(row, flush=True)
+    return out
+
+
+CONFIGS_SAMPLED = {"sampled": bench_sampled}
+
+
+CONFIGS: dict[str, Callable[[dict, argparse.Namespace], dict]] = {
+    "full": bench_full,
+    **CONFIGS_SAMPLED,
+}
 
 
 def main() -> None:
@@ -194,6 +389,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--json", default=None, help="output path (default bench/results/softmax.json)")
+    ap.add_argument(
+        "--sampled-extras",
+        action="store_true",
+        help="also: score-sampler throughput per n_items, recall@10 sampled vs full",
+    )
+    ap.add_argument("--movielens", default="/work/shared/data/ml-latest-small")
     args = ap.parse_args()
 
     rows = []
@@ -213,7 +414,18 @@ def main() -> None:
     )
     columns = list(dict.fromkeys(k for r in rows for k in r))
     print_table(rows, columns)
-    write_json("softmax", {"rows": rows, "threads": args.threads, "batch": BATCH}, args.json)
+    record = {"rows": rows, "threads": args.threads, "batch": BATCH}
+    if args.sampled_extras:
+        sampler_rows = [
+            r for n in map(int, args.n_items) for r in score_sampler_throughput(n, args)
+        ]
+        print(f"\nScore sampler (B={BATCH}, m={NUM_NEGATIVES}, d={DIM}, {args.threads} threads)\n")
+        print_table(sampler_rows, list(sampler_rows[0]))
+        recall_rows = recall_sampled_vs_full(args)
+        print("\nrecall@10 on held-out interactions, sampled (uniform, 256) vs full, same epochs\n")
+        print_table(recall_rows, list(dict.fromkeys(k for r in recall_rows for k in r)))
+        record.update(score_sampler=sampler_rows, recall=recall_rows)
+    write_json("softmax", record, args.json)
 
 
 if __name__ == "__main__":

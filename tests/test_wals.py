@@ -459,3 +459,77 @@ def test_core_checks_its_arrays():
     x.flags.writeable = False
     with pytest.raises(ValueError, match="x.*writeable"):
         _core.wals_solve_rows(ip, ix, t, wt, y, g, x, *args)
+
+
+# -- retrieval ----------------------------------------------------------------------------------
+
+
+def test_recommend_is_the_exact_top_k_with_exclusions():
+    a, w = make_problem(seed=13)
+    mf = fs.WALS(6, iterations=3).fit(a, w, show_progress=False)
+    queries = np.array([0, 5, 7, 39, 5])
+    ids, scores = mf.recommend(queries, k=4, exclude=a[queries])
+    assert ids.shape == scores.shape == (5, 4) and ids.dtype == np.int64
+    full = mf.query_embeddings[queries].astype(np.float64) @ mf.item_embeddings.T
+    full[a[queries].nonzero()] = -np.inf
+    for b in range(len(queries)):
+        np.testing.assert_allclose(scores[b], np.sort(full[b])[::-1][:4], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(full[b, ids[b]], scores[b], rtol=1e-5, atol=1e-6)
+        assert not np.isin(ids[b], a[queries[b]].indices).any()
+    one_ids, _ = mf.recommend(5, k=4)
+    assert one_ids.shape == (4,)
+    np.testing.assert_array_equal(one_ids, mf.recommend([5], k=4)[0][0])
+    assert (mf.recommend([1], k=40)[0] >= 0).sum() == 30  # padding beyond n_items
+
+
+def test_similar_items_by_cosine_without_the_item_itself():
+    a, w = make_problem(seed=14)
+    mf = fs.WALS(6, iterations=3).fit(a, w, show_progress=False)
+    v = mf.item_embeddings.astype(np.float64)
+    unit = v / np.maximum(np.linalg.norm(v, axis=1), 1e-300)[:, None]
+    items = np.array([0, 3, 29])
+    ids, scores = mf.similar_items(items, k=5)
+    for b, j in enumerate(items):
+        cos = unit @ unit[j]
+        cos[j] = -np.inf
+        assert j not in ids[b]
+        np.testing.assert_allclose(scores[b], np.sort(cos)[::-1][:5], atol=1e-5)
+    assert (scores[np.isfinite(scores)] <= 1 + 1e-5).all()
+    # Item 5 has no interactions: a zero embedding, cosine 0 with everything, no NaN.
+    ids5, scores5 = mf.similar_items(5, k=3)
+    assert ids5.shape == (3,) and np.isfinite(scores5).all() and (scores5 == 0).all()
+
+
+def test_raising_the_unobserved_weight_lowers_the_folding_rate():
+    """Queries and items in 5 categories that never meet: w0 = 0 folds them together."""
+    data = fs.datasets.make_categories(2000, 300, 5, seed=0, in_category=1.0)
+    rates = []
+    for w0 in (0.0, 0.01, 0.1, 1.0):
+        mf = fs.WALS(16, unobserved_weight=w0, regularization=0.05, iterations=10, seed=0)
+        mf.fit(data.interactions, show_progress=False)
+        queries = np.arange(data.interactions.shape[0])
+        ids, _ = mf.recommend(queries, k=10, exclude=data.interactions)
+        rates.append(fs.metrics.folding_rate(ids, data.query_groups, data.item_groups, 10))
+    assert all(r1 > r2 for r1, r2 in itertools.pairwise(rates)), rates
+    assert rates[0] > 0.6 and rates[-1] < 0.1, rates
+
+
+def test_bad_retrieval_input():
+    a, _ = make_problem()
+    mf = fs.WALS(3, iterations=1).fit(a, show_progress=False)
+    with pytest.raises(IndexError, match="query_ids: id 40 out of range"):
+        mf.recommend([0, 40])
+    with pytest.raises(IndexError, match="query_ids: id -1 out of range"):
+        mf.recommend(-1)
+    with pytest.raises(TypeError, match="query_ids.*integer"):
+        mf.recommend([0.5])
+    with pytest.raises(ValueError, match="query_ids.*1-D"):
+        mf.recommend([[0, 1]])
+    with pytest.raises(ValueError, match="k"):
+        mf.recommend([0], k=0)
+    with pytest.raises(ValueError, match="exclude"):
+        mf.recommend([0, 1], exclude=a[:3])
+    with pytest.raises(IndexError, match="item_ids: id 30 out of range"):
+        mf.similar_items([30])
+    with pytest.raises(RuntimeError, match="not fitted"):
+        fs.WALS(3).recommend([0])

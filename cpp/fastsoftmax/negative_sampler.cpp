@@ -47,33 +47,49 @@ index_t search_cdf(const double* cdf, index_t n, double u) {
 }
 
 // For the columns [i0, i1) of Z (B x ld): out[i] = log mean_b exp(Z[b, i] * inv_t - log_norm[b]),
-// max-shifted per column (finite for any finite logits).
+// max-shifted per column (finite for any finite logits). Float exponentials (Eigen, vectorised).
 void log_mean_exp_columns(const float* Z, index_t B, index_t ld, index_t i0, index_t i1,
                           double inv_t, const std::vector<double>& log_norm, double* out) {
-  for (index_t i = i0; i < i1; ++i) out[i] = kNegInf;
+  using Arr = Eigen::ArrayXf;
+  const index_t w = i1 - i0;
+  const float it = static_cast<float>(inv_t);
+  Arr mx = Arr::Constant(w, -std::numeric_limits<float>::infinity());
   for (index_t b = 0; b < B; ++b) {
-    const float* zb = Z + b * ld;
-    for (index_t i = i0; i < i1; ++i) out[i] = std::max(out[i], zb[i] * inv_t - log_norm[b]);
+    mx = mx.max(Eigen::Map<const Arr>(Z + b * ld + i0, w) * it - static_cast<float>(log_norm[b]));
   }
-  std::vector<double> sum(static_cast<std::size_t>(i1 - i0), 0.0);
+  Arr sum = Arr::Zero(w);
   for (index_t b = 0; b < B; ++b) {
-    const float* zb = Z + b * ld;
-    for (index_t i = i0; i < i1; ++i) sum[i - i0] += std::exp(zb[i] * inv_t - log_norm[b] - out[i]);
+    sum += (Eigen::Map<const Arr>(Z + b * ld + i0, w) * it - static_cast<float>(log_norm[b]) - mx)
+               .exp();
   }
   const double log_b = std::log(static_cast<double>(B));
-  for (index_t i = i0; i < i1; ++i) out[i] += std::log(sum[i - i0]) - log_b;
+  for (index_t i = 0; i < w; ++i) out[i0 + i] = mx[i] + std::log(double{sum[i]}) - log_b;
 }
 
+// log sum_i exp(z_i * inv_t - offset_i) (offset may be nullptr), max-shifted; float exponentials
+// (Eigen, vectorised), summed in float lanes then double.
 double log_sum_exp_scaled(const float* z, index_t n, double inv_t, const float* offset) {
-  double mx = kNegInf;
-  for (index_t i = 0; i < n; ++i) {
-    const double v = z[i] * inv_t - (offset ? offset[i] : 0.0);
-    mx = std::max(mx, v);
-  }
+  using Arr = Eigen::ArrayXf;
+  Eigen::Map<const Arr> zz(z, n);
+  const float it = static_cast<float>(inv_t);
+  Arr v = zz * it;
+  if (offset != nullptr) v -= Eigen::Map<const Arr>(offset, n);
+  const float mx = v.maxCoeff();
   if (!std::isfinite(mx)) return mx;
-  double s = 0.0;
-  for (index_t i = 0; i < n; ++i) s += std::exp(z[i] * inv_t - (offset ? offset[i] : 0.0) - mx);
-  return mx + std::log(s);
+  return mx + std::log(static_cast<double>((v - mx).exp().sum()));
+}
+
+// cdf[i] = sum_{k <= i} exp(v_k - shift) for v = z * inv_t - offset (offset may be nullptr); the
+// exponentials in float (vectorised, into `scratch`), the running sum in double. Returns the total.
+double exp_cdf(const float* z, index_t n, double inv_t, const float* offset, double shift,
+               Eigen::ArrayXf& scratch, double* cdf) {
+  using Arr = Eigen::ArrayXf;
+  scratch = Eigen::Map<const Arr>(z, n) * static_cast<float>(inv_t);
+  if (offset != nullptr) scratch -= Eigen::Map<const Arr>(offset, n);
+  scratch = (scratch - static_cast<float>(shift)).exp();
+  double acc = 0.0;
+  for (index_t i = 0; i < n; ++i) cdf[i] = (acc += scratch[i]);
+  return acc;
 }
 
 }  // namespace
@@ -234,6 +250,7 @@ void NegativeSampler::sample_score(const SamplerBatch& batch, std::uint64_t seed
   out.log_norm.assign(B, 0.0);
   if (B == 0) return;
   const int slots = threads_for(std::max<index_t>(B, 1), num_threads);
+  std::vector<Eigen::ArrayXf> exp_scratch(static_cast<std::size_t>(slots));
   auto draw_uniform = [&](Rng& rng) {
     return static_cast<index_t>(rng.uniform_int(static_cast<std::uint64_t>(n_)));
   };
@@ -281,8 +298,7 @@ void NegativeSampler::sample_score(const SamplerBatch& batch, std::uint64_t seed
         double* cdf = out.cdf.data() + static_cast<std::size_t>(slot) * n_;
         const float* zb = Z + b * n_;
         const double ln = out.log_norm[b];
-        double acc = 0.0;
-        for (index_t j = 0; j < n_; ++j) cdf[j] = (acc += std::exp(zb[j] * inv_t - ln));
+        const double acc = exp_cdf(zb, n_, inv_t, nullptr, ln, exp_scratch[slot], cdf);
         Rng rng(seed, kStreamRow0 + b);
         index_t* ids = out.ids.data() + b * m;
         float* lq = out.log_q.data() + b * m;
@@ -359,10 +375,8 @@ void NegativeSampler::sample_score(const SamplerBatch& batch, std::uint64_t seed
     const float* zb = Z + b * cols;
     const double ln = out.log_norm[b];
     // Resampling weights exp(z / T) / Q0, shifted by their maximum.
-    double mx = kNegInf;
-    for (index_t i = 0; i < M; ++i) mx = std::max(mx, zb[i] * inv_t - log_q0[i]);
-    double acc = 0.0;
-    for (index_t i = 0; i < M; ++i) cdf[i] = (acc += std::exp(zb[i] * inv_t - log_q0[i] - mx));
+    // Shifted by log M Zhat_b: the weights exp(z / T) / Q0 then sum to 1 (up to rounding).
+    const double acc = exp_cdf(zb, M, inv_t, log_q0.data(), ln + log_m, exp_scratch[slot], cdf);
     Rng rng(seed, kStreamRow0 + b);
     index_t* ids = out.ids.data() + b * m;
     float* lq = out.log_q.data() + b * m;

@@ -99,7 +99,9 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
   }
 
   // ---- Per row: corrections, masks, log-sum-exp, loss, dL/dz, and dpsi from the positives.
-  parallel_for(n_tasks(B, kRowsPerTask), num_threads, [&](std::int64_t task, int) {
+  ws.exp_scratch.resize(threads_for(n_tasks(B, kRowsPerTask), num_threads));
+  for (auto& e : ws.exp_scratch) e.resize(m);
+  parallel_for(n_tasks(B, kRowsPerTask), num_threads, [&](std::int64_t task, int slot) {
     const index_t b1 = std::min(B, (task + 1) * kRowsPerTask);
     for (index_t b = task * kRowsPerTask; b < b1; ++b) {
       float* zrow = ws.z.data() + b * m;
@@ -155,20 +157,28 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
         if (correct_positives) z -= std::log1p(std::exp(log_mb + pos_log_q[k]));
         pz[k] = static_cast<float>(z);
       }
-      // Max-shifted log-sum-exp over the candidates.
-      float mx = kNegInfF;
+      // Max-shifted log-sum-exp over the candidates. Negatives: Eigen's vectorised exp into the
+      // slot's scratch, masked (-inf) entries then set to exactly 0 (Eigen's exp clamps at
+      // exp(-88.7) instead of returning 0).
+      Eigen::Map<Eigen::ArrayXf> zr(zrow, m);
+      Eigen::ArrayXf& e = ws.exp_scratch[slot];
+      float mx = m > 0 ? zr.maxCoeff() : kNegInfF;
       for (index_t k = k0; k < k1; ++k) mx = std::max(mx, pz[k]);
-      for (index_t i = 0; i < m; ++i) mx = std::max(mx, zrow[i]);
       double s = 0.0;
       for (index_t k = k0; k < k1; ++k) s += std::exp(static_cast<double>(pz[k]) - mx);
-      for (index_t i = 0; i < m; ++i) s += std::exp(static_cast<double>(zrow[i]) - mx);
+      if (m > 0) {
+        e = (zr - mx).exp();
+        for (index_t i = 0; i < m; ++i) e[i] = zrow[i] == kNegInfF ? 0.0f : e[i];
+        s += static_cast<double>(e.sum());
+      }
       const double lse = mx + std::log(s);
       double loss = 0.0;
       for (index_t k = k0; k < k1; ++k) loss += weights[k] * (lse - pz[k]);
       ws.row_loss[b] = loss;
       if (!grad) continue;
-      for (index_t i = 0; i < m; ++i) {
-        zrow[i] = scale * static_cast<float>(std::exp(static_cast<double>(zrow[i]) - lse));
+      if (m > 0) {
+        e = (zr - static_cast<float>(lse)).exp();
+        for (index_t i = 0; i < m; ++i) zrow[i] = zrow[i] == kNegInfF ? 0.0f : scale * e[i];
       }
       Eigen::Map<Eigen::RowVectorXf> g(dpsi + b * d, d);
       for (index_t k = k0; k < k1; ++k) {

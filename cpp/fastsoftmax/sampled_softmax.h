@@ -53,6 +53,7 @@ struct SampledSoftmaxWorkspace {
   std::vector<index_t> keys;       // candidate ids, sorted unique
   std::vector<index_t> slot;       // slot of each contribution
   RowMatrixXf gram_items, gram_queries, tmp;
+  std::vector<Eigen::ArrayXf> exp_scratch;  // per thread slot, m entries
 };
 
 /// Loss (sum over the B rows, unscaled, plus gravity) and gradients of grad_scale * loss.

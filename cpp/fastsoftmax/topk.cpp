@@ -27,6 +27,7 @@ constexpr int kNR = 16;                 // items per panel / register tile
 constexpr index_t kQueryBlock = 192;    // queries per task (32 tiles)
 constexpr index_t kMinChunk = 8192;     // smallest item chunk worth a task (multiple of kNR)
 constexpr index_t kTargetTasks = 32;    // split items into chunks until there are this many tasks
+constexpr index_t kPrefetchPanels = 4;  // how far ahead item rows are prefetched
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
 // ---- Selection: a binary heap per query with the worst entry on top. -------------------------
@@ -89,27 +90,29 @@ void pack_scalar(const float* items, int valid, index_t d, float* panel) {
   }
 }
 
-// Scores q_i . x_l for i < MR, l < 16; if some row has a lane > thr[i], stores the tile
-// (row-major, 16 per row) into `tile` and returns the bit mask of such rows, else returns 0.
+// Scores q_i . x_l for i < MR, l < 16 (q packed as q[p * kMR + i]). lanes[i] gets the bit mask
+// of the lanes l with score > thr[i]; if any is set, the tile is stored (row-major, 16 per row)
+// into `tile` and true is returned.
 template <int MR>
-int tile_scalar(const float* const* q, const float* panel, index_t d, const float* thr,
-                float* tile) {
+bool tile_scalar(const float* q, const float* panel, index_t d, const float* thr, float* tile,
+                 std::uint32_t* lanes) {
   float acc[MR][kNR] = {};
   for (index_t p = 0; p < d; ++p) {
     const float* x = panel + p * kNR;
     for (int i = 0; i < MR; ++i) {
-      const float qi = q[i][p];
+      const float qi = q[p * kMR + i];
       for (int l = 0; l < kNR; ++l) acc[i][l] = std::fma(qi, x[l], acc[i][l]);
     }
   }
-  int mask = 0;
+  std::uint32_t any = 0;
   for (int i = 0; i < MR; ++i) {
-    bool any = false;
-    for (int l = 0; l < kNR; ++l) any |= acc[i][l] > thr[i];
-    if (any) mask |= 1 << i;
+    std::uint32_t m = 0;
+    for (int l = 0; l < kNR; ++l) m |= static_cast<std::uint32_t>(acc[i][l] > thr[i]) << l;
+    lanes[i] = m;
+    any |= m;
   }
-  if (mask != 0) std::memcpy(tile, acc, sizeof(acc));
-  return mask;
+  if (any != 0) std::memcpy(tile, acc, sizeof(acc));
+  return any != 0;
 }
 
 #if FASTSOFTMAX_TOPK_X86
@@ -155,35 +158,65 @@ FASTSOFTMAX_AVX2 void pack_avx2(const float* items, int valid, index_t d, float*
   }
 }
 
+// Named accumulators (not arrays): GCC otherwise spills the array to the stack on every step.
+#define FASTSOFTMAX_ROW_FMA(i)                           \
+  if constexpr (MR > i) {                                \
+    const __m256 b = _mm256_broadcast_ss(qp + i);       \
+    a##i##0 = _mm256_fmadd_ps(b, x0, a##i##0);           \
+    a##i##1 = _mm256_fmadd_ps(b, x1, a##i##1);           \
+  }
+#define FASTSOFTMAX_ROW_CHECK(i)                                                        \
+  if constexpr (MR > i) {                                                               \
+    const __m256 t = _mm256_broadcast_ss(thr + i);                                      \
+    const auto lo = static_cast<std::uint32_t>(                                         \
+        _mm256_movemask_ps(_mm256_cmp_ps(a##i##0, t, _CMP_GT_OQ)));                     \
+    const auto hi = static_cast<std::uint32_t>(                                         \
+        _mm256_movemask_ps(_mm256_cmp_ps(a##i##1, t, _CMP_GT_OQ)));                     \
+    lanes[i] = lo | (hi << 8);                                                          \
+    any |= lanes[i];                                                                    \
+  }
+#define FASTSOFTMAX_ROW_STORE(i)                      \
+  if constexpr (MR > i) {                             \
+    _mm256_storeu_ps(tile + i * kNR, a##i##0);        \
+    _mm256_storeu_ps(tile + i * kNR + 8, a##i##1);    \
+  }
+
 template <int MR>
-FASTSOFTMAX_AVX2 int tile_avx2(const float* const* q, const float* panel, index_t d,
-                               const float* thr, float* tile) {
-  __m256 c0[MR], c1[MR];
-  for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm256_setzero_ps();
+FASTSOFTMAX_AVX2 bool tile_avx2(const float* q, const float* panel, index_t d, const float* thr,
+                                float* tile, std::uint32_t* lanes) {
+  __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00;
+  __m256 a30 = a00, a31 = a00, a40 = a00, a41 = a00, a50 = a00, a51 = a00;
   for (index_t p = 0; p < d; ++p) {
     const __m256 x0 = _mm256_load_ps(panel + p * kNR);
     const __m256 x1 = _mm256_load_ps(panel + p * kNR + 8);
-    for (int i = 0; i < MR; ++i) {
-      const __m256 qi = _mm256_broadcast_ss(q[i] + p);
-      c0[i] = _mm256_fmadd_ps(qi, x0, c0[i]);
-      c1[i] = _mm256_fmadd_ps(qi, x1, c1[i]);
-    }
+    const float* qp = q + p * kMR;
+    FASTSOFTMAX_ROW_FMA(0)
+    FASTSOFTMAX_ROW_FMA(1)
+    FASTSOFTMAX_ROW_FMA(2)
+    FASTSOFTMAX_ROW_FMA(3)
+    FASTSOFTMAX_ROW_FMA(4)
+    FASTSOFTMAX_ROW_FMA(5)
   }
-  int mask = 0;
-  for (int i = 0; i < MR; ++i) {
-    const __m256 t = _mm256_broadcast_ss(thr + i);
-    const __m256 m =
-        _mm256_or_ps(_mm256_cmp_ps(c0[i], t, _CMP_GT_OQ), _mm256_cmp_ps(c1[i], t, _CMP_GT_OQ));
-    if (_mm256_movemask_ps(m) != 0) mask |= 1 << i;
+  std::uint32_t any = 0;
+  FASTSOFTMAX_ROW_CHECK(0)
+  FASTSOFTMAX_ROW_CHECK(1)
+  FASTSOFTMAX_ROW_CHECK(2)
+  FASTSOFTMAX_ROW_CHECK(3)
+  FASTSOFTMAX_ROW_CHECK(4)
+  FASTSOFTMAX_ROW_CHECK(5)
+  if (any != 0) {
+    FASTSOFTMAX_ROW_STORE(0)
+    FASTSOFTMAX_ROW_STORE(1)
+    FASTSOFTMAX_ROW_STORE(2)
+    FASTSOFTMAX_ROW_STORE(3)
+    FASTSOFTMAX_ROW_STORE(4)
+    FASTSOFTMAX_ROW_STORE(5)
   }
-  if (mask != 0) {
-    for (int i = 0; i < MR; ++i) {
-      _mm256_storeu_ps(tile + i * kNR, c0[i]);
-      _mm256_storeu_ps(tile + i * kNR + 8, c1[i]);
-    }
-  }
-  return mask;
+  return any != 0;
 }
+#undef FASTSOFTMAX_ROW_FMA
+#undef FASTSOFTMAX_ROW_CHECK
+#undef FASTSOFTMAX_ROW_STORE
 
 bool cpu_has_avx2() {
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -194,7 +227,8 @@ bool cpu_has_avx2() { return false; }
 #endif
 
 using PackFn = void (*)(const float*, int, index_t, float*);
-using TileFn = int (*)(const float* const*, const float*, index_t, const float*, float*);
+using TileFn = bool (*)(const float*, const float*, index_t, const float*, float*,
+                        std::uint32_t*);
 
 struct Kernels {
   PackFn pack;
@@ -289,6 +323,7 @@ void topk_impl(const float* queries, index_t n_queries, const float* items, inde
 
     std::vector<Heap> heaps(nq);
     std::vector<float> thr(nq + kMR, kInf);  // +inf pads the rows beyond nq
+    const bool use_exclude = has_exclude;  // a local: the hot loop must not reload it
     std::vector<std::int64_t> cursor(has_exclude ? nq : 0);
     for (index_t i = 0; i < nq; ++i) {
       const std::size_t slot = static_cast<std::size_t>(c) * n_queries + q0 + i;
@@ -303,26 +338,50 @@ void topk_impl(const float* queries, index_t n_queries, const float* items, inde
     }
     AlignedBuffer panel(static_cast<std::size_t>(kNR) * std::max<index_t>(dim, 1));
     alignas(64) float tile[kMR * kNR];
-    const float* qrows[kMR];
+    std::uint32_t lanes[kMR];
+    // Queries packed tile by tile: qpack[(t * dim + p) * kMR + i] = query (t * kMR + i), dim p.
+    const index_t n_tiles = (nq + kMR - 1) / kMR;
+    AlignedBuffer qpack(static_cast<std::size_t>(n_tiles * kMR) * std::max<index_t>(dim, 1));
+    for (index_t t = 0; t < n_tiles; ++t) {
+      for (int i = 0; i < kMR; ++i) {
+        const index_t qi = t * kMR + i;
+        float* dst = qpack.data + t * dim * kMR + i;
+        if (qi < nq) {
+          const float* src = queries + (q0 + qi) * dim;
+          for (index_t p = 0; p < dim; ++p) dst[p * kMR] = src[p];
+        } else {
+          for (index_t p = 0; p < dim; ++p) dst[p * kMR] = 0.0f;
+        }
+      }
+    }
 
     index_t panels_done = 0;
     for (index_t j0 = j_begin; j0 < j_end; j0 += kNR) {
       const int valid = static_cast<int>(std::min<index_t>(kNR, j_end - j0));
+      // Prefetch the item rows a few panels ahead (streaming from memory when n is large).
+      const index_t ahead = j0 + kPrefetchPanels * kNR;
+      if (ahead < j_end) {
+        const char* from = reinterpret_cast<const char*>(items + ahead * dim);
+        const index_t bytes = std::min<index_t>(kNR, j_end - ahead) * dim * 4;
+        for (index_t off = 0; off < bytes; off += 64) __builtin_prefetch(from + off, 0, 0);
+      }
       kern.pack(items + j0 * dim, valid, dim, panel.data);
+      const std::uint32_t valid_lanes = (1u << valid) - 1;
       for (index_t i0 = 0; i0 < nq; i0 += kMR) {
         const int mr = static_cast<int>(std::min<index_t>(kMR, nq - i0));
-        for (int i = 0; i < mr; ++i) qrows[i] = queries + (q0 + i0 + i) * dim;
-        const int mask = kern.tile[mr](qrows, panel.data, dim, thr.data() + i0, tile);
-        if (mask == 0) continue;
+        const float* qtile = qpack.data + i0 * dim;  // i0 = tile * kMR
+        if (!kern.tile[mr](qtile, panel.data, dim, thr.data() + i0, tile, lanes)) continue;
         for (int i = 0; i < mr; ++i) {
-          if (!(mask & (1 << i))) continue;
+          std::uint32_t m = lanes[i] & valid_lanes;
+          if (m == 0) continue;
           const index_t qi = i0 + i;
           float t = thr[qi];
           const float* row = tile + i * kNR;
-          for (int l = 0; l < valid; ++l) {
-            if (!(row[l] > t)) continue;
+          for (; m != 0; m &= m - 1) {
+            const int l = __builtin_ctz(m);
+            if (!(row[l] > t)) continue;  // the threshold may have risen since the kernel
             const std::int64_t item = j0 + l;
-            if (has_exclude) {
+            if (use_exclude) {
               const std::int64_t end = exclude.indptr[q0 + qi + 1];
               std::int64_t& cur = cursor[qi];
               while (cur < end && exclude.indices[cur] < item) ++cur;
@@ -386,6 +445,9 @@ void validate_exclude(const std::int64_t* indptr, index_t indptr_size, const Ind
   for (index_t b = 0; b < n_queries; ++b) {
     const std::int64_t lo = indptr[b], hi = indptr[b + 1];
     if (hi < lo) throw_invalid("exclude: indptr must be non-decreasing, got a decrease at row ", b);
+    if (hi > nnz) {
+      throw_invalid("exclude: indptr[", b + 1, "] = ", hi, " exceeds the number of entries ", nnz);
+    }
     for (std::int64_t e = lo; e < hi; ++e) {
       const auto j = static_cast<std::int64_t>(indices[e]);
       if (j < 0 || j >= n_items) {

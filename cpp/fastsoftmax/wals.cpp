@@ -25,6 +25,7 @@ constexpr index_t kChunkEntries = 1 << 14;
 // Observed rows of the fixed factors gathered per GEMM update of the Cholesky path.
 constexpr index_t kGatherRows = 64;
 
+
 // Task boundaries over the rows of `a`: chunk c covers rows [bounds[c], bounds[c + 1]).
 std::vector<index_t> row_chunks(const CsrView& a) {
   std::vector<index_t> bounds{0};
@@ -43,37 +44,51 @@ std::vector<index_t> row_chunks(const CsrView& a) {
 
 // Per-thread scratch memory, sized once per call: no heap allocation per row.
 struct Scratch {
-  Scratch(index_t dim, bool cholesky) {
-    if (cholesky) {
-      a.resize(dim, dim);
-      b.resize(dim);
-      xd.resize(dim);
-      gathered.resize(kGatherRows, dim);
-      scaled.resize(kGatherRows, dim);
-    } else {
-      r.resize(dim);
-      p.resize(dim);
-      ap.resize(dim);
-    }
-  }
+  explicit Scratch(index_t dim)
+      : a(dim, dim), b(dim), xd(dim), gathered(kGatherRows, dim), scaled(kGatherRows, dim) {}
   // Cholesky path (float64).
   MatrixXd a;
   VectorXd b, xd;
   MatrixXd gathered, scaled;  // kGatherRows x dim: y_j and (w_ij - w0) y_j
-  // CG path (float32).
-  VectorXf r, p, ap;
 };
+
+// Prefetches the fixed-side rows that row `row` will read: issued one row ahead, the cache misses
+// of the random gathers overlap with the arithmetic of the current row.
+inline void prefetch_row(const CsrView& a, index_t row, const float* fixed, index_t dim) {
+  if (row >= a.n_rows) return;
+  const index_t bytes = dim * static_cast<index_t>(sizeof(float));
+  for (index_t k = a.indptr[row]; k < a.indptr[row + 1]; ++k) {
+    const char* y = reinterpret_cast<const char*>(fixed + a.indices[k] * dim);
+    for (index_t off = 0; off < bytes; off += 64) __builtin_prefetch(y + off);
+  }
+}
+
+// Prefetch distance (in entries) inside a long row: its fixed-side rows may not fit in cache, so
+// every pass gathers them again from memory.
+constexpr index_t kPrefetchAhead = 12;
+
+inline void prefetch_entry(const CsrView& a, index_t k, index_t end, const float* fixed,
+                           index_t dim) {
+  if (k >= end) return;
+  const char* y = reinterpret_cast<const char*>(fixed + a.indices[k] * dim);
+  for (index_t off = 0; off < dim * static_cast<index_t>(sizeof(float)); off += 64) {
+    __builtin_prefetch(y + off);
+  }
+}
 
 inline float weight_at(const CsrView& a, index_t k) {
   return a.weights != nullptr ? a.weights[k] : 1.0f;
 }
 
 // Observed part of the objective for row `row` with solution x (see solve_rows).
+template <int D = Eigen::Dynamic>
 double observed_loss(const CsrView& a, index_t row, const float* fixed, index_t dim,
-                     const ConstMapVectorXf& x, double w0) {
+                     const float* x_data, double w0) {
+  using Vec = Eigen::Matrix<float, D, 1>;
+  const Eigen::Map<const Vec> x(x_data, dim);
   double loss = 0.0;
   for (index_t k = a.indptr[row]; k < a.indptr[row + 1]; ++k) {
-    const double pred = ConstMapVectorXf(fixed + a.indices[k] * dim, dim).dot(x);
+    const double pred = Eigen::Map<const Vec>(fixed + a.indices[k] * dim, dim).dot(x);
     const double resid = static_cast<double>(a.targets[k]) - pred;
     loss += static_cast<double>(weight_at(a, k)) * resid * resid - w0 * pred * pred;
   }
@@ -111,35 +126,96 @@ void solve_row_cholesky(const CsrView& a, index_t row, const float* fixed, index
   for (index_t f = 0; f < dim; ++f) x_out[f] = static_cast<float>(s.xd[f]);
 }
 
+// Conjugate-gradient vectors of one row. For the common dimensions D is a compile-time constant
+// (fixed-size Eigen vectors on the stack, loops fully unrolled); Eigen::Dynamic otherwise (then
+// constructed once per task, not per row).
+template <int D>
+struct CgVectors {
+  using Vec = Eigen::Matrix<float, D, 1>;
+  explicit CgVectors(index_t dim) : x(dim), r(dim), p(dim), ap(dim) {}
+  Vec x, r, p, ap;
+};
+
+template <int D>
 void solve_row_cg(const CsrView& a, index_t row, const float* fixed, index_t dim,
-                  const RowMatrixXf& base, float w0, int cg_steps, Scratch& s, float* x_out) {
+                  const float* base_data, float w0, int cg_steps, CgVectors<D>& v,
+                  float* x_out) {
+  using Vec = Eigen::Matrix<float, D, 1>;
+  using Row = Eigen::Map<const Vec>;
+  // base is symmetric: read it column-major, the faster layout for a matrix-vector product.
+  const Eigen::Map<const Eigen::Matrix<float, D, D>> base(base_data, dim, dim);
   constexpr float kTiny = 1e-20f;
   const index_t begin = a.indptr[row];
   const index_t end = a.indptr[row + 1];
-  MapVectorXf x(x_out, dim);
+  v.x = Eigen::Map<const Vec>(x_out, dim);
   // r = b - A x = sum_j (w_j a_j - (w_j - w0) y_j.x) y_j - (w0 G + lambda I) x
-  s.r.noalias() = -(base * x);
+  v.r.noalias() = base * v.x;
+  v.r = -v.r;
+  const bool long_row = end - begin > 64;
   for (index_t k = begin; k < end; ++k) {
-    const ConstMapVectorXf y(fixed + a.indices[k] * dim, dim);
+    if (long_row) prefetch_entry(a, k + kPrefetchAhead, end, fixed, dim);
+    const Row y(fixed + a.indices[k] * dim, dim);
     const float w = weight_at(a, k);
-    s.r += (w * a.targets[k] - (w - w0) * y.dot(x)) * y;
+    v.r += (w * a.targets[k] - (w - w0) * y.dot(v.x)) * y;
   }
-  s.p = s.r;
-  float rs_old = s.r.squaredNorm();
+  v.p = v.r;
+  float rs_old = v.r.squaredNorm();
   for (int step = 0; step < cg_steps && rs_old > kTiny; ++step) {
-    s.ap.noalias() = base * s.p;
-    for (index_t k = begin; k < end; ++k) {
-      const ConstMapVectorXf y(fixed + a.indices[k] * dim, dim);
-      s.ap += ((weight_at(a, k) - w0) * y.dot(s.p)) * y;
+    v.ap.noalias() = base * v.p;
+    if (long_row) {
+      for (index_t k = begin; k < std::min(end, begin + kPrefetchAhead); ++k) {
+        prefetch_entry(a, k, end, fixed, dim);
+      }
     }
-    const float p_ap = s.p.dot(s.ap);
+    for (index_t k = begin; k < end; ++k) {
+      if (long_row) prefetch_entry(a, k + kPrefetchAhead, end, fixed, dim);
+      const Row y(fixed + a.indices[k] * dim, dim);
+      v.ap += ((weight_at(a, k) - w0) * y.dot(v.p)) * y;
+    }
+    const float p_ap = v.p.dot(v.ap);
     if (!(p_ap > 0.0f)) break;  // A p = 0: the matrix is singular in direction p
     const float alpha = rs_old / p_ap;
-    x += alpha * s.p;
-    s.r -= alpha * s.ap;
-    const float rs_new = s.r.squaredNorm();
-    s.p = s.r + (rs_new / rs_old) * s.p;
+    v.x += alpha * v.p;
+    v.r -= alpha * v.ap;
+    const float rs_new = v.r.squaredNorm();
+    v.p = v.r + (rs_new / rs_old) * v.p;
     rs_old = rs_new;
+  }
+  Eigen::Map<Vec>(x_out, dim) = v.x;
+}
+
+// Solves rows [begin, end) with conjugate gradients (see solve_rows).
+template <int D>
+void cg_rows(const CsrView& a, index_t begin, index_t end, const float* fixed, index_t dim,
+             const float* base, float w0, int cg_steps, float* x, double* row_loss) {
+  CgVectors<D> v(dim);
+  for (index_t row = begin; row < end; ++row) {
+    float* xr = x + row * dim;
+    prefetch_row(a, row + 1, fixed, dim);
+    if (a.indptr[row + 1] == a.indptr[row]) {
+      std::fill(xr, xr + dim, 0.0f);  // no observed entry: right-hand side 0, solution 0
+      if (row_loss != nullptr) row_loss[row] = 0.0;
+      continue;
+    }
+    solve_row_cg<D>(a, row, fixed, dim, base, w0, cg_steps, v, xr);
+    if (row_loss != nullptr) row_loss[row] = observed_loss<D>(a, row, fixed, dim, xr, w0);
+  }
+}
+
+void cg_rows_dispatch(const CsrView& a, index_t begin, index_t end, const float* fixed,
+                      index_t dim, const float* base, float w0, int cg_steps, float* x,
+                      double* row_loss) {
+  switch (dim) {
+    case 16:
+      return cg_rows<16>(a, begin, end, fixed, dim, base, w0, cg_steps, x, row_loss);
+    case 32:
+      return cg_rows<32>(a, begin, end, fixed, dim, base, w0, cg_steps, x, row_loss);
+    case 64:
+      return cg_rows<64>(a, begin, end, fixed, dim, base, w0, cg_steps, x, row_loss);
+    case 128:
+      return cg_rows<128>(a, begin, end, fixed, dim, base, w0, cg_steps, x, row_loss);
+    default:
+      return cg_rows<Eigen::Dynamic>(a, begin, end, fixed, dim, base, w0, cg_steps, x, row_loss);
   }
 }
 
@@ -247,11 +323,18 @@ void solve_rows(const CsrView& a, const float* fixed, const double* gram, index_
   const std::vector<index_t> bounds = row_chunks(a);
   const auto n_chunks = static_cast<index_t>(bounds.size()) - 1;
   const int threads = threads_for(n_chunks, options.num_threads);
-  std::vector<Scratch> scratch;
+  std::vector<Scratch> scratch;  // per-thread scratch of the Cholesky path
   scratch.reserve(threads);
-  for (int t = 0; t < threads; ++t) scratch.emplace_back(dim, cholesky);
+  if (cholesky) {
+    for (int t = 0; t < threads; ++t) scratch.emplace_back(dim);
+  }
 
   parallel_for(n_chunks, options.num_threads, [&](std::int64_t c, int slot) {
+    if (!cholesky) {
+      cg_rows_dispatch(a, bounds[c], bounds[c + 1], fixed, dim, base_f.data(),
+                       static_cast<float>(w0), options.cg_steps, x, row_loss);
+      return;
+    }
     Scratch& s = scratch[slot];
     for (index_t row = bounds[c]; row < bounds[c + 1]; ++row) {
       float* xr = x + row * dim;
@@ -261,15 +344,8 @@ void solve_rows(const CsrView& a, const float* fixed, const double* gram, index_
         if (row_loss != nullptr) row_loss[row] = 0.0;
         continue;
       }
-      if (cholesky) {
-        solve_row_cholesky(a, row, fixed, dim, base_d, w0, s, xr);
-      } else {
-        solve_row_cg(a, row, fixed, dim, base_f, static_cast<float>(w0), options.cg_steps, s,
-                     xr);
-      }
-      if (row_loss != nullptr) {
-        row_loss[row] = observed_loss(a, row, fixed, dim, ConstMapVectorXf(xr, dim), w0);
-      }
+      solve_row_cholesky(a, row, fixed, dim, base_d, w0, s, xr);
+      if (row_loss != nullptr) row_loss[row] = observed_loss(a, row, fixed, dim, xr, w0);
     }
   });
 }
@@ -284,8 +360,7 @@ double wals_objective(const CsrView& a, const float* user_factors, const float* 
     const index_t end = std::min(a.n_rows, (c + 1) * kWalsRowChunk);
     double sum = 0.0;
     for (index_t row = c * kWalsRowChunk; row < end; ++row) {
-      sum += observed_loss(a, row, item_factors, dim,
-                           ConstMapVectorXf(user_factors + row * dim, dim), unobserved_weight);
+      sum += observed_loss(a, row, item_factors, dim, user_factors + row * dim, unobserved_weight);
     }
     partial[c] = sum;
   });

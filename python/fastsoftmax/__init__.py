@@ -7,6 +7,7 @@ package is a thin, typed, documented API over it.
 from __future__ import annotations
 
 from . import _core, datasets, metrics
+from .baselines import Popularity
 from .evaluation import evaluate
 from .io import load, register_model
 from .retrieval import topk
@@ -19,6 +20,7 @@ __version__: str = _core.__version__
 __all__ = [
     "WALS",
     "AliasSampler",
+    "Popularity",
     "QueryFeatures",
     "SoftmaxModel",
     "__version__",

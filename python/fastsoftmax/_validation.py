@@ -16,10 +16,12 @@ __all__ = [
     "as_csr",
     "as_real_array",
     "check_choice",
+    "check_finite",
     "check_int",
     "check_num_threads",
     "check_real",
     "check_seed",
+    "check_sparse_structure",
 ]
 
 _MAX_SEED = 2**64
@@ -101,6 +103,7 @@ def as_csr(value: object, name: str, *, dtype: type = np.float32):
         raise ValueError(f"{name}: expected a 2-D sparse matrix, got {value.ndim} dimension(s)")
     if value.dtype.kind not in "biuf":
         raise TypeError(f"{name}: expected real values, got dtype {value.dtype}")
+    check_sparse_structure(value, name)
     csr = sp.csr_matrix(value)  # no copy for a csr_matrix; a new object for anything else
     if not csr.has_canonical_format:
         csr = csr.copy()
@@ -108,3 +111,54 @@ def as_csr(value: object, name: str, *, dtype: type = np.float32):
     if csr.dtype != dtype:
         csr = csr.astype(dtype)
     return csr
+
+
+def check_sparse_structure(value: object, name: str, *, column: str = "column index") -> None:
+    """Check the index arrays of a scipy.sparse CSR / CSC / COO matrix before anything uses them.
+
+    scipy does not fully check index arrays that were set or built by hand, and its conversions
+    (``tocsr``, ``tocsc``, ...) write out of bounds on such input; this check runs first.
+    Raises ValueError for a malformed ``indptr`` and IndexError for an index outside the shape.
+    Costs one pass over the index arrays; other formats are left to scipy.
+    """
+    fmt = getattr(value, "format", None)
+    shape = value.shape
+    if fmt in ("csr", "csc"):
+        major, minor = (shape[0], shape[1]) if fmt == "csr" else (shape[1], shape[0])
+        indptr, indices = value.indptr, value.indices
+        if indptr.ndim != 1 or len(indptr) != major + 1:
+            raise ValueError(
+                f"{name}: expected an indptr of length {major + 1} for a {fmt.upper()} matrix "
+                f"of shape {shape}, got {indptr.shape}"
+            )
+        nnz = int(indptr[-1])
+        if indptr[0] != 0 or (np.diff(indptr) < 0).any():
+            raise ValueError(f"{name}: indptr must start at 0 and be non-decreasing")
+        if nnz > len(indices) or nnz > len(value.data):
+            raise ValueError(
+                f"{name}: indptr ends at {nnz}, but there are only {len(indices)} indices and "
+                f"{len(value.data)} values"
+            )
+        ids = indices[:nnz]
+        if nnz and (ids.min() < 0 or ids.max() >= minor):
+            pos = int(np.flatnonzero((ids < 0) | (ids >= minor))[0])
+            line = int(np.searchsorted(indptr, pos, side="right")) - 1
+            what, where = (column, "row") if fmt == "csr" else ("row index", "column")
+            raise IndexError(
+                f"{name}: {what} {ids[pos]} in {where} {line} is out of range [0, {minor})"
+            )
+    elif fmt == "coo":
+        for ids, size, axis in ((value.row, shape[0], "row"), (value.col, shape[1], "column")):
+            if len(ids) and (ids.min() < 0 or ids.max() >= size):
+                bad = ids[(ids < 0) | (ids >= size)][0]
+                raise IndexError(f"{name}: {axis} index {bad} out of range [0, {size})")
+
+
+def check_finite(arr: np.ndarray, name: str) -> None:
+    """Raise ValueError if the float array ``arr`` holds NaN or inf (no temporary array)."""
+    if arr.size == 0:
+        return
+    with np.errstate(invalid="ignore"):
+        lo, hi = arr.min(), arr.max()
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"{name}: expected finite values, found NaN or inf")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -98,33 +100,55 @@ def load(path: str | os.PathLike) -> Any:
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If the file is not a fastsoftmax model, its ``model_type`` is unknown, or it was written
-        by a newer format version.
+        Naming the file, if it is not a fastsoftmax model (not a ``.npz``, truncated, corrupted,
+        a field missing or malformed), its ``model_type`` is unknown, or it was written by a newer
+        format version. Nothing is ever unpickled.
     """
+    name = os.fspath(path)
     try:
-        npz = np.load(os.fspath(path), allow_pickle=False)
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError) as e:
-        raise ValueError(f"path: {os.fspath(path)!r} is not a readable .npz file ({e})") from e
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise ValueError(f"path: {os.fspath(path)!r} is a .npy file, expected a .npz model file")
-    with npz:
-        arrays = {name: npz[name] for name in npz.files}
+        f = open(name, "rb")  # closed by the with below
+    except IsADirectoryError as e:
+        raise ValueError(f"path: {name!r} is a folder, expected a .npz model file") from e
+    with f:  # np.load leaves its own file open when the file is not a valid archive
+        try:
+            npz = np.load(f, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise ValueError(f"path: {name!r} is not a readable .npz file ({e})") from e
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ValueError(f"path: {name!r} is a .npy file, expected a .npz model file")
+        try:
+            with npz:
+                arrays = {key: npz[key] for key in npz.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            # truncated or corrupted member (zip CRC / length mismatch), or a pickled object array
+            raise ValueError(f"path: {name!r} is truncated or corrupted ({e})") from e
     if "model_type" not in arrays or "format_version" not in arrays:
         raise ValueError(
-            f"path: {os.fspath(path)!r} is not a fastsoftmax model file "
-            "(no model_type / format_version field)"
+            f"path: {name!r} is not a fastsoftmax model file (no model_type / format_version field)"
         )
-    model_type = str(arrays.pop("model_type"))
-    version = int(arrays.pop("format_version"))
+    model_type_field = arrays.pop("model_type")
+    version_field = arrays.pop("format_version")
+    if model_type_field.shape != () or model_type_field.dtype.kind != "U":
+        raise ValueError(f"path: {name!r} has a malformed model_type field")
+    if version_field.shape != () or version_field.dtype.kind not in "iu":
+        raise ValueError(f"path: {name!r} has a malformed format_version field")
+    model_type = str(model_type_field)
+    version = int(version_field)
     if version > FORMAT_VERSION:
         raise ValueError(
-            f"path: format_version {version} is newer than this fastsoftmax supports "
+            f"path: {name!r} has format_version {version}, newer than this fastsoftmax supports "
             f"({FORMAT_VERSION}); upgrade fastsoftmax"
         )
+    if version < 1:
+        raise ValueError(f"path: {name!r} has an invalid format_version {version}")
     cls = _REGISTRY.get(model_type)
     if cls is None:
         known = ", ".join(sorted(_REGISTRY)) or "none"
-        raise ValueError(f"path: unknown model_type {model_type!r} (registered: {known})")
-    return cls._from_arrays(arrays)
+        raise ValueError(
+            f"path: {name!r} has unknown model_type {model_type!r} (registered: {known})"
+        )
+    try:
+        return cls._from_arrays(arrays)
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        # a missing or malformed field: name the file whatever the class's own message says
+        raise ValueError(f"path: {name!r} is not a valid {model_type} model file ({e})") from e

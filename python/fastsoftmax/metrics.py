@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ._validation import check_int
+from ._validation import check_int, check_sparse_structure
 
 __all__ = [
     "folding_rate",
@@ -54,6 +54,7 @@ def as_csr(value: object, name: str, *, shape: tuple[int, int] | None = None) ->
         raise ValueError(f"{name}: expected a 2-D sparse matrix, got shape {value.shape}")
     if shape is not None and tuple(value.shape) != tuple(shape):
         raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(value.shape)}")
+    check_sparse_structure(value, name)
     csr = sp.csr_matrix(value)
     if not csr.has_canonical_format:
         csr = csr.copy()

@@ -6,7 +6,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _core
-from ._validation import as_real_array, check_int, check_num_threads
+from ._validation import (
+    as_real_array,
+    check_finite,
+    check_int,
+    check_num_threads,
+    check_sparse_structure,
+)
 
 __all__ = ["topk"]
 
@@ -53,17 +59,22 @@ def topk(
     -----
     Each score is one sequential fused multiply-add chain over the ``d`` dimensions, so results
     are bit-identical for every ``num_threads`` and whatever other queries share the batch.
-    Scores may differ from ``queries @ items.T`` computed by a BLAS in the last bits. Items whose
-    score is NaN or ``-inf`` are never returned.
+    Scores may differ from ``queries @ items.T`` computed by a BLAS in the last bits. Queries
+    must be finite. Items may hold inf / NaN: an item whose score is NaN or ``-inf`` is never
+    returned (so a row of ``-inf`` masks an item), one scoring ``+inf`` ranks first; huge finite
+    values can overflow a score to ``+-inf`` likewise.
+
+    Safe to call from several Python threads at once (the GIL is released while it runs).
 
     Raises
     ------
     TypeError
         If ``queries``/``items`` are not real arrays, or ``exclude`` is not a scipy sparse matrix.
     ValueError
-        If the shapes do not match, ``k < 1`` or ``num_threads < 0``.
+        If the shapes do not match, ``queries`` hold NaN or inf, ``k < 1``,
+        ``num_threads < 0`` or ``exclude`` has a malformed ``indptr``.
     IndexError
-        If ``exclude`` holds an item id outside ``[0, n)``.
+        If ``exclude`` holds an item (or query) index outside its shape.
 
     Examples
     --------
@@ -80,6 +91,7 @@ def topk(
             f"items: expected shape (n, {q.shape[1]}) to match queries of shape {q.shape}, "
             f"got {x.shape}"
         )
+    check_finite(q, "queries")  # a NaN / inf query has no meaningful ranking
     k = check_int(k, "k", minimum=1)
     num_threads = check_num_threads(num_threads)
     indptr = indices = None
@@ -99,6 +111,7 @@ def _exclude_csr(exclude: object, shape: tuple[int, int]) -> tuple[np.ndarray, n
         raise ValueError(
             f"exclude: expected shape {shape} (n_queries, n_items), got {exclude.shape}"
         )
+    check_sparse_structure(exclude, "exclude", column="item id")
     csr = exclude.tocsr()
     if not csr.has_sorted_indices:
         csr = csr.sorted_indices()

@@ -24,6 +24,7 @@ from ._validation import (
     check_int,
     check_num_threads,
     check_seed,
+    check_sparse_structure,
 )
 from .io import register_model, save_arrays
 
@@ -41,6 +42,7 @@ def _as_csr(value: object, name: str) -> sp.csr_array | sp.csr_matrix:
         raise TypeError(
             f"{name}: expected a scipy.sparse matrix (rows x vocabulary), got {type(value).__name__}"
         )
+    check_sparse_structure(value, name)
     m = value.tocsr()
     if m.dtype.kind not in "biuf":
         raise TypeError(f"{name}: expected real values, got dtype {m.dtype}")
@@ -511,6 +513,8 @@ class SoftmaxModel:
             non-finite targets, a row without positives, ids outside their tables).
         """
         feats = _as_query_features(feats)
+        if feats.n_rows == 0:
+            raise ValueError("feats: expected at least one row to fit on, got 0")
         if self._impl is None:
             # Check the targets before building (their errors should not depend on build order).
             _targets_arrays(targets, feats.n_rows, self.n_items)

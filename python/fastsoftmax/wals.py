@@ -247,6 +247,18 @@ class WALS:
         RuntimeError
             If ``solver="cholesky"`` meets a row whose normal equations are not positive
             definite (possible only with ``regularization=0``).
+        KeyboardInterrupt
+            On Ctrl-C (noticed within ~50 ms, also while the core runs); the model then holds
+            the embeddings and ``loss_history`` of the last completed iteration (the initial
+            embeddings if none completed) and stays usable.
+
+        Notes
+        -----
+        Numerics: the Cholesky solver works in float64 and raises the RuntimeError above on a
+        singular row; the CG solver (float32) guards its step sizes, so a singular or
+        near-singular system (``regularization=0``, duplicate item columns, rows without
+        entries and ``unobserved_weight=0``) gives finite embeddings (it then minimises over
+        the non-singular directions only), never NaN.
         """
         rows, shape = _interactions_and_weights(interactions, weights)
         if shape[0] < 1 or shape[1] < 1:
@@ -265,10 +277,18 @@ class WALS:
         gram_v = _core.wals_gramian(v, self.num_threads)
         with tqdm(total=self.iterations, disable=not show_progress, desc="WALS") as progress:
             for iteration in range(self.iterations):
-                self._half_sweep(rows, v, gram_v, u)
-                gram_u = _core.wals_gramian(u, self.num_threads)
-                self._half_sweep(cols, u, gram_u, v, col_loss)
-                gram_v = _core.wals_gramian(v, self.num_threads)
+                # The half-sweeps update u and v in place; on Ctrl-C (KeyboardInterrupt raised
+                # from the core) roll back to the last completed iteration.
+                u_done, v_done = u.copy(), v.copy()
+                try:
+                    self._half_sweep(rows, v, gram_v, u)
+                    gram_u = _core.wals_gramian(u, self.num_threads)
+                    self._half_sweep(cols, u, gram_u, v, col_loss)
+                    gram_v = _core.wals_gramian(v, self.num_threads)
+                except BaseException:
+                    u[...] = u_done
+                    v[...] = v_done
+                    raise
                 # Observed part from the item half-sweep; the all-pairs part is <U^T U, V^T V>_F.
                 loss = (
                     float(col_loss.sum())
@@ -332,6 +352,100 @@ class WALS:
         gram_v = _core.wals_gramian(self._v, self.num_threads)
         self._half_sweep(a, self._v, gram_v, out, solver="cholesky")
         return out
+
+    # -- retrieval ----------------------------------------------------------------------------
+
+    def _ids(self, ids: Any, name: str, n: int) -> tuple[np.ndarray, bool]:
+        """Validate ids (an int or a 1-D integer array-like) against [0, n)."""
+        arr = np.asarray(ids)
+        scalar = arr.ndim == 0
+        if arr.dtype.kind not in "iu" or arr.dtype == np.bool_:
+            raise TypeError(f"{name}: expected integer ids, got dtype {arr.dtype}")
+        arr = np.atleast_1d(arr)
+        if arr.ndim != 1:
+            raise ValueError(
+                f"{name}: expected an int or a 1-D array of ids, got shape {arr.shape}"
+            )
+        if arr.size and (arr.min() < 0 or arr.max() >= n):
+            bad = arr[(arr < 0) | (arr >= n)][0]
+            raise IndexError(f"{name}: id {bad} out of range [0, {n})")
+        return arr.astype(np.int64, copy=False), scalar
+
+    def recommend(
+        self, query_ids: Any, k: int = 10, *, exclude: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items by score ``u_q . v_j`` for training queries (exact, via
+        :func:`fastsoftmax.topk`).
+
+        Parameters
+        ----------
+        query_ids : int or array_like of int, shape (B,)
+            Query (row) ids in ``[0, n_queries)``.
+        k : int, default 10
+            Items per query, >= 1.
+        exclude : scipy.sparse matrix, shape (B, n_items), optional
+            Items not to recommend, row ``b`` for query ``query_ids[b]`` (e.g.
+            ``train[query_ids]`` to skip the items each query has already seen); shape
+            (1, n_items) when ``query_ids`` is an int.
+
+        Returns
+        -------
+        ids : numpy.ndarray, int64, shape (B, k)
+            Best first; padded with -1 when fewer than ``k`` items are eligible. Shape (k,) when
+            ``query_ids`` is an int.
+        scores : numpy.ndarray, float32, shape (B, k)
+            The matching scores (padding: -inf).
+
+        Raises
+        ------
+        IndexError
+            If a query id is out of range.
+        """
+        from .retrieval import topk
+
+        self._check_fitted()
+        ids, scalar = self._ids(query_ids, "query_ids", len(self._u))
+        out_ids, scores = topk(
+            self._u[ids], self._v, k, exclude=exclude, num_threads=self.num_threads
+        )
+        return (out_ids[0], scores[0]) if scalar else (out_ids, scores)
+
+    def similar_items(self, item_ids: Any, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` items most similar to each given item by cosine similarity of the item
+        embeddings (exact, via :func:`fastsoftmax.topk`); the item itself is left out.
+
+        Parameters
+        ----------
+        item_ids : int or array_like of int, shape (B,)
+            Item ids in ``[0, n_items)``.
+        k : int, default 10
+            Items per query item, >= 1.
+
+        Returns
+        -------
+        ids : numpy.ndarray, int64, shape (B, k)
+            Most similar first; padded with -1 when fewer than ``k`` other items exist. Shape
+            (k,) when ``item_ids`` is an int.
+        scores : numpy.ndarray, float32, shape (B, k)
+            Cosine similarities in [-1, 1] (0 for items with a zero embedding; padding: -inf).
+
+        Raises
+        ------
+        IndexError
+            If an item id is out of range.
+        """
+        from .retrieval import topk
+
+        self._check_fitted()
+        ids, scalar = self._ids(item_ids, "item_ids", len(self._v))
+        norms = np.linalg.norm(self._v, axis=1)
+        unit = self._v / np.where(norms > 0, norms, 1)[:, None].astype(np.float32)
+        itself = sp.csr_matrix(
+            (np.ones(len(ids), np.float32), ids, np.arange(len(ids) + 1)),
+            shape=(len(ids), len(self._v)),
+        )
+        out_ids, scores = topk(unit[ids], unit, k, exclude=itself, num_threads=self.num_threads)
+        return (out_ids[0], scores[0]) if scalar else (out_ids, scores)
 
     # -- persistence --------------------------------------------------------------------------
 

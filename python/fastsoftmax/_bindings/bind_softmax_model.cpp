@@ -94,6 +94,12 @@ SoftmaxData make_data(SoftmaxModel& model, index_t rows, pyb::handle dense,
     if (indptr.data()[0] != 0 || nnz < 0 || nnz > indices.shape(0)) {
       throw std::invalid_argument(str_cat(name, ": inconsistent indptr"));
     }
+    for (index_t r = 0; r < expected_rows; ++r) {  // before anything reads indices by row
+      if (indptr.data()[r + 1] < indptr.data()[r]) {
+        throw std::invalid_argument(
+            str_cat(name, ": indptr must be non-decreasing, got a decrease at row ", r));
+      }
+    }
     BagsView v{indptr.data(), indices.data(), nullptr};
     d.keep_alive.push_back(indptr);
     d.keep_alive.push_back(indices);

@@ -1,0 +1,198 @@
+"""The real-data commands of the CLI: ``train``, ``recommend`` and ``evaluate``.
+
+A model file written by ``fastsoftmax train`` is an ordinary model file (``fs.load`` reads it)
+with a few extra arrays prefixed ``cli_``: the original user and item ids, the training
+interactions (so that ``recommend`` excludes seen items and the softmax model can rebuild a
+user's history features) and the user features.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import datasets, io
+from .evaluation import evaluate as evaluate_model
+from .softmax import QueryFeatures, SoftmaxModel
+from .wals import WALS
+
+
+class _UserError(ValueError):
+    pass
+
+
+def _load_data(args: argparse.Namespace) -> datasets.Dataset:
+    path = Path(args.data)
+    if not path.exists():
+        raise _UserError(f"--data: no such file or folder: {path}")
+    if path.is_dir():
+        return datasets.load_movielens(path, min_rating=args.min_rating)
+    ds = datasets.load_csv(path, args.user_col, args.item_col, args.weight_col)
+    if args.min_rating is not None:
+        m = ds.interactions.copy()
+        m.data = (m.data >= args.min_rating).astype(np.float32)
+        m.eliminate_zeros()
+        ds = ds.replace(interactions=sp.csr_matrix(m))
+    return ds
+
+
+def _features(ds_features: Any, history: sp.csr_matrix, rows: np.ndarray | None = None,
+              dense: np.ndarray | None = None, categorical: dict | None = None) -> QueryFeatures:  # fmt: skip
+    """Softmax query features: the user's training history as a bag, plus any user features."""
+    if ds_features is not None:
+        dense = ds_features.dense
+        categorical = ds_features.categorical
+    if rows is not None:
+        dense = None if dense is None else dense[rows]
+        categorical = {k: v[rows] for k, v in (categorical or {}).items()}
+    return QueryFeatures(dense=dense, categorical=categorical or None,
+                         bags={"history": sp.csr_matrix(history)})  # fmt: skip
+
+
+def train(args: argparse.Namespace) -> int:
+    """``fastsoftmax train``: fit WALS or the softmax DNN, report held-out metrics, save."""
+    ds = _load_data(args)
+    if not 0 < args.test_fraction < 1:
+        raise _UserError(f"--test-fraction: expected a number in (0, 1), got {args.test_fraction}")
+    print(f"data: {ds}")
+    if args.no_eval:
+        train_m, test_m = ds.interactions, None
+    else:
+        train_m, test_m = datasets.train_test_split(ds.interactions,
+                                                    test_fraction=args.test_fraction,
+                                                    seed=args.seed)  # fmt: skip
+    show = not args.no_progress
+    t0 = time.perf_counter()
+    feats = None
+    if args.model == "wals":
+        model: Any = WALS(args.dim, unobserved_weight=args.unobserved_weight,
+                          regularization=args.regularization, iterations=args.iterations,
+                          num_threads=args.threads, seed=args.seed)  # fmt: skip
+        model.fit(train_m, show_progress=show)
+    else:
+        feats = _features(ds.features, train_m)
+        opts: dict[str, Any] = {"loss": args.loss}
+        if args.loss == "sampled":
+            opts["num_negatives"] = args.num_negatives
+        model = SoftmaxModel(ds.n_items, dim=args.dim, epochs=args.epochs,
+                             learning_rate=args.learning_rate, l2=0.0, num_threads=args.threads,
+                             seed=args.seed, **opts)  # fmt: skip
+        model.fit(feats, train_m, show_progress=show)
+    print(f"trained {args.model} in {time.perf_counter() - t0:.1f} s")
+    if test_m is not None:
+        scores = evaluate_model(model, train_m, test_m, k=10, queries=feats)
+        print("held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    _save(args.out, model, ds, train_m)
+    print(f"saved {args.out}")
+    return 0
+
+
+def _save(path: str, model: Any, ds: datasets.Dataset, train_m: sp.csr_matrix) -> None:
+    arrays = dict(model._to_arrays())
+    t = sp.csr_matrix(train_m)
+    arrays.update(
+        cli_user_ids=np.asarray(ds.query_ids).astype(str),
+        cli_item_ids=np.asarray(ds.item_ids).astype(str),
+        cli_train_indptr=t.indptr.astype(np.int64),
+        cli_train_indices=t.indices.astype(np.int64),
+        cli_train_data=t.data.astype(np.float32),
+    )
+    if ds.item_names is not None:
+        arrays["cli_item_names"] = np.asarray(ds.item_names).astype(str)
+    if ds.features is not None:
+        if ds.features.dense is not None:
+            arrays["cli_dense"] = ds.features.dense
+        for k, v in ds.features.categorical.items():
+            arrays[f"cli_cat_{k}"] = v
+    io.save_arrays(path, type(model).__name__, arrays)
+
+
+class _Bundle:
+    def __init__(self, path: str) -> None:
+        p = Path(path)
+        if not p.is_file():
+            raise _UserError(f"--model: no such file: {p}")
+        self.model = io.load(p)
+        with np.load(p, allow_pickle=False) as f:
+            if "cli_user_ids" not in f.files:
+                raise _UserError(f"--model: {p} was not written by 'fastsoftmax train' "
+                                 "(it has no user/item id maps)")  # fmt: skip
+            self.user_ids = f["cli_user_ids"]
+            self.item_ids = f["cli_item_ids"]
+            n_items = len(self.item_ids)
+            self.train = sp.csr_matrix((f["cli_train_data"], f["cli_train_indices"],
+                                        f["cli_train_indptr"]),
+                                       shape=(len(self.user_ids), n_items))  # fmt: skip
+            self.item_names = f["cli_item_names"] if "cli_item_names" in f.files else None
+            self.dense = f["cli_dense"] if "cli_dense" in f.files else None
+            self.categorical = {k[len("cli_cat_"):]: f[k] for k in f.files
+                                if k.startswith("cli_cat_")}  # fmt: skip
+        self.user_row = {u: i for i, u in enumerate(self.user_ids)}
+        self.item_col = {u: i for i, u in enumerate(self.item_ids)}
+
+    def queries(self, rows: np.ndarray, history: sp.csr_matrix) -> Any:
+        if isinstance(self.model, SoftmaxModel):
+            return _features(None, history, rows, self.dense, self.categorical)
+        return rows
+
+
+def recommend(args: argparse.Namespace) -> int:
+    """``fastsoftmax recommend``: top-k items for users given by their original ids."""
+    b = _Bundle(args.model)
+    missing = [u for u in args.user if u not in b.user_row]
+    if missing:
+        raise _UserError(f"--user: unknown user id(s) {', '.join(missing)} "
+                         f"(the model knows {len(b.user_ids):,} users)")  # fmt: skip
+    rows = np.array([b.user_row[u] for u in args.user], dtype=np.int64)
+    seen = b.train[rows]
+    k = min(args.k, len(b.item_ids))
+    ids, scores = b.model.recommend(b.queries(rows, seen), k=k, exclude=seen)
+    for u, r_ids, r_scores in zip(args.user, ids, scores, strict=True):
+        print(f"user {u}:")
+        for rank, (j, s) in enumerate(zip(r_ids, r_scores, strict=True), 1):
+            if j < 0:
+                break
+            name = f"  {b.item_names[j]}" if b.item_names is not None else ""
+            print(f"{rank:4d}  {b.item_ids[j]}  {s:.4f}{name}")
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """``fastsoftmax evaluate``: metrics of a saved model on the interactions in ``--data``.
+
+    Users and items are matched by original id (unknown ones are dropped). The relevant items
+    of a user are their interactions in ``--data`` that were not in the model's training data,
+    and training items are excluded from the recommendations, so evaluating on the same data
+    that ``train`` split reproduces its held-out evaluation.
+    """
+    b = _Bundle(args.model)
+    ds = _load_data(args)
+    coo = ds.interactions.tocoo()
+    users = np.asarray(ds.query_ids).astype(str)[coo.row]
+    items = np.asarray(ds.item_ids).astype(str)[coo.col]
+    r = np.array([b.user_row.get(u, -1) for u in users], dtype=np.int64)
+    c = np.array([b.item_col.get(i, -1) for i in items], dtype=np.int64)
+    known = (r >= 0) & (c >= 0)
+    if not known.any():
+        raise _UserError("--data: no interaction matches the model's users and items")
+    rel = sp.csr_matrix((np.ones(known.sum(), dtype=np.float32), (r[known], c[known])),
+                        shape=b.train.shape)  # fmt: skip
+    rel.sum_duplicates()
+    rel = rel - rel.multiply(b.train > 0)
+    rel.eliminate_zeros()
+    rows = np.flatnonzero(np.diff(rel.indptr) > 0)
+    if len(rows) == 0:
+        raise _UserError("--data: every matching interaction was in the training data")
+    k = min(args.k, len(b.item_ids))
+    seen = b.train[rows]
+    scores = evaluate_model(b.model, seen, sp.csr_matrix(rel[rows]), k=k,
+                            queries=b.queries(rows, seen))  # fmt: skip
+    print(f"{len(rows):,} users, {rel.nnz:,} held-out interactions "
+          f"({(~known).sum():,} of {len(known):,} unknown to the model)")  # fmt: skip
+    print(", ".join(f"{name} {v:.4f}" for name, v in scores.items()))
+    return 0

@@ -1,0 +1,198 @@
+"""The ``fastsoftmax`` command: ``demo``, ``train``, ``recommend`` and ``evaluate``.
+
+Errors in paths, options or data end the command with one line on stderr and exit status 2
+(never a traceback); interrupted runs exit with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        raise CliError(f"{message} (see '{self.prog} --help')")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="PATH",
+                   help="a MovieLens folder (ml-100k or ml-latest layout) or a CSV file")  # fmt: skip
+    p.add_argument("--user-col", default="userId", help="CSV: user column (default userId)")
+    p.add_argument("--item-col", default="movieId", help="CSV: item column (default movieId)")
+    p.add_argument("--weight-col", default=None, help="CSV: weight column (default: all 1)")
+    p.add_argument("--min-rating", type=float, default=None,
+                   help="binarise: keep interactions with rating >= this")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``fastsoftmax`` command."""
+    parser = _Parser(prog="fastsoftmax",
+                     description="Fast CPU training of softmax retrieval models and WALS.")  # fmt: skip
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="measure MF vs softmax DNN on a synthetic corpus",
+                          description="Train WALS (w0 = 0 and tuned), the softmax DNN (positives "
+                          "only, uniform negatives, hard negatives, full softmax) and a popularity "
+                          "baseline on one synthetic corpus with known categories; print and save "
+                          "the comparison table, results.json and the folding picture.")  # fmt: skip
+    demo.add_argument("--quick", action="store_true", help="a small corpus (under 30 s)")
+    demo.add_argument("--scale", type=_positive_float, default=1.0,
+                      help="multiply the corpus size (default 1)")  # fmt: skip
+    demo.add_argument("--out", default="fastsoftmax-demo", help="output folder")
+    demo.add_argument("--seed", type=_non_negative_int, default=0)
+    demo.add_argument("--threads", type=_non_negative_int, default=0, help="0 = all cores")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    train = sub.add_parser("train", help="train a model on MovieLens or a CSV file",
+                           description="Train WALS or the softmax DNN on real interactions and "
+                           "save it; evaluates on a held-out split unless --no-eval.")  # fmt: skip
+    _add_data_args(train)
+    train.add_argument("--model", choices=("wals", "softmax"), default="wals")
+    train.add_argument("--out", default="model.npz", help="model file (.npz)")
+    train.add_argument("--dim", type=_positive_int, default=64)
+    train.add_argument("--iterations", type=_positive_int, default=15, help="WALS sweeps")
+    train.add_argument("--unobserved-weight", type=_non_negative_float, default=0.1, help="WALS w0")
+    train.add_argument("--regularization", type=_non_negative_float, default=0.05)
+    train.add_argument("--epochs", type=_positive_int, default=10, help="softmax epochs")
+    train.add_argument("--loss", choices=("full", "sampled", "positives"), default="sampled",
+                       help="softmax loss")  # fmt: skip
+    train.add_argument("--num-negatives", type=_positive_int, default=256)
+    train.add_argument("--learning-rate", type=_positive_float, default=0.05)
+    train.add_argument("--test-fraction", type=float, default=0.2)
+    train.add_argument("--no-eval", action="store_true", help="train on everything, no evaluation")
+    train.add_argument("--seed", type=_non_negative_int, default=0)
+    train.add_argument("--threads", type=_non_negative_int, default=0, help="0 = all cores")
+    train.add_argument("--no-progress", action="store_true")
+
+    rec = sub.add_parser("recommend", help="top-k items for a user of a trained model",
+                         description="Recommend items for a user (original ids in and out); "
+                         "the user's training items are excluded.")  # fmt: skip
+    rec.add_argument("--model", required=True, help="model file written by 'fastsoftmax train'")
+    rec.add_argument("--user", required=True, action="append",
+                     help="original user id (repeat for several users)")  # fmt: skip
+    rec.add_argument("-k", type=_positive_int, default=10)
+
+    ev = sub.add_parser("evaluate", help="evaluate a trained model on a data set",
+                        description="Evaluate a trained model against the interactions in "
+                        "--data (users and items matched by original id); the items the model "
+                        "saw in training are excluded.")  # fmt: skip
+    ev.add_argument("--model", required=True)
+    _add_data_args(ev)
+    ev.add_argument("-k", type=_positive_int, default=10)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.version:
+            from . import __version__
+
+            print(__version__)
+            return 0
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return _COMMANDS[args.command](args)
+    except CliError as e:
+        print(f"fastsoftmax: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, IndexError, KeyError, OSError) as e:
+        msg = str(e) if not isinstance(e, KeyError) else f"missing {e}"
+        print(f"fastsoftmax: error: {msg.splitlines()[0] if msg else type(e).__name__}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    except KeyboardInterrupt:
+        print("fastsoftmax: interrupted", file=sys.stderr)
+        return 130
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoConfig, run_demo
+
+    cfg = DemoConfig.preset(quick=args.quick, scale=args.scale, seed=args.seed,
+                            num_threads=args.threads, show_progress=not args.no_progress)  # fmt: skip
+    run_demo(Path(args.out), cfg)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from . import _cli_models
+
+    return _cli_models.train(args)
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    from . import _cli_models
+
+    return _cli_models.recommend(args)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import _cli_models
+
+    return _cli_models.evaluate(args)
+
+
+_COMMANDS = {
+    "demo": _cmd_demo,
+    "train": _cmd_train,
+    "recommend": _cmd_recommend,
+    "evaluate": _cmd_evaluate,
+}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

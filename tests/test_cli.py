@@ -1,0 +1,168 @@
+import json
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+import fastsoftmax as fs
+from fastsoftmax.cli import main
+
+
+def read_png(path):
+    """Decode the PNGs our writer produces (8-bit RGB, filter 0): returns (H, W, 3) uint8."""
+    blob = path.read_bytes()
+    assert blob[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, header = 8, b"", None
+    while pos < len(blob):
+        (length,) = struct.unpack(">I", blob[pos : pos + 4])
+        tag, data = blob[pos + 4 : pos + 8], blob[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", blob[pos + 8 + length : pos + 12 + length])
+        assert crc == zlib.crc32(tag + data) & 0xFFFFFFFF
+        if tag == b"IHDR":
+            header = struct.unpack(">IIBBBBB", data)
+        elif tag == b"IDAT":
+            idat += data
+        pos += 12 + length
+    w, h, depth, colour = header[:4]
+    assert (depth, colour) == (8, 2)
+    raw = np.frombuffer(zlib.decompress(idat), dtype=np.uint8).reshape(h, 1 + 3 * w)
+    assert (raw[:, 0] == 0).all()
+    return raw[:, 1:].reshape(h, w, 3)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    status = main(["demo", "--quick", "--out", str(out), "--no-progress", "--threads", "2"])
+    assert status == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_demo_writes_table_json_and_png(demo_run, capsys):
+    out, res = demo_run
+    names = ["Popularity", "WALS w0=0", "Softmax positives-only", "Softmax uniform neg.",
+             "Softmax hard neg.", "Softmax full"]  # fmt: skip
+    for name in names:
+        assert name in res["models"]
+    tuned = [m for m in res["models"] if m.startswith("WALS w0=") and m != "WALS w0=0"]
+    assert len(tuned) == 1
+    for name, row in res["models"].items():
+        for key in ["recall@10", "ndcg@10", "folding rate", "cold-start recall@10",
+                    "training time (s)", "latency per query (ms)",
+                    "latency per 1000 queries (ms)", "parameters"]:  # fmt: skip
+            assert key in row, (name, key)
+            assert np.isfinite(row[key]), (name, key)
+        assert 0 <= row["recall@10"] <= 1 and 0 <= row["folding rate"] <= 1
+    md = (out / "results.md").read_text()
+    assert md.startswith("| |") and "folding rate" in md and len(res["sentences"]) >= 5
+    img = read_png(out / "folding.png")
+    assert img.shape[0] > 300 and img.shape[1] > 300
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 5  # points in several colours
+
+
+def test_demo_claims_hold_on_its_data(demo_run):
+    """The sentences the demo prints are checked here, not assumed."""
+    _, res = demo_run
+    m = res["models"]
+    tuned = next(r for n, r in m.items() if n.startswith("WALS w0=") and n != "WALS w0=0")
+    assert (
+        m["Softmax positives-only"]["folding rate"]
+        > m["Softmax uniform neg."]["folding rate"] + 0.2
+    )
+    assert m["WALS w0=0"]["folding rate"] > tuned["folding rate"] + 0.2
+    # The learned models beat popularity on held-out interactions.
+    assert m["Softmax uniform neg."]["recall@10"] > m["Popularity"]["recall@10"]
+    assert tuned["recall@10"] > m["Popularity"]["recall@10"]
+    sentences = " ".join(res["sentences"])
+    assert "folds more than with uniform negatives" in sentences
+    assert "lowers the folding rate" in sentences
+
+
+@pytest.fixture(scope="module")
+def csv_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("csv")
+    ds = fs.datasets.make_categories(300, 120, 4, seed=1)
+    coo = ds.interactions.tocoo()
+    lines = ["user,item,rating"] + [f"u{r},i{c},{v:g}" for r, c, v in
+                                    zip(coo.row, coo.col, coo.data, strict=True)]  # fmt: skip
+    path = d / "data.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("model", ["wals", "softmax"])
+def test_train_recommend_evaluate_on_csv(csv_data, tmp_path, model, capsys):
+    out = tmp_path / "m.npz"
+    args = ["train", "--data", str(csv_data), "--user-col", "user", "--item-col", "item",
+            "--weight-col", "rating", "--model", model, "--dim", "8", "--iterations", "3",
+            "--epochs", "2", "--out", str(out), "--no-progress", "--threads", "1"]  # fmt: skip
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "held-out" in text and "recall" in text
+    loaded = fs.load(out)
+    assert type(loaded).__name__ == ("WALS" if model == "wals" else "SoftmaxModel")
+
+    assert main(["recommend", "--model", str(out), "--user", "u3", "-k", "5"]) == 0
+    lines = [ln.split() for ln in capsys.readouterr().out.splitlines()[1:]]
+    assert len(lines) == 5
+    recommended = {ln[1] for ln in lines}
+    assert all(i.startswith("i") for i in recommended)
+    # Seen items are excluded: none of user u3's training items is recommended.
+    with np.load(out, allow_pickle=False) as f:
+        users, items = list(f["cli_user_ids"]), f["cli_item_ids"]
+        row = users.index("u3")
+        indptr, indices = f["cli_train_indptr"], f["cli_train_indices"]
+        seen = set(items[indices[indptr[row] : indptr[row + 1]]])
+    assert not recommended & seen
+
+    assert main(["evaluate", "--model", str(out), "--data", str(csv_data), "--user-col", "user",
+                 "--item-col", "item"]) == 0  # fmt: skip
+    assert "recall" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["train", "--data", "/nonexistent/path"], "no such file"),
+        (["train", "--data", "."], ""),
+        (["train", "--model", "nope", "--data", "x"], "invalid choice"),
+        (["demo", "--scale", "-1"], "positive"),
+        (["recommend", "--model", "/nonexistent.npz", "--user", "1"], "no such file"),
+        (["frobnicate"], "invalid choice"),
+        (["train"], "required"),
+    ],
+)
+def test_cli_errors_are_one_line(argv, match, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fastsoftmax") and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and match in err
+
+
+def test_recommend_unknown_user_and_foreign_model_file(csv_data, tmp_path, capsys):
+    out = tmp_path / "m.npz"
+    assert main(["train", "--data", str(csv_data), "--user-col", "user", "--item-col", "item",
+                 "--dim", "4", "--iterations", "2", "--out", str(out), "--no-eval",
+                 "--no-progress"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["recommend", "--model", str(out), "--user", "nobody"]) == 2
+    assert "unknown user" in capsys.readouterr().err
+    plain = tmp_path / "plain.npz"
+    fs.WALS(4, iterations=1).fit(fs.datasets.make_categories(50, 20, 2).interactions,
+                                 show_progress=False).save(plain)  # fmt: skip
+    assert main(["recommend", "--model", str(plain), "--user", "1"]) == 2
+    assert "not written by" in capsys.readouterr().err
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip file")
+    assert main(["recommend", "--model", str(bad), "--user", "1"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_python_dash_m_entry_point():
+    r = subprocess.run([sys.executable, "-m", "fastsoftmax", "--help"], capture_output=True,
+                       text=True, check=False)  # fmt: skip
+    assert r.returncode == 0 and "demo" in r.stdout and "train" in r.stdout
