@@ -36,37 +36,59 @@ def _interrupt_after(delay: float) -> tuple[threading.Timer, list[float]]:
     return timer, sent
 
 
-@pytest.mark.parametrize(("solver", "num_threads"), [("cholesky", 1), ("cg", 2)])
-def test_ctrl_c_during_wals_fit(solver, num_threads):
+@pytest.mark.parametrize(
+    ("solver", "num_threads", "after_first_iteration"),
+    [("cholesky", 1, False), ("cg", 2, True)],
+)
+def test_ctrl_c_during_wals_fit(solver, num_threads, after_first_iteration):
+    """SIGINT in the first iteration, or (timer started by the callback) in a later one."""
     rng = np.random.default_rng(0)
-    a = sp.random(30_000, 3_000, density=0.01, format="csr", random_state=rng, dtype=np.float32)
+    nnz = 900_000
+    a = sp.csr_matrix(
+        (np.ones(nnz, np.float32), (rng.integers(0, 30_000, nnz), rng.integers(0, 3_000, nnz))),
+        shape=(30_000, 3_000),
+    )
     a.data[:] = 1
-    completed: list[int] = []
     snapshots: list[tuple[np.ndarray, np.ndarray]] = []
+    timers: list[tuple[threading.Timer, list[float]]] = []
 
     def callback(it, model):
-        completed.append(it)
         snapshots.append((model.query_embeddings.copy(), model.item_embeddings.copy()))
+        if not timers:
+            timers.append(_interrupt_after(0.3))
 
     model = fs.WALS(48, iterations=100_000, solver=solver, num_threads=num_threads, seed=1)
-    timer, sent = _interrupt_after(DELAY)
+    if not after_first_iteration:
+        half_sweep = model._half_sweep
+
+        def start_timer_then_sweep(*args, **kwargs):  # fires inside the first C++ half-sweep
+            if not timers:
+                timers.append(_interrupt_after(0.2))
+            return half_sweep(*args, **kwargs)
+
+        model._half_sweep = start_timer_then_sweep
     try:
         with pytest.raises(KeyboardInterrupt):
             model.fit(a, show_progress=False, callback=callback)
-        latency = time.perf_counter() - sent[0]
+        latency = time.perf_counter() - timers[0][1][0]
     finally:
-        timer.cancel()
+        for timer, _ in timers:
+            timer.cancel()
     assert latency < MAX_LATENCY
     # The model holds the last completed iteration, exactly, and still works.
-    assert len(model.loss_history) == len(completed)
+    assert len(model.loss_history) == len(snapshots)
+    if after_first_iteration:
+        assert snapshots
     u, v = model.query_embeddings, model.item_embeddings
     assert np.isfinite(u).all() and np.isfinite(v).all()
     if snapshots:
         np.testing.assert_array_equal(u, snapshots[-1][0])
         np.testing.assert_array_equal(v, snapshots[-1][1])
+    else:  # no iteration completed: the initial embeddings, untouched by the partial sweep
+        assert np.abs(u).max() < 0.1 and np.abs(v).max() < 0.1
     folded = model.fold_in(a[:5])
     assert folded.shape == (5, 48) and np.isfinite(folded).all()
-    ids, _ = fs.topk(u[:5], v, 3)
+    ids, _ = model.recommend(np.arange(5), k=3)
     assert (ids >= 0).all()
 
 

@@ -197,3 +197,15 @@ def test_not_a_model_file(tmp_path):
         fs.load(tmp_path)
     with pytest.raises(FileNotFoundError):
         fs.load(tmp_path / "missing.npz")
+
+
+def test_cli_reports_a_truncated_model_file_in_one_line(wals, tmp_path, capsys):
+    from fastsoftmax.cli import main
+
+    path = tmp_path / "m.npz"
+    wals.save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    assert main(["recommend", "--model", str(path), "--user", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "m.npz" in err and len(err.strip().splitlines()) == 1

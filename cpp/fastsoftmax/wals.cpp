@@ -14,9 +14,6 @@ namespace {
 
 using MatrixXd = Eigen::MatrixXd;  // column-major scratch (internal only)
 using VectorXd = Eigen::VectorXd;
-using VectorXf = Eigen::VectorXf;
-using ConstMapVectorXf = Eigen::Map<const VectorXf>;
-using MapVectorXf = Eigen::Map<VectorXf>;
 
 // A task of solve_rows ends after kWalsRowChunk rows or once it holds this many entries, so that a
 // few very dense rows (popular items) do not end up in one task. Rows are independent, so the
@@ -24,7 +21,6 @@ using MapVectorXf = Eigen::Map<VectorXf>;
 constexpr index_t kChunkEntries = 1 << 14;
 // Observed rows of the fixed factors gathered per GEMM update of the Cholesky path.
 constexpr index_t kGatherRows = 64;
-
 
 // Task boundaries over the rows of `a`: chunk c covers rows [bounds[c], bounds[c + 1]).
 std::vector<index_t> row_chunks(const CsrView& a) {
@@ -126,9 +122,9 @@ void solve_row_cholesky(const CsrView& a, index_t row, const float* fixed, index
   for (index_t f = 0; f < dim; ++f) x_out[f] = static_cast<float>(s.xd[f]);
 }
 
-// Conjugate-gradient vectors of one row. For the common dimensions D is a compile-time constant
-// (fixed-size Eigen vectors on the stack, loops fully unrolled); Eigen::Dynamic otherwise (then
-// constructed once per task, not per row).
+// Conjugate-gradient vectors, created once per task and reused for its rows. For the common
+// dimensions D is a compile-time constant (fixed-size Eigen vectors on the stack, loops fully
+// unrolled); otherwise Eigen::Dynamic (four small heap vectors per task, none per row).
 template <int D>
 struct CgVectors {
   using Vec = Eigen::Matrix<float, D, 1>;
@@ -338,6 +334,7 @@ void solve_rows(const CsrView& a, const float* fixed, const double* gram, index_
     Scratch& s = scratch[slot];
     for (index_t row = bounds[c]; row < bounds[c + 1]; ++row) {
       float* xr = x + row * dim;
+      prefetch_row(a, row + 1, fixed, dim);
       if (a.indptr[row + 1] == a.indptr[row]) {
         // No observed entry: the right-hand side is 0, so is the solution.
         std::fill(xr, xr + dim, 0.0f);

@@ -47,7 +47,8 @@ struct WalsOptions {
   int num_threads = 0;
 };
 
-/// Rows per task of solve_rows (fixed: results do not depend on the thread count).
+/// At most this many rows per task of solve_rows and wals_objective. Tasks depend on the data
+/// only (never on the thread count), and each row's solution depends on its own data only.
 inline constexpr index_t kWalsRowChunk = 64;
 /// Rows per task (and per float32 partial sum) of gramian().
 inline constexpr index_t kGramianChunk = 1024;

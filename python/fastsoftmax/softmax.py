@@ -509,8 +509,19 @@ class SoftmaxModel:
         Raises
         ------
         TypeError, ValueError, IndexError
-            For malformed features or targets (wrong types, shapes, N mismatch, negative or
-            non-finite targets, a row without positives, ids outside their tables).
+            For malformed features or targets (wrong types, shapes, N mismatch, no rows,
+            negative or non-finite targets, a row without positives, ids outside their tables).
+        KeyboardInterrupt
+            On Ctrl-C, noticed between batches (and inside long batches) within ~50 ms. The
+            model keeps the parameters of the last completed optimiser step (a consistent state:
+            every step is applied whole) and ``history`` lists the completed epochs only; it
+            predicts, saves and can continue training.
+
+        Notes
+        -----
+        Numerics: the losses use a max-shifted log-sum-exp, so logits of magnitude 1e4 and more
+        give finite losses and gradients; target weights are normalised per row in float64, so
+        their scale (even 1e30) does not matter.
         """
         feats = _as_query_features(feats)
         if feats.n_rows == 0:
