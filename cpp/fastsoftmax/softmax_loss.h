@@ -25,7 +25,8 @@
 //   ctx.num_threads, reduced in a fixed order: bit-identical results for a fixed seed and thread
 //   count. Logits of magnitude 1e4 must give finite results (max-shifted log-sum-exp).
 // * prepare(...) is called once at the start of every fit with all training targets (e.g. for
-//   item popularity); the default does nothing.
+//   item popularity; these weights are the caller's raw, non-negative values, not normalised);
+//   the default does nothing.
 
 #include <cstdint>
 #include <memory>

@@ -189,6 +189,11 @@ void SoftmaxModel::check_targets(const TargetsView& t, index_t expected_rows) co
   }
 }
 
+void SoftmaxModel::prepare_loss(const TargetsView& targets) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  loss_->prepare(targets, item_view());
+}
+
 void SoftmaxModel::forward_tower(const FeaturesView& x, const index_t* rows, index_t B) {
   ws_.resize(mlp_, B);
   RowMatrixXf& X = ws_.acts[0];

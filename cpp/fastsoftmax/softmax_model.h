@@ -97,7 +97,7 @@ class SoftmaxModel {
 
   /// Calls the loss's prepare() with these (raw) targets and the current item table; fit calls it
   /// with the training targets (sampled losses build popularity proposals there).
-  void prepare_loss(const TargetsView& targets) { loss_->prepare(targets, item_view()); }
+  void prepare_loss(const TargetsView& targets);
 
   /// Number of optimiser steps taken so far.
   std::int64_t steps() const { return steps_; }

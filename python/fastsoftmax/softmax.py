@@ -296,7 +296,11 @@ class SoftmaxModel:
     Notes
     -----
     Rows of the targets without any positive weight are an error (drop them before fitting).
-    Parameters are initialised at the first :meth:`fit`, when the feature schema is known.
+    Parameters are initialised at the first :meth:`fit`, when the feature schema is known (a
+    model with ``epochs=0`` is built by ``fit`` without training, e.g. to inspect
+    :meth:`gradients` at the initial point). Training runs in C++ with the GIL released;
+    Ctrl-C stops it between batches (or inside a long batch) with KeyboardInterrupt. The
+    optimiser state is not saved by :meth:`save`.
     """
 
     def __init__(
