@@ -210,10 +210,16 @@ double FullSoftmaxLoss::forward_backward_simd(const ConstMapRowMatrixXf& psi,
     float* c = base + slot_size - Bp;
     // psi_c(b, k) = c_b psi(b, k), zero for padded b or k.
     auto fill_scaled_psi = [&] {
-      std::fill_n(psi_c, Bp * dp, 0.0f);
-      for (index_t b = 0; b < B; ++b) {
-        for (index_t k = 0; k < d; ++k) {
-          psi_c[(k / kPanel) * Bp * kPanel + b * kPanel + k % kPanel] = c[b] * psi(b, k);
+      for (index_t k0 = 0; k0 < dp; k0 += kPanel) {
+        float* panel = psi_c + (k0 / kPanel) * Bp * kPanel;
+        const index_t kn = std::min(kPanel, d - k0);
+        for (index_t b = 0; b < Bp; ++b) {
+          float* dst = panel + b * kPanel;
+          const index_t valid = b < B ? kn : 0;  // padded rows and columns are 0
+          const float cb = c[b];
+          const float* src = psi.data() + b * d + k0;
+          for (index_t k = 0; k < valid; ++k) dst[k] = cb * src[k];
+          for (index_t k = valid; k < kPanel; ++k) dst[k] = 0.0f;
         }
       }
     };
