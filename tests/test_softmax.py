@@ -81,14 +81,20 @@ def test_loss_and_gradients_match_reference(pooling, loss, item_bias):
         np.testing.assert_allclose(g, ref_grads[name], atol=2e-5 * scale + 1e-9, err_msg=name)
 
 
+@pytest.mark.parametrize("portable", [False, True])
 @pytest.mark.parametrize("buffer_bytes", [None, 0])
-def test_full_softmax_over_many_item_blocks(buffer_bytes):
+@pytest.mark.parametrize(("n_rows", "dim"), [(10, 6), (37, 16)])
+def test_full_softmax_over_many_item_blocks(buffer_bytes, portable, n_rows, dim):
     """n large enough for several item tasks and blocks; with a zero buffer budget the logits are
-    recomputed in the second pass instead of stored: same result."""
-    feats, targets = make_problem(n_rows=10, n_items=3000, seed=3)
-    model = fs.SoftmaxModel(3000, hidden=(8,), dim=6, embedding_dim=3, epochs=0, item_bias=True)
+    recomputed in the second pass instead of stored: same result. Both kernels (the AVX2 one,
+    where the CPU has it, and Eigen's), batch sizes and dims that are and are not multiples of
+    the kernels' 16-wide panels."""
+    feats, targets = make_problem(n_rows=n_rows, n_items=3000, seed=3)
+    model = fs.SoftmaxModel(3000, hidden=(8,), dim=dim, embedding_dim=3, epochs=0, item_bias=True)
+    options = {"portable_kernel": portable}
     if buffer_bytes is not None:
-        model._loss_options = lambda: {"max_buffer_bytes": buffer_bytes}
+        options["max_buffer_bytes"] = buffer_bytes
+    model._loss_options = lambda: options
     model.fit(feats, targets, show_progress=False)
     ref_loss, ref_grads = softmax_dnn(model.parameters, feats, targets)
     assert model.loss(feats, targets) == pytest.approx(ref_loss, rel=1e-5)

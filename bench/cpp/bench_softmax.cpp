@@ -48,8 +48,9 @@ int main(int argc, char** argv) {
   ConstMapRowMatrixXf psi_map(psi.data(), B, d);
   ItemGradient g;
   const double flops = 2.0 * B * n * d;
+  for (bool portable : {false, true})
   for (std::size_t budget : {std::size_t{512} << 20, std::size_t{0}}) {
-    FullSoftmaxLoss loss(budget);
+    FullSoftmaxLoss loss(budget, portable);
     LossContext ctx{0, 0, threads, 1.0f / B};
     const double fwd = best_seconds(iters, [&] {
       loss.forward_backward(psi_map, items, t, ctx, nullptr, nullptr);
@@ -57,8 +58,8 @@ int main(int argc, char** argv) {
     const double fb = best_seconds(iters, [&] {
       loss.forward_backward(psi_map, items, t, ctx, &dpsi_map, &g);
     });
-    std::printf("buffer=%s forward %.1f ms (%.1f GFLOP/s)  forward_backward %.1f ms (%.1f GFLOP/s for %s products)\n",
-                budget ? "yes" : "no", fwd * 1e3, flops / fwd / 1e9, fb * 1e3,
+    std::printf("%s buffer=%s forward %.1f ms (%.1f GFLOP/s)  forward_backward %.1f ms (%.1f GFLOP/s for %s products)\n",
+                portable ? "eigen" : "simd ", budget ? "yes" : "no", fwd * 1e3, flops / fwd / 1e9, fb * 1e3,
                 (budget ? 3 : 4) * flops / fb / 1e9, budget ? "3" : "4");
   }
   // Plain Eigen GEMM on one thread, same shapes, as a reference.

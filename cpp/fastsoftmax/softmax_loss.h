@@ -99,10 +99,14 @@ class Loss {
 /// tasks (a fixed partition of the items); the B x n logits are kept in a buffer only when it is
 /// smaller than `max_buffer_bytes`, otherwise they are recomputed in the second pass.
 /// Dense item gradient.
+///
+/// On CPUs with AVX2 and FMA the three B x n x d products, the exponentials and the online
+/// log-sum-exp run in hand-written kernels (simd_kernels.h) on an item-major layout of the logits;
+/// elsewhere (or with `portable = true`) the same algorithm runs on Eigen's GEMM.
 class FullSoftmaxLoss final : public Loss {
  public:
-  explicit FullSoftmaxLoss(std::size_t max_buffer_bytes = std::size_t{512} << 20)
-      : max_buffer_bytes_(max_buffer_bytes) {}
+  explicit FullSoftmaxLoss(std::size_t max_buffer_bytes = std::size_t{512} << 20,
+                           bool portable = false);
   std::string name() const override { return "full"; }
   ItemGradient::Kind item_gradient_kind() const override { return ItemGradient::Kind::kDense; }
   double forward_backward(const ConstMapRowMatrixXf& psi, const ItemParamsView& items,
@@ -110,7 +114,21 @@ class FullSoftmaxLoss final : public Loss {
                           ItemGradient* item_grad) override;
 
  private:
+  double forward_backward_simd(const ConstMapRowMatrixXf& psi, const ItemParamsView& items,
+                               const TargetsView& targets, const LossContext& ctx,
+                               MapRowMatrixXf* dpsi, ItemGradient* item_grad);
+  double forward_backward_eigen(const ConstMapRowMatrixXf& psi, const ItemParamsView& items,
+                                const TargetsView& targets, const LossContext& ctx,
+                                MapRowMatrixXf* dpsi, ItemGradient* item_grad);
+
   std::size_t max_buffer_bytes_;
+  bool simd_;
+  // SIMD path (item-major: logits of item j for the batch are one row of Bp = round16(B) floats).
+  std::vector<float> psi_t_;               // d x Bp, psi transposed and zero-padded
+  std::vector<float> exps_;                // n x Bp exponentials when they fit the budget
+  std::vector<float> task_m_, task_s_;     // per item task: running max and sum, Bp each
+  std::vector<float> task_p_;              // per item task: d x Bp partial of dL/dpsi (transposed)
+  std::vector<float> slot_buf_;            // per slot: block scratch, scaled psi, dV block, alpha
   RowMatrixXf logits_;                     // B x n when it fits the budget
   std::vector<float> row_max_, row_sum_;   // per item task and row: max logit, sum exp(z - max)
   std::vector<float> lse_;                 // per row: log-sum-exp over all items

@@ -36,8 +36,15 @@ std::unique_ptr<Loss> make_loss(const std::string& loss, const pyb::dict& all_op
       budget = options["max_buffer_bytes"].cast<std::size_t>();
       ++used;
     }
+    // portable_kernel: Eigen's GEMM instead of the AVX2 kernels (tests compare the two).
+    bool portable = false;
+    if (options.contains("portable_kernel")) {
+      portable = options["portable_kernel"].cast<bool>();
+      ++used;
+    }
     reject_other_options(used);
-    return with_gravity(std::make_unique<FullSoftmaxLoss>(budget), gravity, gravity_samples);
+    return with_gravity(std::make_unique<FullSoftmaxLoss>(budget, portable), gravity,
+                        gravity_samples);
   }
   if (loss == "positives") {
     reject_other_options(0);

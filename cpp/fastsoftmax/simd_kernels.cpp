@@ -1,0 +1,248 @@
+#include "fastsoftmax/simd_kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define FASTSOFTMAX_SIMD_X86 1
+#include <immintrin.h>
+#define FASTSOFTMAX_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define FASTSOFTMAX_SIMD_X86 0
+#endif
+
+namespace fastsoftmax::simd {
+
+#if FASTSOFTMAX_SIMD_X86
+
+bool avx2_fma_available() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+
+namespace {
+
+constexpr int kMR = 6;   // rows of C per register tile
+constexpr int kNR = 16;  // columns of C per register tile (two AVX registers)
+static_assert(kNR == kPanel, "a register tile spans one panel");
+
+// exp(x) for 8 floats: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-6 polynomial (Cephes
+// expf coefficients), 2^n through the exponent bits. Results below FLT_MIN flush to 0; NaN stays.
+FASTSOFTMAX_AVX2 inline __m256 exp8(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.33654f), hi = _mm256_set1_ps(88.3762626647949f);
+  const __m256 nan_mask = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+  const __m256 tiny = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+  __m256 xc = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  xc = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
+  xc = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), xc);
+  __m256 y = _mm256_set1_ps(1.9875691500E-4f);
+  y = _mm256_fmadd_ps(y, xc, _mm256_set1_ps(1.3981999507E-3f));
+  y = _mm256_fmadd_ps(y, xc, _mm256_set1_ps(8.3334519073E-3f));
+  y = _mm256_fmadd_ps(y, xc, _mm256_set1_ps(4.1665795894E-2f));
+  y = _mm256_fmadd_ps(y, xc, _mm256_set1_ps(1.6666665459E-1f));
+  y = _mm256_fmadd_ps(y, xc, _mm256_set1_ps(5.0000001201E-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(xc, xc), _mm256_add_ps(xc, _mm256_set1_ps(1.0f)));
+  __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+  e = _mm256_slli_epi32(e, 23);
+  __m256 r = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+  r = _mm256_andnot_ps(tiny, r);
+  return _mm256_blendv_ps(r, x, nan_mask);
+}
+
+// C tile (MR x 16) = or += sum_k A(i, k) B(k, 0:16). Named accumulators (not an array) so that
+// the compiler keeps all 2 * MR of them in registers.
+#define FASTSOFTMAX_TILE_FMA(i)                                     \
+  if constexpr (MR > i) {                                           \
+    const __m256 ai = _mm256_broadcast_ss(ak + i * a_rs);           \
+    c##i##0 = _mm256_fmadd_ps(ai, b0, c##i##0);                     \
+    c##i##1 = _mm256_fmadd_ps(ai, b1, c##i##1);                     \
+  }
+#define FASTSOFTMAX_TILE_STORE(i)                                   \
+  if constexpr (MR > i) {                                           \
+    float* ci = c + i * c_rs;                                       \
+    if (accumulate) {                                               \
+      c##i##0 = _mm256_add_ps(c##i##0, _mm256_loadu_ps(ci));        \
+      c##i##1 = _mm256_add_ps(c##i##1, _mm256_loadu_ps(ci + 8));    \
+    }                                                               \
+    _mm256_storeu_ps(ci, c##i##0);                                  \
+    _mm256_storeu_ps(ci + 8, c##i##1);                              \
+  }
+
+template <int MR>
+FASTSOFTMAX_AVX2 void tile(index_t K, const float* a, index_t a_rs, index_t a_cs, index_t a_ps,
+                           const float* b, index_t b_rs, float* c, index_t c_rs, bool accumulate) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  for (index_t kp = 0; kp < K; kp += kPanel) {
+    const float* ap = a + (kp / kPanel) * a_ps;
+    const float* bp = b + kp * b_rs;
+    const index_t kn = std::min<index_t>(kPanel, K - kp);
+    for (index_t k = 0; k < kn; ++k) {
+      const __m256 b0 = _mm256_loadu_ps(bp + k * b_rs);
+      const __m256 b1 = _mm256_loadu_ps(bp + k * b_rs + 8);
+      const float* ak = ap + k * a_cs;
+      FASTSOFTMAX_TILE_FMA(0)
+      FASTSOFTMAX_TILE_FMA(1)
+      FASTSOFTMAX_TILE_FMA(2)
+      FASTSOFTMAX_TILE_FMA(3)
+      FASTSOFTMAX_TILE_FMA(4)
+      FASTSOFTMAX_TILE_FMA(5)
+    }
+  }
+  FASTSOFTMAX_TILE_STORE(0)
+  FASTSOFTMAX_TILE_STORE(1)
+  FASTSOFTMAX_TILE_STORE(2)
+  FASTSOFTMAX_TILE_STORE(3)
+  FASTSOFTMAX_TILE_STORE(4)
+  FASTSOFTMAX_TILE_STORE(5)
+}
+#undef FASTSOFTMAX_TILE_FMA
+#undef FASTSOFTMAX_TILE_STORE
+
+using TileFn = void (*)(index_t, const float*, index_t, index_t, index_t, const float*, index_t,
+                        float*, index_t, bool);
+constexpr TileFn kTiles[kMR + 1] = {nullptr, &tile<1>, &tile<2>, &tile<3>,
+                                    &tile<4>, &tile<5>, &tile<6>};
+
+}  // namespace
+
+void gemm(index_t M, index_t N, index_t K, const Operand& a, const Operand& b, const Output& c,
+          bool accumulate) {
+  // Column panels outside: the K x 16 panel of B stays in L1 while every row tile uses it.
+  for (index_t l0 = 0; l0 < N; l0 += kNR) {
+    const float* bp = b.data + (l0 / kPanel) * b.panel_stride;
+    float* cp = c.data + (l0 / kPanel) * c.panel_stride;
+    for (index_t i0 = 0; i0 < M; i0 += kMR) {
+      const int mr = static_cast<int>(std::min<index_t>(kMR, M - i0));
+      kTiles[mr](K, a.data + i0 * a.row_stride, a.row_stride, a.col_stride, a.panel_stride, bp,
+                 b.row_stride, cp + i0 * c.row_stride, c.row_stride,
+                 accumulate);
+    }
+  }
+}
+
+namespace {
+
+FASTSOFTMAX_AVX2 void online_exp_block_avx2(float* x, index_t rows, index_t cols, index_t stride,
+                                            float* m, float* s, float* alpha) {
+  // Row by row (sequential memory); alpha holds the new column max until the third loop.
+  std::copy_n(m, cols, alpha);
+  for (index_t i = 0; i < rows; ++i) {
+    const float* xi = x + i * stride;
+    for (index_t l = 0; l < cols; l += 8) {
+      _mm256_storeu_ps(alpha + l,
+                       _mm256_max_ps(_mm256_loadu_ps(alpha + l), _mm256_loadu_ps(xi + l)));
+    }
+  }
+  for (index_t l = 0; l < cols; l += 8) {
+    const __m256 new_m = _mm256_loadu_ps(alpha + l);
+    const __m256 a = exp8(_mm256_sub_ps(_mm256_loadu_ps(m + l), new_m));  // 0 when m = -inf
+    _mm256_storeu_ps(s + l, _mm256_mul_ps(_mm256_loadu_ps(s + l), a));
+    _mm256_storeu_ps(m + l, new_m);
+    _mm256_storeu_ps(alpha + l, a);
+  }
+  for (index_t i = 0; i < rows; ++i) {
+    float* xi = x + i * stride;
+    for (index_t l = 0; l < cols; l += 8) {
+      const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(xi + l), _mm256_loadu_ps(m + l)));
+      _mm256_storeu_ps(xi + l, e);
+      _mm256_storeu_ps(s + l, _mm256_add_ps(_mm256_loadu_ps(s + l), e));
+    }
+  }
+}
+
+FASTSOFTMAX_AVX2 void exp_shifted_avx2(float* x, index_t rows, index_t cols, index_t stride,
+                                       const float* shift) {
+  for (index_t i = 0; i < rows; ++i) {
+    float* xi = x + i * stride;
+    for (index_t l = 0; l < cols; l += 8) {
+      _mm256_storeu_ps(xi + l,
+                       exp8(_mm256_sub_ps(_mm256_loadu_ps(xi + l), _mm256_loadu_ps(shift + l))));
+    }
+  }
+}
+
+FASTSOFTMAX_AVX2 void scale_columns_avx2(float* x, index_t rows, index_t cols, index_t stride,
+                                         const float* f) {
+  for (index_t i = 0; i < rows; ++i) {
+    float* xi = x + i * stride;
+    for (index_t l = 0; l < cols; l += 8) {
+      _mm256_storeu_ps(xi + l, _mm256_mul_ps(_mm256_loadu_ps(xi + l), _mm256_loadu_ps(f + l)));
+    }
+  }
+}
+
+FASTSOFTMAX_AVX2 void add_row_values_avx2(float* x, index_t rows, index_t cols, index_t stride,
+                                          const float* v) {
+  for (index_t i = 0; i < rows; ++i) {
+    float* xi = x + i * stride;
+    const __m256 vi = _mm256_set1_ps(v[i]);
+    for (index_t l = 0; l < cols; l += 8) {
+      _mm256_storeu_ps(xi + l, _mm256_add_ps(_mm256_loadu_ps(xi + l), vi));
+    }
+  }
+}
+
+FASTSOFTMAX_AVX2 void row_dots_avx2(const float* x, index_t rows, index_t cols, index_t stride,
+                                    const float* f, float* out) {
+  for (index_t i = 0; i < rows; ++i) {
+    const float* xi = x + i * stride;
+    __m256 acc = _mm256_setzero_ps();
+    for (index_t l = 0; l < cols; l += 8) {
+      acc = _mm256_fmadd_ps(_mm256_loadu_ps(xi + l), _mm256_loadu_ps(f + l), acc);
+    }
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, acc);
+    out[i] += ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
+              ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  }
+}
+
+}  // namespace
+
+void online_exp_block(float* x, index_t rows, index_t cols, index_t stride, float* m, float* s,
+                      float* alpha) {
+  online_exp_block_avx2(x, rows, cols, stride, m, s, alpha);
+}
+void exp_shifted(float* x, index_t rows, index_t cols, index_t stride, const float* shift) {
+  exp_shifted_avx2(x, rows, cols, stride, shift);
+}
+void scale_columns(float* x, index_t rows, index_t cols, index_t stride, const float* f) {
+  scale_columns_avx2(x, rows, cols, stride, f);
+}
+void add_row_values(float* x, index_t rows, index_t cols, index_t stride, const float* v) {
+  add_row_values_avx2(x, rows, cols, stride, v);
+}
+void row_dots(const float* x, index_t rows, index_t cols, index_t stride, const float* f,
+              float* out) {
+  row_dots_avx2(x, rows, cols, stride, f, out);
+}
+
+#else  // not x86: the callers never select these kernels.
+
+bool avx2_fma_available() { return false; }
+void gemm(index_t, index_t, index_t, const Operand&, const Operand&, const Output&, bool) {
+  throw std::logic_error("simd::gemm: AVX2 kernels are not available on this platform");
+}
+void online_exp_block(float*, index_t, index_t, index_t, float*, float*, float*) {
+  throw std::logic_error("simd kernels are not available on this platform");
+}
+void exp_shifted(float*, index_t, index_t, index_t, const float*) {
+  throw std::logic_error("simd kernels are not available on this platform");
+}
+void scale_columns(float*, index_t, index_t, index_t, const float*) {
+  throw std::logic_error("simd kernels are not available on this platform");
+}
+void add_row_values(float*, index_t, index_t, index_t, const float*) {
+  throw std::logic_error("simd kernels are not available on this platform");
+}
+void row_dots(const float*, index_t, index_t, index_t, const float*, float*) {
+  throw std::logic_error("simd kernels are not available on this platform");
+}
+#endif
+
+}  // namespace fastsoftmax::simd
