@@ -288,3 +288,42 @@ def test_positives_gravity_estimate_is_unbiased(bias_setup):
         [flat(models["pos_grav"].gradients(feats, targets, seed=s)) for s in range(300)], axis=0
     )
     assert np.linalg.norm(mean - expected) < 0.05 * np.linalg.norm(exact_gravity)
+
+
+def test_bag_tables_and_wide_layers_are_deterministic_across_thread_counts():
+    # Several MLP row chunks, layer widths on the vectorised GEMM path, and more distinct bag
+    # rows per batch than one task of the sparse update takes.
+    rng = np.random.default_rng(5)
+    n_rows, n_items, vocab = 600, 3000, 5000
+    hist = sp.csr_matrix(
+        (np.ones(n_rows * 12), rng.integers(0, vocab, n_rows * 12), np.arange(n_rows + 1) * 12),
+        shape=(n_rows, vocab),
+    )
+    feats = fs.QueryFeatures(
+        dense=rng.normal(size=(n_rows, 4)),
+        categorical={"c": rng.integers(0, 7, n_rows)},
+        bags={"h": hist},
+    )
+    targets = sp.csr_matrix(
+        (np.ones(n_rows), (np.arange(n_rows), rng.integers(0, n_items, n_rows))),
+        shape=(n_rows, n_items),
+    )
+    runs = []
+    for threads in (1, 2):
+        model = fs.SoftmaxModel(
+            n_items,
+            hidden=(48, 32),
+            dim=16,
+            embedding_dim={"c": 16, "h": 16},
+            loss="sampled",
+            num_negatives=64,
+            batch_size=300,
+            epochs=2,
+            num_threads=threads,
+            seed=3,
+        )
+        model.fit(feats, targets, show_progress=False)
+        runs.append(model.parameters)
+    assert set(runs[0]) == set(runs[1])
+    for name in runs[0]:
+        np.testing.assert_array_equal(runs[0][name], runs[1][name], err_msg=name)

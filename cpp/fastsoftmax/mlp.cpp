@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "fastsoftmax/simd_kernels.h"
 #include "fastsoftmax/thread_pool.h"
 
 namespace fastsoftmax {
@@ -50,7 +51,13 @@ void Mlp::forward(Workspace& ws, int num_threads) const {
     parallel_for(n_tasks, num_threads, [&](std::int64_t t, int) {
       const index_t r0 = t * kRowChunk;
       auto o = rows_block(out, r0, B);
-      o.noalias() = rows_block(in, r0, B) * W;
+      const index_t K = W.rows(), N = W.cols();
+      if (N % simd::kPanel == 0 && simd::avx2_fma_available()) {
+        simd::gemm(o.rows(), N, K, simd::Operand{in.data() + r0 * K, K},
+                   simd::Operand{W.data(), N}, simd::Output{out.data() + r0 * N, N}, false);
+      } else {
+        o.noalias() = rows_block(in, r0, B) * W;
+      }
       o.rowwise() += b.row(0);
       if (relu) o = o.cwiseMax(0.0f);
     });
@@ -71,17 +78,35 @@ void Mlp::backward(Workspace& ws, std::vector<RowMatrixXf>& dW, std::vector<RowM
     const RowMatrixXf& A = ws.acts[l];
     const index_t out_dim = sizes_[l + 1];
     const index_t col_tasks = (out_dim + kColChunk - 1) / kColChunk;
+    const bool fast_dw = out_dim % simd::kPanel == 0 && simd::avx2_fma_available();
+    const index_t in_dim = sizes_[l];
     parallel_for(col_tasks, num_threads, [&](std::int64_t t, int) {
       const index_t c0 = t * kColChunk;
       const index_t w = std::min(kColChunk, out_dim - c0);
-      dW[l].middleCols(c0, w).noalias() += A.transpose() * dH.middleCols(c0, w);
+      if (fast_dw) {
+        // dW[:, c0:c0+w] += A^T dH[:, c0:c0+w], A^T read through strides.
+        simd::gemm(in_dim, w, B, simd::Operand{A.data(), 1, in_dim, simd::kPanel * in_dim},
+                   simd::Operand{dH.data() + c0, out_dim},
+                   simd::Output{dW[l].data() + c0, out_dim}, true);
+      } else {
+        dW[l].middleCols(c0, w).noalias() += A.transpose() * dH.middleCols(c0, w);
+      }
       db[l].middleCols(c0, w) += dH.middleCols(c0, w).colwise().sum();
     });
     const RowMatrixXf& W = weights[l].value;
     RowMatrixXf& dA = ws.grads[l];
+    const bool fast_da = in_dim % simd::kPanel == 0 && simd::avx2_fma_available();
+    if (fast_da) ws.wt = W.transpose();  // out x in, so the kernel streams it row-major
     parallel_for(row_tasks, num_threads, [&](std::int64_t t, int) {
       const index_t r0 = t * kRowChunk;
-      rows_block(dA, r0, B).noalias() = rows_block(dH, r0, B) * W.transpose();
+      if (fast_da) {
+        simd::gemm(std::min(kRowChunk, B - r0), in_dim, out_dim,
+                   simd::Operand{dH.data() + r0 * out_dim, out_dim},
+                   simd::Operand{ws.wt.data(), in_dim}, simd::Output{dA.data() + r0 * in_dim, in_dim},
+                   false);
+      } else {
+        rows_block(dA, r0, B).noalias() = rows_block(dH, r0, B) * W.transpose();
+      }
     });
   }
 }
