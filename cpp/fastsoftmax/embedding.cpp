@@ -3,7 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <cstdint>
 #include <string>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "fastsoftmax/thread_pool.h"
 
@@ -74,12 +79,28 @@ Pooling parse_pooling(const std::string& name) {
   throw_invalid("pooling: expected one of 'mean', 'sum', 'sqrtn', got '", name, "'");
 }
 
+void allocate_zeroed(RowMatrixXf& m, index_t rows, index_t cols) {
+  m.resize(rows, cols);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr std::uintptr_t kHugePage = std::uintptr_t{2} << 20;
+  const std::uintptr_t start = reinterpret_cast<std::uintptr_t>(m.data());
+  const std::uintptr_t stop = start + static_cast<std::uintptr_t>(m.size()) * sizeof(float);
+  const std::uintptr_t begin = (start + kHugePage - 1) & ~(kHugePage - 1);
+  const std::uintptr_t end = stop & ~(kHugePage - 1);
+  // Only a hint (before the first touch, so the pages are faulted in huge); failure is harmless.
+  if (end >= begin + 2 * kHugePage) {
+    madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+  }
+#endif
+  m.setZero();
+}
+
 void Parameter::reset_state(const OptimizerConfig& config) {
   step = 0;
   state1.resize(0, 0);
   state2.resize(0, 0);
-  if (config.kind != OptimizerKind::kSgd) state1 = RowMatrixXf::Zero(rows(), cols());
-  if (config.kind == OptimizerKind::kAdam) state2 = RowMatrixXf::Zero(rows(), cols());
+  if (config.kind != OptimizerKind::kSgd) allocate_zeroed(state1, rows(), cols());
+  if (config.kind == OptimizerKind::kAdam) allocate_zeroed(state2, rows(), cols());
 }
 
 void Parameter::apply_dense(const float* grad, const OptimizerConfig& config, int num_threads) {
@@ -152,17 +173,29 @@ inline float bag_scale(const BagsView& bags, index_t row, Pooling pooling) {
 void embed_bags(const RowMatrixXf& table, const BagsView& bags, const index_t* rows, index_t B,
                 Pooling pooling, float* out, index_t out_stride, int num_threads) {
   const index_t e = table.cols();
+  const float* data = table.data();
   const index_t n_tasks = (B + kLookupRows - 1) / kLookupRows;
+  // The table rows of a bag are random reads of a large table: while bag b is pooled, the rows
+  // of bag b + 1 are prefetched.
+  auto prefetch_bag = [&](index_t r) {
+    for (index_t k = bags.indptr[r]; k < bags.indptr[r + 1]; ++k) {
+      const float* src = data + bags.indices[k] * e;
+      for (index_t x = 0; x < e; x += 16) __builtin_prefetch(src + x);
+    }
+  };
   parallel_for(n_tasks, num_threads, [&](std::int64_t t, int) {
-    const index_t end = std::min(B, (t + 1) * kLookupRows);
-    for (index_t b = t * kLookupRows; b < end; ++b) {
+    const index_t begin = t * kLookupRows;
+    const index_t end = std::min(B, begin + kLookupRows);
+    if (begin < end) prefetch_bag(rows[begin]);
+    for (index_t b = begin; b < end; ++b) {
       const index_t r = rows[b];
+      if (b + 1 < end) prefetch_bag(rows[b + 1]);
       Eigen::Map<Eigen::VectorXf> dst(out + b * out_stride, e);
       dst.setZero();
       const float scale = bag_scale(bags, r, pooling);
       for (index_t k = bags.indptr[r]; k < bags.indptr[r + 1]; ++k) {
         const float c = (bags.weights ? bags.weights[k] : 1.0f) * scale;
-        dst += c * Eigen::Map<const Eigen::VectorXf>(table.data() + bags.indices[k] * e, e);
+        dst += c * Eigen::Map<const Eigen::VectorXf>(data + bags.indices[k] * e, e);
       }
     }
   });
@@ -175,36 +208,84 @@ void RowGradient::reset(index_t vocab, index_t cols) {
     for (const index_t r : rows_) slot_[r] = -1;
   }
   rows_.clear();
+  contrib_.clear();
   cols_ = cols;
 }
 
-void RowGradient::add(index_t id, float coef, const float* g) {
-  std::int64_t s = slot_[id];
-  if (s < 0) {
-    s = static_cast<std::int64_t>(rows_.size());
-    slot_[id] = s;
-    rows_.push_back(id);
-    if (grad_.size() < rows_.size() * cols_) grad_.resize(std::max(grad_.size() * 2, rows_.size() * cols_));
-    std::fill_n(grad_.data() + s * cols_, cols_, 0.0f);
+void RowGradient::group() {
+  const index_t k = size();
+  const std::size_t n = contrib_.size();
+  begin_.assign(static_cast<std::size_t>(k + 1), 0);
+  for (const Contribution& c : contrib_) ++begin_[c.slot + 1];
+  for (index_t i = 0; i < k; ++i) begin_[i + 1] += begin_[i];
+  coef_.resize(n);
+  src_.resize(n);
+  // Stable placement: begin_[s] walks forward while filling, then is shifted back.
+  for (const Contribution& c : contrib_) {
+    const index_t pos = begin_[c.slot]++;
+    coef_[pos] = c.coef;
+    src_[pos] = c.g;
   }
-  float* dst = grad_.data() + s * cols_;
-  for (index_t c = 0; c < cols_; ++c) dst[c] += coef * g[c];
+  for (index_t i = k; i > 0; --i) begin_[i] = begin_[i - 1];
+  begin_[0] = 0;
 }
 
-void RowGradient::finish() {
-  const index_t k = size();
-  if (std::is_sorted(rows_.begin(), rows_.end())) return;
-  perm_.resize(k);
-  std::iota(perm_.begin(), perm_.end(), index_t{0});
-  std::sort(perm_.begin(), perm_.end(), [&](index_t a, index_t b) { return rows_[a] < rows_[b]; });
-  sorted_.resize(static_cast<std::size_t>(k * cols_));
-  for (index_t i = 0; i < k; ++i) {
-    std::copy_n(grad_.data() + perm_[i] * cols_, cols_, sorted_.data() + i * cols_);
+void RowGradient::sum_row(index_t i, float* out) const {
+  const index_t c0 = begin_[i], c1 = begin_[i + 1];
+  const index_t cols = cols_;
+  for (index_t c = 0; c < cols; ++c) out[c] = 0.0f;
+  for (index_t k = c0; k < c1; ++k) {
+    const float coef = coef_[k];
+    const float* g = src_[k];
+    for (index_t c = 0; c < cols; ++c) out[c] += coef * g[c];
   }
-  std::copy_n(sorted_.data(), k * cols_, grad_.data());
-  for (index_t i = 0; i < k; ++i) perm_[i] = rows_[perm_[i]];  // perm_ now holds sorted ids
-  rows_.swap(perm_);
-  for (index_t i = 0; i < k; ++i) slot_[rows_[i]] = i;
+}
+
+void RowGradient::materialize(int num_threads) {
+  group();
+  const index_t k = size();
+  grad_.resize(static_cast<std::size_t>(k * cols_));
+  const index_t n_tasks = (k + kRowsPerTask - 1) / kRowsPerTask;
+  parallel_for(n_tasks, num_threads, [&](std::int64_t t, int) {
+    const index_t end = std::min(k, (t + 1) * kRowsPerTask);
+    for (index_t i = t * kRowsPerTask; i < end; ++i) sum_row(i, grad_.data() + i * cols_);
+  });
+}
+
+void Parameter::apply_row_gradient(RowGradient& grad, const OptimizerConfig& config,
+                                   int num_threads) {
+  if (config.kind != OptimizerKind::kSgd && state1.size() != value.size()) reset_state(config);
+  ++step;
+  grad.group();
+  const StepConstants k = step_constants(config, step);
+  const index_t c = cols();
+  const index_t k_rows = grad.size();
+  const index_t* rows = grad.rows().data();
+  const index_t n_tasks = (k_rows + RowGradient::kRowsPerTask - 1) / RowGradient::kRowsPerTask;
+  float* p = value.data();
+  float* s1 = state1.size() > 0 ? state1.data() : nullptr;
+  float* s2 = state2.size() > 0 ? state2.data() : nullptr;
+  scratch_.resize(static_cast<std::size_t>(threads_for(n_tasks, num_threads)));
+  for (auto& s : scratch_) s.resize(static_cast<std::size_t>(c));
+  constexpr index_t kAhead = 8;  // rows prefetched ahead (random rows of a large table)
+  parallel_for(n_tasks, num_threads, [&](std::int64_t t, int slot) {
+    float* g = scratch_[slot].data();
+    const index_t begin = t * RowGradient::kRowsPerTask;
+    const index_t end = std::min(k_rows, begin + RowGradient::kRowsPerTask);
+    for (index_t i = begin; i < end; ++i) {
+      if (i + kAhead < end) {
+        const index_t ahead = rows[i + kAhead] * c;
+        for (index_t x = 0; x < c; x += 16) {
+          __builtin_prefetch(p + ahead + x, 1);
+          if (s1) __builtin_prefetch(s1 + ahead + x, 1);
+        }
+      }
+      grad.sum_row(i, g);
+      const index_t off = rows[i] * c;
+      update_span(config.kind, k, p + off, g, s1 ? s1 + off : nullptr, s2 ? s2 + off : nullptr,
+                  c);
+    }
+  });
 }
 
 void embed_categorical_backward(const index_t* ids, const index_t* rows, index_t B,

@@ -38,10 +38,17 @@ struct OptimizerConfig {
 /// Parses "sgd" | "adagrad" | "adam"; throws std::invalid_argument naming `optimizer` otherwise.
 OptimizerKind parse_optimizer(const std::string& name);
 
+class RowGradient;
+
+/// m = zeros(rows, cols). Large buffers (embedding tables, the item table and their optimiser
+/// state) are first advised to use transparent huge pages where the OS supports it: their rows are
+/// read and updated at random, and 4 KiB pages would make nearly every row a TLB miss.
+void allocate_zeroed(RowMatrixXf& m, index_t rows, index_t cols);
+
 class Parameter {
  public:
   Parameter() = default;
-  Parameter(index_t rows, index_t cols) : value(rows, cols) { value.setZero(); }
+  Parameter(index_t rows, index_t cols) { allocate_zeroed(value, rows, cols); }
 
   index_t rows() const { return value.rows(); }
   index_t cols() const { return value.cols(); }
@@ -57,10 +64,17 @@ class Parameter {
   void apply_rows(const index_t* rows, index_t k, const float* grad, const OptimizerConfig& config,
                   int num_threads);
 
+  /// Same as materialising `grad` and calling apply_rows on its rows, without the intermediate
+  /// gradient buffer (each row is summed into per-thread scratch, then updated).
+  void apply_row_gradient(RowGradient& grad, const OptimizerConfig& config, int num_threads);
+
   RowMatrixXf value;
   RowMatrixXf state1;  // Adagrad: sum of squares; Adam: first moment
   RowMatrixXf state2;  // Adam: second moment
   std::int64_t step = 0;
+
+ private:
+  std::vector<std::vector<float>> scratch_;  // per thread slot: one gradient row
 };
 
 enum class Pooling { kMean, kSum, kSqrtN };
@@ -83,27 +97,57 @@ void embed_categorical(const RowMatrixXf& table, const index_t* ids, const index
 void embed_bags(const RowMatrixXf& table, const BagsView& bags, const index_t* rows, index_t B,
                 Pooling pooling, float* out, index_t out_stride, int num_threads);
 
-/// Accumulates a row-sparse gradient of a table with `vocab` rows and `cols` columns:
-/// add(id, c, g) does grad[id] += c * g. finish() sorts the touched rows ascending. Reusable
-/// across batches without reallocating in steady state.
+/// Row-sparse gradient of a table with `vocab` rows and `cols` columns, built from contributions
+/// add(id, c, g) meaning grad[id] += c * g. add() only records the contribution (g is read later and
+/// must stay valid until materialize() / Parameter::apply_row_gradient()); the touched rows are kept
+/// in first-touch order. Each row's gradient is the sum of its contributions in the order they were
+/// added (starting from 0), computed in parallel over fixed chunks of rows, so the result does not
+/// depend on the thread count. Reusable across batches without reallocating in steady state.
 class RowGradient {
  public:
   void reset(index_t vocab, index_t cols);
-  void add(index_t id, float coef, const float* g);
-  /// Sorts rows ascending (and the gradient rows with them).
-  void finish();
+  void add(index_t id, float coef, const float* g) {
+    std::int64_t s = slot_[id];
+    if (s < 0) {
+      s = static_cast<std::int64_t>(rows_.size());
+      slot_[id] = s;
+      rows_.push_back(id);
+    }
+    contrib_.push_back(Contribution{s, coef, g});
+  }
   index_t size() const { return static_cast<index_t>(rows_.size()); }
+  index_t cols() const { return cols_; }
+  /// Touched rows (unique), first-touch order.
   const std::vector<index_t>& rows() const { return rows_; }
+  /// Sums the contributions into grad() (size() x cols, row i for rows()[i]).
+  void materialize(int num_threads);
   const float* grad() const { return grad_.data(); }
-  float* grad_row(index_t i) { return grad_.data() + i * cols_; }
+
+  /// Rows per parallel task when summing (fixed).
+  static constexpr index_t kRowsPerTask = 256;
+  /// Groups the contributions by row (stable); then for row i its contributions are
+  /// order_coef()[order_begin()[i] .. order_begin()[i + 1]) with order_src() pointers.
+  void group();
+  const std::vector<index_t>& order_begin() const { return begin_; }
+  const std::vector<float>& order_coef() const { return coef_; }
+  const std::vector<const float*>& order_src() const { return src_; }
+  /// out[0..cols) = sum of row i's contributions, in order.
+  void sum_row(index_t i, float* out) const;
 
  private:
+  struct Contribution {
+    std::int64_t slot;
+    float coef;
+    const float* g;
+  };
   index_t cols_ = 0;
   std::vector<std::int64_t> slot_;  // vocab entries, -1 when untouched
   std::vector<index_t> rows_;
+  std::vector<Contribution> contrib_;
+  std::vector<index_t> begin_;  // size() + 1 offsets into coef_ / src_
+  std::vector<float> coef_;
+  std::vector<const float*> src_;
   std::vector<float> grad_;
-  std::vector<index_t> perm_;
-  std::vector<float> sorted_;
 };
 
 /// Backward of embed_categorical: grad[ids[rows[b]]] += dout[b].

@@ -6,8 +6,8 @@
 
 namespace fastsoftmax {
 namespace {
-constexpr index_t kRowChunk = 32;  // rows per task (forward, input gradient)
-constexpr index_t kColChunk = 32;  // output columns per task (weight gradient)
+constexpr index_t kRowChunk = 128;  // rows per task (forward, input gradient)
+constexpr index_t kColChunk = 64;  // output columns per task (weight gradient)
 
 template <class M>
 auto rows_block(M& m, index_t r0, index_t B) {

@@ -291,14 +291,10 @@ double SoftmaxModel::fit_epoch(const FeaturesView& x, const TargetsView& targets
       mlp_.biases[l].apply_dense(db_[l].data(), opt, threads);
     }
     for (std::size_t i = 0; i < categorical_tables_.size(); ++i) {
-      cat_grads_[i].finish();
-      categorical_tables_[i].apply_rows(cat_grads_[i].rows().data(), cat_grads_[i].size(),
-                                        cat_grads_[i].grad(), opt, threads);
+      categorical_tables_[i].apply_row_gradient(cat_grads_[i], opt, threads);
     }
     for (std::size_t i = 0; i < bag_tables_.size(); ++i) {
-      bag_grads_[i].finish();
-      bag_tables_[i].apply_rows(bag_grads_[i].rows().data(), bag_grads_[i].size(),
-                                bag_grads_[i].grad(), opt, threads);
+      bag_tables_[i].apply_row_gradient(bag_grads_[i], opt, threads);
     }
     if (item_grad_.kind == ItemGradient::Kind::kDense) {
       items_.apply_dense(item_grad_.dense_weights.data(), opt, threads);
@@ -369,6 +365,7 @@ double SoftmaxModel::evaluate(const FeaturesView& x, const TargetsView& targets,
     for (auto* grads : {&cat_grads_, &bag_grads_}) {
       for (auto& rg : *grads) {
         RowMatrixXf& out = (*gradients)[g++];
+        rg.materialize(config_.num_threads);
         for (index_t i = 0; i < rg.size(); ++i) {
           out.row(rg.rows()[i]) += Eigen::Map<const Eigen::RowVectorXf>(rg.grad() + i * out.cols(),
                                                                         out.cols());
