@@ -445,3 +445,17 @@ def test_validation_reports_recall_at_10(categories):
         rtol=1e-5,
         atol=1e-5,
     )
+
+
+def test_diverging_training_raises_instead_of_returning_nan_parameters():
+    """A learning rate far too large: the loss overflows and fit says so (no silent NaN model)."""
+    feats, targets = make_problem(n_rows=64, n_items=40, seed=21)
+    model = fs.SoftmaxModel(
+        40, hidden=(16,), dim=8, embedding_dim=4, optimizer="sgd", learning_rate=1e8, epochs=20
+    )
+    with pytest.raises(FloatingPointError, match="diverged"):
+        model.fit(feats, targets, show_progress=False)
+    # A sane learning rate on the same data trains to a finite loss.
+    ok = fs.SoftmaxModel(40, hidden=(16,), dim=8, embedding_dim=4, optimizer="sgd", epochs=3)
+    ok.fit(feats, targets, show_progress=False)
+    assert all(np.isfinite(h["loss"]) for h in ok.history)

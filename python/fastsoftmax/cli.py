@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as e:
         print(f"fastsoftmax: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError, IndexError, KeyError, OSError) as e:
+    except (ValueError, TypeError, IndexError, KeyError, OSError, FloatingPointError) as e:
         msg = str(e) if not isinstance(e, KeyError) else f"missing {e}"
         print(f"fastsoftmax: error: {msg.splitlines()[0] if msg else type(e).__name__}",
               file=sys.stderr)  # fmt: skip

@@ -8,6 +8,7 @@ The whole training loop runs in C++ (``fastsoftmax._core.SoftmaxModel``) with th
 from __future__ import annotations
 
 import json
+import math
 import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -511,6 +512,10 @@ class SoftmaxModel:
         TypeError, ValueError, IndexError
             For malformed features or targets (wrong types, shapes, N mismatch, no rows,
             negative or non-finite targets, a row without positives, ids outside their tables).
+        FloatingPointError
+            When an epoch's mean training loss is not finite (training diverged, e.g. with a
+            learning rate far too large); the model's parameters are then not finite either:
+            build a new model or load a saved one.
         KeyboardInterrupt
             On Ctrl-C, noticed between batches (and inside long batches) within ~50 ms. The
             model keeps the parameters of the last completed optimiser step (a consistent state:
@@ -550,6 +555,12 @@ class SoftmaxModel:
             for epoch in epochs:
                 loss = self._impl.fit_epoch(data, self._epoch)
                 self._epoch += 1
+                if not math.isfinite(loss):
+                    raise FloatingPointError(
+                        f"fit: the mean training loss of epoch {self._epoch - 1} is {loss}: "
+                        "training diverged (the parameters are no longer finite); lower "
+                        "learning_rate, add l2, or check the features for huge values"
+                    )
                 logs = {"loss": float(loss)}
                 if val is not None:
                     logs["recall@10"] = self._recall_at_10(*val)
