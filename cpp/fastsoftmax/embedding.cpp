@@ -20,6 +20,8 @@ namespace {
 constexpr index_t kUpdateChunk = 1 << 15;
 // Rows per parallel task of a lookup.
 constexpr index_t kLookupRows = 64;
+// Table rows prefetched ahead of use in random row reads and updates.
+constexpr index_t kPrefetchRows = 8;
 
 struct StepConstants {
   float lr, l2, b1, b2, eps, step_size, bc2_sqrt;
@@ -175,25 +177,29 @@ void embed_bags(const RowMatrixXf& table, const BagsView& bags, const index_t* r
   const index_t e = table.cols();
   const float* data = table.data();
   const index_t n_tasks = (B + kLookupRows - 1) / kLookupRows;
-  // The table rows of a bag are random reads of a large table: while bag b is pooled, the rows
-  // of bag b + 1 are prefetched.
-  auto prefetch_bag = [&](index_t r) {
-    for (index_t k = bags.indptr[r]; k < bags.indptr[r + 1]; ++k) {
-      const float* src = data + bags.indices[k] * e;
-      for (index_t x = 0; x < e; x += 16) __builtin_prefetch(src + x);
-    }
-  };
   parallel_for(n_tasks, num_threads, [&](std::int64_t t, int) {
     const index_t begin = t * kLookupRows;
     const index_t end = std::min(B, begin + kLookupRows);
-    if (begin < end) prefetch_bag(rows[begin]);
+    // The table rows are random reads of a large table: a cursor walks the chunk's entries
+    // kPrefetchRows ahead of the pooling loop and prefetches their rows.
+    index_t pb = begin, pk = begin < end ? bags.indptr[rows[begin]] : 0;
+    auto prefetch_next = [&]() {
+      while (pb < end && pk >= bags.indptr[rows[pb] + 1]) {
+        if (++pb < end) pk = bags.indptr[rows[pb]];
+      }
+      if (pb < end) {
+        const float* src = data + bags.indices[pk++] * e;
+        for (index_t x = 0; x < e; x += 16) __builtin_prefetch(src + x);
+      }
+    };
+    for (index_t i = 0; i < kPrefetchRows; ++i) prefetch_next();
     for (index_t b = begin; b < end; ++b) {
       const index_t r = rows[b];
-      if (b + 1 < end) prefetch_bag(rows[b + 1]);
       Eigen::Map<Eigen::VectorXf> dst(out + b * out_stride, e);
       dst.setZero();
       const float scale = bag_scale(bags, r, pooling);
       for (index_t k = bags.indptr[r]; k < bags.indptr[r + 1]; ++k) {
+        prefetch_next();
         const float c = (bags.weights ? bags.weights[k] : 1.0f) * scale;
         dst += c * Eigen::Map<const Eigen::VectorXf>(data + bags.indices[k] * e, e);
       }
@@ -267,7 +273,7 @@ void Parameter::apply_row_gradient(RowGradient& grad, const OptimizerConfig& con
   float* s2 = state2.size() > 0 ? state2.data() : nullptr;
   scratch_.resize(static_cast<std::size_t>(threads_for(n_tasks, num_threads)));
   for (auto& s : scratch_) s.resize(static_cast<std::size_t>(c));
-  constexpr index_t kAhead = 8;  // rows prefetched ahead (random rows of a large table)
+  constexpr index_t kAhead = kPrefetchRows;
   parallel_for(n_tasks, num_threads, [&](std::int64_t t, int slot) {
     float* g = scratch_[slot].data();
     const index_t begin = t * RowGradient::kRowsPerTask;
