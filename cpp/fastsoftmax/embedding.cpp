@@ -305,7 +305,10 @@ void embed_bags_backward(const BagsView& bags, const index_t* rows, index_t B, P
     const index_t r = rows[b];
     const float scale = bag_scale(bags, r, pooling);
     if (scale == 0.0f) continue;
-    for (index_t k = bags.indptr[r]; k < bags.indptr[r + 1]; ++k) {
+    const index_t k1 = bags.indptr[r + 1];
+    for (index_t k = bags.indptr[r]; k < k1; ++k) {
+      // Ids of a bag are contiguous: prefetch the slot of a later id of this bag.
+      if (k + kPrefetchRows < k1) grad->prefetch(bags.indices[k + kPrefetchRows]);
       const float c = (bags.weights ? bags.weights[k] : 1.0f) * scale;
       grad->add(bags.indices[k], c, dout + b * dout_stride);
     }

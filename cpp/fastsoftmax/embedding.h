@@ -115,6 +115,8 @@ class RowGradient {
     }
     contrib_.push_back(Contribution{s, coef, g});
   }
+  /// Hint: add(id, ...) follows soon (prefetches the row's slot entry).
+  void prefetch(index_t id) const { __builtin_prefetch(slot_.data() + id); }
   index_t size() const { return static_cast<index_t>(rows_.size()); }
   index_t cols() const { return cols_; }
   /// Touched rows (unique), first-touch order.
