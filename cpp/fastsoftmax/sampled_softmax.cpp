@@ -4,13 +4,14 @@
 #include <cmath>
 #include <limits>
 
+#include "fastsoftmax/simd_kernels.h"
 #include "fastsoftmax/thread_pool.h"
 
 namespace fastsoftmax {
 namespace {
 
 constexpr float kNegInfF = -std::numeric_limits<float>::infinity();
-constexpr index_t kRowsPerTask = 16;
+constexpr index_t kRowsPerTask = 24;  // a multiple of the AVX2 kernel's 6-row tile
 constexpr index_t kColsPerTask = 64;
 
 index_t n_tasks(index_t n, index_t per_task) { return (n + per_task - 1) / per_task; }
@@ -58,6 +59,10 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
   const index_t nnz = indptr[B];
 
   ConstMapRowMatrixXf Psi(psi, B, d);
+  // Shared draws whose count and dimension are multiples of 16 take the AVX2 kernel for the three
+  // B x m x d products (each output element one FMA chain: independent of the task split).
+  const bool fast = shared && m > 0 && m % simd::kPanel == 0 && d % simd::kPanel == 0 &&
+                    !options.portable_kernel && simd::avx2_fma_available();
   ws.z.resize(B, m);
   ws.pos_z.resize(nnz);
   ws.row_loss.assign(B, 0.0);
@@ -74,10 +79,16 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
         if (bias != nullptr) ws.bs[i] = bias[j];
       }
     });
+    if (fast) ws.vs_t = ws.vs.transpose();  // d x m, so the kernel streams it row-major
     parallel_for(n_tasks(B, kRowsPerTask), num_threads, [&](std::int64_t task, int) {
       const index_t b0 = task * kRowsPerTask, nb = std::min(kRowsPerTask, B - b0);
       auto Zb = ws.z.middleRows(b0, nb);
-      Zb.noalias() = Psi.middleRows(b0, nb) * ws.vs.transpose();
+      if (fast) {
+        simd::gemm(nb, m, d, simd::Operand{psi + b0 * d, d}, simd::Operand{ws.vs_t.data(), m},
+                   simd::Output{ws.z.data() + b0 * m, m}, false);
+      } else {
+        Zb.noalias() = Psi.middleRows(b0, nb) * ws.vs.transpose();
+      }
       if (bias != nullptr) {
         Zb.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(ws.bs.data(), m);
       }
@@ -99,6 +110,13 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
   }
 
   // ---- Per row: corrections, masks, log-sum-exp, loss, dL/dz, and dpsi from the positives.
+  // Shared draws without in-batch owners: every row has m_b = m, so the logQ offsets
+  // log(m Q(s_i)) are the same for all rows (computed once, as each row would).
+  if (logq && shared && !has_owner) {
+    const double log_m = m > 0 ? std::log(static_cast<double>(m)) : 0.0;
+    ws.shared_offset.resize(m);
+    for (index_t i = 0; i < m; ++i) ws.shared_offset[i] = static_cast<float>(log_m + draws.log_q[i]);
+  }
   ws.exp_scratch.resize(threads_for(n_tasks(B, kRowsPerTask), num_threads));
   for (auto& e : ws.exp_scratch) e.resize(m);
   parallel_for(n_tasks(B, kRowsPerTask), num_threads, [&](std::int64_t task, int slot) {
@@ -124,7 +142,11 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
       }
       const double log_mb = m_b > 0 ? std::log(static_cast<double>(m_b)) : 0.0;
       if (logq) {
-        for (index_t i = 0; i < m; ++i) zrow[i] -= static_cast<float>(log_mb + lq[i]);
+        if (shared && !has_owner) {
+          for (index_t i = 0; i < m; ++i) zrow[i] -= ws.shared_offset[i];
+        } else {
+          for (index_t i = 0; i < m; ++i) zrow[i] -= static_cast<float>(log_mb + lq[i]);
+        }
       }
       // Accidental hits: draws equal to one of b's positives (own in-batch entries excluded).
       auto handle_hit = [&](index_t i) {
@@ -177,8 +199,9 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
       ws.row_loss[b] = loss;
       if (!grad) continue;
       if (m > 0) {
-        e = (zr - static_cast<float>(lse)).exp();
-        for (index_t i = 0; i < m; ++i) zrow[i] = zrow[i] == kNegInfF ? 0.0f : scale * e[i];
+        // exp(z_i - lse) = e_i / s (e_i = exp(z_i - mx), masked entries already 0).
+        const float f = scale * static_cast<float>(1.0 / s);
+        for (index_t i = 0; i < m; ++i) zrow[i] = f * e[i];
       }
       Eigen::Map<Eigen::RowVectorXf> g(dpsi + b * d, d);
       for (index_t k = k0; k < k1; ++k) {
@@ -246,15 +269,31 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
   if (shared && m > 0) {
     parallel_for(n_tasks(B, kRowsPerTask), num_threads, [&](std::int64_t task, int) {
       const index_t b0 = task * kRowsPerTask, nb = std::min(kRowsPerTask, B - b0);
-      MapRowMatrixXf dP(dpsi + b0 * d, nb, d);
-      dP.noalias() += ws.z.middleRows(b0, nb) * ws.vs;
+      if (fast) {
+        simd::gemm(nb, d, m, simd::Operand{ws.z.data() + b0 * m, m}, simd::Operand{ws.vs.data(), d},
+                   simd::Output{dpsi + b0 * d, d}, true);
+      } else {
+        MapRowMatrixXf dP(dpsi + b0 * d, nb, d);
+        dP.noalias() += ws.z.middleRows(b0, nb) * ws.vs;
+      }
     });
     ws.dvs.resize(m, d);
     ws.dbs.assign(m, 0.0f);
     parallel_for(n_tasks(m, kColsPerTask), num_threads, [&](std::int64_t task, int) {
       const index_t i0 = task * kColsPerTask, ni = std::min(kColsPerTask, m - i0);
-      ws.dvs.middleRows(i0, ni).noalias() = ws.z.middleCols(i0, ni).transpose() * Psi;
-      for (index_t i = i0; i < i0 + ni; ++i) ws.dbs[i] = ws.z.col(i).sum();
+      if (fast) {
+        // dV_S rows i0.. = Z[:, i0..]^T Psi, Z^T read through strides.
+        simd::gemm(ni, d, B, simd::Operand{ws.z.data() + i0, 1, m, simd::kPanel * m},
+                   simd::Operand{psi, d}, simd::Output{ws.dvs.data() + i0 * d, d}, false);
+      } else {
+        ws.dvs.middleRows(i0, ni).noalias() = ws.z.middleCols(i0, ni).transpose() * Psi;
+      }
+      if (bias != nullptr) {
+        for (index_t b = 0; b < B; ++b) {
+          const float* zr = ws.z.data() + b * m;
+          for (index_t i = i0; i < i0 + ni; ++i) ws.dbs[i] += zr[i];
+        }
+      }
     });
   }
 

@@ -38,12 +38,15 @@ struct SampledSoftmaxOptions {
   bool logq_correction = true;
   bool remove_accidental_hits = true;
   double gravity = 0.0;  // gamma >= 0
+  bool portable_kernel = false;  // true: Eigen products only (tests compare both paths)
 };
 
 /// Scratch of sampled_softmax_forward_backward, reused across batches.
 struct SampledSoftmaxWorkspace {
   RowMatrixXf vs;                  // gathered rows of the shared draws (m x d)
+  RowMatrixXf vs_t;                // their transpose (d x m), for the AVX2 kernel
   std::vector<float> bs;           // their bias
+  std::vector<float> shared_offset;  // log(m Q(s_i)) of the shared draws
   RowMatrixXf z;                   // B x m logits, then dL/dz
   std::vector<float> pos_z;        // per target entry: corrected logit, then dL/dz
   std::vector<double> row_loss;    // per row
