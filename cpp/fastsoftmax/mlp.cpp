@@ -8,7 +8,8 @@
 namespace fastsoftmax {
 namespace {
 constexpr index_t kRowChunk = 128;  // rows per task (forward, input gradient)
-constexpr index_t kColChunk = 64;  // output columns per task (weight gradient)
+constexpr index_t kGradRowChunk = 64;  // rows per input-gradient task
+constexpr index_t kColChunk = 64;  // rows and columns of a weight-gradient tile
 
 template <class M>
 auto rows_block(M& m, index_t r0, index_t B) {
@@ -65,47 +66,63 @@ void Mlp::forward(Workspace& ws, int num_threads) const {
 }
 
 void Mlp::backward(Workspace& ws, std::vector<RowMatrixXf>& dW, std::vector<RowMatrixXf>& db,
-                   int num_threads) const {
+                   int num_threads, index_t input_grad_from) const {
   const index_t B = ws.rows;
   const index_t L = num_layers();
-  const index_t row_tasks = (B + kRowChunk - 1) / kRowChunk;
+  const bool avx = simd::avx2_fma_available();
   for (index_t l = L - 1; l >= 0; --l) {
-    RowMatrixXf& dH = ws.grads[l + 1];  // gradient w.r.t. the pre-activation of layer l's output
-    if (l + 1 < L) {
-      // ReLU: acts[l+1] = max(h, 0), so dh = dact where acts[l+1] > 0.
-      dH = (ws.acts[l + 1].array() > 0.0f).select(dH, 0.0f);
-    }
+    // dH: gradient w.r.t. the pre-activation of layer l's output (ReLU already applied to it by
+    // the previous iteration's input-gradient tasks).
+    const RowMatrixXf& dH = ws.grads[l + 1];
     const RowMatrixXf& A = ws.acts[l];
-    const index_t out_dim = sizes_[l + 1];
-    const index_t col_tasks = (out_dim + kColChunk - 1) / kColChunk;
-    const bool fast_dw = out_dim % simd::kPanel == 0 && simd::avx2_fma_available();
-    const index_t in_dim = sizes_[l];
-    parallel_for(col_tasks, num_threads, [&](std::int64_t t, int) {
-      const index_t c0 = t * kColChunk;
-      const index_t w = std::min(kColChunk, out_dim - c0);
-      if (fast_dw) {
-        // dW[:, c0:c0+w] += A^T dH[:, c0:c0+w], A^T read through strides.
-        simd::gemm(in_dim, w, B, simd::Operand{A.data(), 1, in_dim, simd::kPanel * in_dim},
-                   simd::Operand{dH.data() + c0, out_dim},
-                   simd::Output{dW[l].data() + c0, out_dim}, true);
-      } else {
-        dW[l].middleCols(c0, w).noalias() += A.transpose() * dH.middleCols(c0, w);
-      }
-      db[l].middleCols(c0, w) += dH.middleCols(c0, w).colwise().sum();
-    });
+    const index_t in_dim = sizes_[l], out_dim = sizes_[l + 1];
+    // Weight gradient: tiles of kColChunk x kColChunk of dW (in x out), each the product of a
+    // column block of A^T and a column block of dH over all B rows.
+    const index_t dw_row_tiles = (in_dim + kColChunk - 1) / kColChunk;
+    const index_t dw_tasks = dw_row_tiles * ((out_dim + kColChunk - 1) / kColChunk);
+    const bool fast_dw = out_dim % simd::kPanel == 0 && avx;
+    // Input gradient dA = dH W^T, only for columns [c_from, in_dim) (layer 0: the caller's
+    // input_grad_from; hidden layers: all), then the ReLU of the layer below applied row by row.
+    const index_t c_from = l == 0 ? std::min(input_grad_from, in_dim) : 0;
+    const index_t da_cols = in_dim - c_from;
+    const index_t da_fast_cols = avx ? da_cols / simd::kPanel * simd::kPanel : 0;
+    const index_t da_tasks = da_cols > 0 ? (B + kGradRowChunk - 1) / kGradRowChunk : 0;
     const RowMatrixXf& W = weights[l].value;
     RowMatrixXf& dA = ws.grads[l];
-    const bool fast_da = in_dim % simd::kPanel == 0 && simd::avx2_fma_available();
-    if (fast_da) ws.wt = W.transpose();  // out x in, so the kernel streams it row-major
-    parallel_for(row_tasks, num_threads, [&](std::int64_t t, int) {
-      const index_t r0 = t * kRowChunk;
-      if (fast_da) {
-        simd::gemm(std::min(kRowChunk, B - r0), in_dim, out_dim,
-                   simd::Operand{dH.data() + r0 * out_dim, out_dim},
-                   simd::Operand{ws.wt.data(), in_dim}, simd::Output{dA.data() + r0 * in_dim, in_dim},
-                   false);
-      } else {
-        rows_block(dA, r0, B).noalias() = rows_block(dH, r0, B) * W.transpose();
+    if (da_fast_cols > 0) ws.wt = W.transpose();  // out x in, so the kernel streams it row-major
+    // Input-gradient tasks (the larger ones) first, then the weight-gradient tiles.
+    parallel_for(dw_tasks + da_tasks, num_threads, [&](std::int64_t task, int) {
+      if (task >= da_tasks) {
+        const index_t t = task - da_tasks;
+        const index_t r0 = (t % dw_row_tiles) * kColChunk, c0 = (t / dw_row_tiles) * kColChunk;
+        const index_t h = std::min(kColChunk, in_dim - r0), w = std::min(kColChunk, out_dim - c0);
+        if (fast_dw) {
+          // dW[r0.., c0..] += A[:, r0..]^T dH[:, c0..], A^T read through strides.
+          simd::gemm(h, w, B, simd::Operand{A.data() + r0, 1, in_dim, simd::kPanel * in_dim},
+                     simd::Operand{dH.data() + c0, out_dim},
+                     simd::Output{dW[l].data() + r0 * out_dim + c0, out_dim}, true);
+        } else {
+          dW[l].block(r0, c0, h, w).noalias() +=
+              A.middleCols(r0, h).transpose() * dH.middleCols(c0, w);
+        }
+        if (r0 == 0) db[l].middleCols(c0, w) += dH.middleCols(c0, w).colwise().sum();
+        return;
+      }
+      const index_t r0 = task * kGradRowChunk, nr = std::min(kGradRowChunk, B - r0);
+      if (da_fast_cols > 0) {
+        simd::gemm(nr, da_fast_cols, out_dim, simd::Operand{dH.data() + r0 * out_dim, out_dim},
+                   simd::Operand{ws.wt.data() + c_from, in_dim},
+                   simd::Output{dA.data() + r0 * in_dim + c_from, in_dim}, false);
+      }
+      if (da_fast_cols < da_cols) {
+        const index_t c1 = c_from + da_fast_cols, nc = da_cols - da_fast_cols;
+        dA.block(r0, c1, nr, nc).noalias() =
+            dH.middleRows(r0, nr) * W.middleRows(c1, nc).transpose();
+      }
+      if (l > 0) {
+        // ReLU of layer l - 1: acts[l] = max(h, 0), so dh = dact where acts[l] > 0.
+        auto g = dA.middleRows(r0, nr);
+        g = (A.middleRows(r0, nr).array() > 0.0f).select(g, 0.0f);
       }
     });
   }

@@ -3,7 +3,7 @@
 //
 // Layer l maps a B x in_l activation A_l to A_{l+1} = A_l W_l + b_l (W_l is in_l x out_l, row-major,
 // as x @ W in NumPy), followed by ReLU on every layer but the last. Work is split into fixed chunks
-// of rows (forward, input gradient) or of output columns (weight gradient), so every output element
+// of rows (forward, input gradient) or tiles (weight gradient), so every output element
 // is computed by the same sequence of operations whatever the thread count.
 
 #include <vector>
@@ -37,10 +37,12 @@ class Mlp {
   /// acts[1..L] from acts[0] for the first `B` rows.
   void forward(Workspace& ws, int num_threads) const;
 
-  /// Given dL/dpsi in ws.grads[L], back-propagates: writes ws.grads[0] (dL/dinput) and ADDS the
-  /// weight and bias gradients to dW[l] / db[l] (zero them first for a fresh gradient).
+  /// Given dL/dpsi in ws.grads[L], back-propagates: writes columns [input_grad_from, input_dim)
+  /// of ws.grads[0] (dL/dinput; the others are left as they are: inputs without parameters need
+  /// no gradient) and ADDS the weight and bias gradients to dW[l] / db[l] (zero them first for a
+  /// fresh gradient). ws.grads[L] is read only.
   void backward(Workspace& ws, std::vector<RowMatrixXf>& dW, std::vector<RowMatrixXf>& db,
-                int num_threads) const;
+                int num_threads, index_t input_grad_from = 0) const;
 
   std::vector<Parameter> weights;  // in_l x out_l
   std::vector<Parameter> biases;   // 1 x out_l

@@ -234,7 +234,8 @@ TargetsView SoftmaxModel::gather_targets(const TargetsView& t, const index_t* ro
 }
 
 void SoftmaxModel::backward_tower(const FeaturesView& x, const index_t* rows, index_t B) {
-  mlp_.backward(ws_, dW_, db_, config_.num_threads);
+  // Dense features come first in the input and have no parameters: no gradient for them.
+  mlp_.backward(ws_, dW_, db_, config_.num_threads, config_.features.n_dense);
   const RowMatrixXf& dX = ws_.grads[0];
   for (std::size_t i = 0; i < categorical_tables_.size(); ++i) {
     cat_grads_[i].reset(categorical_tables_[i].rows(), categorical_tables_[i].cols());
