@@ -208,14 +208,27 @@ void embed_bags(const RowMatrixXf& table, const BagsView& bags, const index_t* r
 }
 
 void RowGradient::reset(index_t vocab, index_t cols) {
-  if (static_cast<index_t>(slot_.size()) != vocab) {
-    slot_.assign(static_cast<std::size_t>(vocab), -1);
+  if (slot_ != own_slots_.data() || static_cast<index_t>(own_slots_.size()) != vocab) {
+    own_slots_.assign(static_cast<std::size_t>(vocab), -1);
+    slot_ = own_slots_.data();
   } else {
-    for (const index_t r : rows_) slot_[r] = -1;
+    clear_slots();
   }
   rows_.clear();
   contrib_.clear();
   cols_ = cols;
+}
+
+void RowGradient::reset_shared(std::int64_t* slots, index_t cols) {
+  slot_ = slots;
+  rows_.clear();
+  contrib_.clear();
+  cols_ = cols;
+}
+
+void RowGradient::clear_slots() {
+  if (slot_ == nullptr) return;
+  for (const index_t r : rows_) slot_[r] = -1;
 }
 
 void RowGradient::group() {
@@ -258,6 +271,113 @@ void RowGradient::materialize(int num_threads) {
   });
 }
 
+namespace {
+
+// Sums rows [begin, end) of the grouped `grad` one at a time into `g` (cols floats) and applies
+// the update to the table rows they belong to, prefetching the rows kPrefetchRows ahead.
+void update_grouped_rows(OptimizerKind kind, const StepConstants& k, float* p, float* s1,
+                         float* s2, index_t c, const RowGradient& grad, index_t begin,
+                         index_t end, float* g) {
+  const index_t* rows = grad.rows().data();
+  for (index_t i = begin; i < end; ++i) {
+    if (i + kPrefetchRows < end) {
+      const index_t ahead = rows[i + kPrefetchRows] * c;
+      for (index_t x = 0; x < c; x += 16) {
+        __builtin_prefetch(p + ahead + x, 1);
+        if (s1) __builtin_prefetch(s1 + ahead + x, 1);
+      }
+    }
+    grad.sum_row(i, g);
+    const index_t off = rows[i] * c;
+    update_span(kind, k, p + off, g, s1 ? s1 + off : nullptr, s2 ? s2 + off : nullptr, c);
+  }
+}
+
+}  // namespace
+
+void Parameter::apply_row_gradient(BagGradient& grad, const OptimizerConfig& config,
+                                   int num_threads) {
+  if (config.kind != OptimizerKind::kSgd && state1.size() != value.size()) reset_state(config);
+  ++step;
+  const StepConstants k = step_constants(config, step);
+  const index_t c = cols();
+  float* p = value.data();
+  float* s1 = state1.size() > 0 ? state1.data() : nullptr;
+  float* s2 = state2.size() > 0 ? state2.data() : nullptr;
+  scratch_.resize(static_cast<std::size_t>(threads_for(BagGradient::kParts, num_threads)));
+  for (auto& s : scratch_) s.resize(static_cast<std::size_t>(c));
+  parallel_for(BagGradient::kParts, num_threads, [&](std::int64_t t, int slot) {
+    RowGradient& part = grad.part(static_cast<int>(t));
+    part.group();
+    update_grouped_rows(config.kind, k, p, s1, s2, c, part, 0, part.size(),
+                        scratch_[slot].data());
+  });
+}
+
+void BagGradient::build(const BagsView& bags, const index_t* rows, index_t B, Pooling pooling,
+                        const float* dout, index_t dout_stride, index_t vocab, index_t cols,
+                        int num_threads) {
+  if (static_cast<index_t>(slots_.size()) != vocab) {
+    slots_.assign(static_cast<std::size_t>(vocab), -1);
+    parts_.assign(kParts, RowGradient{});
+  }
+  const index_t n_chunks = (B + kChunkRows - 1) / kChunkRows;
+  if (threads_for(n_chunks, num_threads) == 1) {
+    // One thread: the contributions go straight to their classes, in the same order.
+    for (auto& part : parts_) {
+      part.clear_slots();
+      part.reset_shared(slots_.data(), cols);
+    }
+    for (index_t b = 0; b < B; ++b) {
+      const index_t r = rows[b];
+      const float scale = bag_scale(bags, r, pooling);
+      if (scale == 0.0f) continue;
+      const float* g = dout + b * dout_stride;
+      const index_t k1 = bags.indptr[r + 1];
+      for (index_t k = bags.indptr[r]; k < k1; ++k) {
+        if (k + kPrefetchRows < k1) parts_[0].prefetch(bags.indices[k + kPrefetchRows]);
+        const index_t id = bags.indices[k];
+        parts_[static_cast<std::size_t>(part_of(id))].add(
+            id, (bags.weights ? bags.weights[k] : 1.0f) * scale, g);
+      }
+    }
+    return;
+  }
+  if (static_cast<index_t>(staged_.size()) < n_chunks * kParts) {
+    staged_.resize(static_cast<std::size_t>(n_chunks * kParts));
+  }
+  // Stage: each chunk of batch rows sorts its entries into the id classes, in entry order.
+  parallel_for(n_chunks, num_threads, [&](std::int64_t t, int) {
+    std::vector<Entry>* out = staged_.data() + t * kParts;
+    for (int q = 0; q < kParts; ++q) out[q].clear();
+    const index_t b1 = std::min(B, (t + 1) * kChunkRows);
+    for (index_t b = t * kChunkRows; b < b1; ++b) {
+      const index_t r = rows[b];
+      const float scale = bag_scale(bags, r, pooling);
+      if (scale == 0.0f) continue;
+      const float* g = dout + b * dout_stride;
+      for (index_t k = bags.indptr[r]; k < bags.indptr[r + 1]; ++k) {
+        const index_t id = bags.indices[k];
+        out[part_of(id)].push_back(Entry{id, (bags.weights ? bags.weights[k] : 1.0f) * scale, g});
+      }
+    }
+  });
+  // Collect: each class takes its entries chunk by chunk (the serial order of contributions).
+  parallel_for(kParts, num_threads, [&](std::int64_t q, int) {
+    RowGradient& part = parts_[static_cast<std::size_t>(q)];
+    part.clear_slots();
+    part.reset_shared(slots_.data(), cols);
+    for (index_t t = 0; t < n_chunks; ++t) {
+      const std::vector<Entry>& in = staged_[static_cast<std::size_t>(t * kParts + q)];
+      const std::size_t n = in.size();
+      for (std::size_t e = 0; e < n; ++e) {
+        if (e + kPrefetchRows < n) part.prefetch(in[e + kPrefetchRows].id);
+        part.add(in[e].id, in[e].coef, in[e].g);
+      }
+    }
+  });
+}
+
 void Parameter::apply_row_gradient(RowGradient& grad, const OptimizerConfig& config,
                                    int num_threads) {
   if (config.kind != OptimizerKind::kSgd && state1.size() != value.size()) reset_state(config);
@@ -266,31 +386,16 @@ void Parameter::apply_row_gradient(RowGradient& grad, const OptimizerConfig& con
   const StepConstants k = step_constants(config, step);
   const index_t c = cols();
   const index_t k_rows = grad.size();
-  const index_t* rows = grad.rows().data();
   const index_t n_tasks = (k_rows + RowGradient::kRowsPerTask - 1) / RowGradient::kRowsPerTask;
   float* p = value.data();
   float* s1 = state1.size() > 0 ? state1.data() : nullptr;
   float* s2 = state2.size() > 0 ? state2.data() : nullptr;
   scratch_.resize(static_cast<std::size_t>(threads_for(n_tasks, num_threads)));
   for (auto& s : scratch_) s.resize(static_cast<std::size_t>(c));
-  constexpr index_t kAhead = kPrefetchRows;
   parallel_for(n_tasks, num_threads, [&](std::int64_t t, int slot) {
-    float* g = scratch_[slot].data();
     const index_t begin = t * RowGradient::kRowsPerTask;
     const index_t end = std::min(k_rows, begin + RowGradient::kRowsPerTask);
-    for (index_t i = begin; i < end; ++i) {
-      if (i + kAhead < end) {
-        const index_t ahead = rows[i + kAhead] * c;
-        for (index_t x = 0; x < c; x += 16) {
-          __builtin_prefetch(p + ahead + x, 1);
-          if (s1) __builtin_prefetch(s1 + ahead + x, 1);
-        }
-      }
-      grad.sum_row(i, g);
-      const index_t off = rows[i] * c;
-      update_span(config.kind, k, p + off, g, s1 ? s1 + off : nullptr, s2 ? s2 + off : nullptr,
-                  c);
-    }
+    update_grouped_rows(config.kind, k, p, s1, s2, c, grad, begin, end, scratch_[slot].data());
   });
 }
 

@@ -39,6 +39,7 @@ struct OptimizerConfig {
 OptimizerKind parse_optimizer(const std::string& name);
 
 class RowGradient;
+class BagGradient;
 
 /// m = zeros(rows, cols). Large buffers (embedding tables, the item table and their optimiser
 /// state) are first advised to use transparent huge pages where the OS supports it: their rows are
@@ -68,12 +69,16 @@ class Parameter {
   /// gradient buffer (each row is summed into per-thread scratch, then updated).
   void apply_row_gradient(RowGradient& grad, const OptimizerConfig& config, int num_threads);
 
+  /// The same for a BagGradient: one step over the rows of all its parts, parts in parallel.
+  void apply_row_gradient(BagGradient& grad, const OptimizerConfig& config, int num_threads);
+
   RowMatrixXf value;
   RowMatrixXf state1;  // Adagrad: sum of squares; Adam: first moment
   RowMatrixXf state2;  // Adam: second moment
   std::int64_t step = 0;
 
  private:
+
   std::vector<std::vector<float>> scratch_;  // per thread slot: one gradient row
 };
 
@@ -106,6 +111,12 @@ void embed_bags(const RowMatrixXf& table, const BagsView& bags, const index_t* r
 class RowGradient {
  public:
   void reset(index_t vocab, index_t cols);
+  /// Like reset, but slots are looked up in `slots` (vocab entries, -1 where untouched), an
+  /// array shared by several RowGradients that receive disjoint ids (see BagGradient). This
+  /// instance's entries there must already be back at -1 (clear_slots()).
+  void reset_shared(std::int64_t* slots, index_t cols);
+  /// Sets this instance's entries of its slot array back to -1.
+  void clear_slots();
   void add(index_t id, float coef, const float* g) {
     std::int64_t s = slot_[id];
     if (s < 0) {
@@ -116,7 +127,7 @@ class RowGradient {
     contrib_.push_back(Contribution{s, coef, g});
   }
   /// Hint: add(id, ...) follows soon (prefetches the row's slot entry).
-  void prefetch(index_t id) const { __builtin_prefetch(slot_.data() + id); }
+  void prefetch(index_t id) const { __builtin_prefetch(slot_ + id); }
   index_t size() const { return static_cast<index_t>(rows_.size()); }
   index_t cols() const { return cols_; }
   /// Touched rows (unique), first-touch order.
@@ -143,13 +154,44 @@ class RowGradient {
     const float* g;
   };
   index_t cols_ = 0;
-  std::vector<std::int64_t> slot_;  // vocab entries, -1 when untouched
+  std::vector<std::int64_t> own_slots_;  // vocab entries, -1 when untouched (unless shared)
+  std::int64_t* slot_ = nullptr;         // own_slots_.data() or the shared array
   std::vector<index_t> rows_;
   std::vector<Contribution> contrib_;
   std::vector<index_t> begin_;  // size() + 1 offsets into coef_ / src_
   std::vector<float> coef_;
   std::vector<const float*> src_;
   std::vector<float> grad_;
+};
+
+/// The row-sparse gradient of a bag table, built and applied in parallel: ids are split into
+/// kParts fixed classes (part_of(id)), each a RowGradient over a shared slot array. Building
+/// stages the contributions per fixed chunk of batch rows and class, then each class adds its
+/// staged contributions chunk by chunk, so every row receives its contributions in the same order
+/// as a serial RowGradient would (batch row, then bag entry): the sums, and the updates, are
+/// identical to the serial ones and do not depend on the thread count.
+class BagGradient {
+ public:
+  static constexpr int kParts = 16;
+  static constexpr index_t kChunkRows = 32;
+
+  /// grad[id_k] += c_k * dout[b] for every entry of bag rows[b] (as embed_bags_backward).
+  void build(const BagsView& bags, const index_t* rows, index_t B, Pooling pooling,
+             const float* dout, index_t dout_stride, index_t vocab, index_t cols,
+             int num_threads);
+  RowGradient& part(int p) { return parts_[static_cast<std::size_t>(p)]; }
+  /// The class of an id: blocks of 8 consecutive ids (one cache line of slots) per class.
+  static int part_of(index_t id) { return static_cast<int>((id >> 3) & (kParts - 1)); }
+
+ private:
+  struct Entry {
+    index_t id;
+    float coef;
+    const float* g;
+  };
+  std::vector<std::int64_t> slots_;
+  std::vector<RowGradient> parts_;
+  std::vector<std::vector<Entry>> staged_;  // chunk * kParts + part
 };
 
 /// Backward of embed_categorical: grad[ids[rows[b]]] += dout[b].

@@ -243,9 +243,9 @@ void SoftmaxModel::backward_tower(const FeaturesView& x, const index_t* rows, in
                                &cat_grads_[i]);
   }
   for (std::size_t i = 0; i < bag_tables_.size(); ++i) {
-    bag_grads_[i].reset(bag_tables_[i].rows(), bag_tables_[i].cols());
-    embed_bags_backward(x.bags[i], rows, B, config_.pooling, dX.data() + offsets_bag_[i],
-                        dX.cols(), &bag_grads_[i]);
+    bag_grads_[i].build(x.bags[i], rows, B, config_.pooling, dX.data() + offsets_bag_[i],
+                        dX.cols(), bag_tables_[i].rows(), bag_tables_[i].cols(),
+                        config_.num_threads);
   }
 }
 
@@ -363,15 +363,17 @@ double SoftmaxModel::evaluate(const FeaturesView& x, const TargetsView& targets,
     backward_tower(x, rows.data(), B);  // MLP gradients accumulate in dW_ / db_
     // Scatter the row-sparse gradients into the dense outputs (parameter order as parameters()).
     std::size_t g = 2 * static_cast<std::size_t>(mlp_.num_layers());
-    for (auto* grads : {&cat_grads_, &bag_grads_}) {
-      for (auto& rg : *grads) {
-        RowMatrixXf& out = (*gradients)[g++];
-        rg.materialize(config_.num_threads);
-        for (index_t i = 0; i < rg.size(); ++i) {
-          out.row(rg.rows()[i]) += Eigen::Map<const Eigen::RowVectorXf>(rg.grad() + i * out.cols(),
-                                                                        out.cols());
-        }
+    auto scatter = [&](RowGradient& rg, RowMatrixXf& out) {
+      rg.materialize(config_.num_threads);
+      for (index_t i = 0; i < rg.size(); ++i) {
+        out.row(rg.rows()[i]) +=
+            Eigen::Map<const Eigen::RowVectorXf>(rg.grad() + i * out.cols(), out.cols());
       }
+    };
+    for (auto& rg : cat_grads_) scatter(rg, (*gradients)[g++]);
+    for (auto& bg : bag_grads_) {
+      RowMatrixXf& out = (*gradients)[g++];
+      for (int q = 0; q < BagGradient::kParts; ++q) scatter(bg.part(q), out);
     }
     RowMatrixXf& gv = (*gradients)[g++];
     if (item_grad_.kind == ItemGradient::Kind::kDense) {

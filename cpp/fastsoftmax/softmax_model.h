@@ -128,7 +128,8 @@ class SoftmaxModel {
   // Per-batch scratch, reused.
   Mlp::Workspace ws_;
   std::vector<RowMatrixXf> dW_, db_;
-  std::vector<RowGradient> cat_grads_, bag_grads_;
+  std::vector<RowGradient> cat_grads_;
+  std::vector<BagGradient> bag_grads_;
   ItemGradient item_grad_;
   std::vector<index_t> perm_;
   std::vector<index_t> batch_indptr_, batch_indices_;
