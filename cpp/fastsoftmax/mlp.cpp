@@ -49,13 +49,19 @@ void Mlp::forward(Workspace& ws, int num_threads) const {
     const bool relu = l + 1 < L;
     const RowMatrixXf& in = ws.acts[l];
     RowMatrixXf& out = ws.acts[l + 1];
+    const index_t K = W.rows(), N = W.cols();
+    const bool fast = N % simd::kPanel == 0 && simd::avx2_fma_available();
+    if (fast) {
+      ws.packed.resize(static_cast<std::size_t>(K * N));
+      simd::pack_panels(W.data(), K, N, N, 1, ws.packed.data());
+    }
     parallel_for(n_tasks, num_threads, [&](std::int64_t t, int) {
       const index_t r0 = t * kRowChunk;
       auto o = rows_block(out, r0, B);
-      const index_t K = W.rows(), N = W.cols();
-      if (N % simd::kPanel == 0 && simd::avx2_fma_available()) {
+      if (fast) {
         simd::gemm(o.rows(), N, K, simd::Operand{in.data() + r0 * K, K},
-                   simd::Operand{W.data(), N}, simd::Output{out.data() + r0 * N, N}, false);
+                   simd::panel_operand(ws.packed.data(), K), simd::Output{out.data() + r0 * N, N},
+                   false);
       } else {
         o.noalias() = rows_block(in, r0, B) * W;
       }
@@ -89,7 +95,12 @@ void Mlp::backward(Workspace& ws, std::vector<RowMatrixXf>& dW, std::vector<RowM
     const index_t da_tasks = da_cols > 0 ? (B + kGradRowChunk - 1) / kGradRowChunk : 0;
     const RowMatrixXf& W = weights[l].value;
     RowMatrixXf& dA = ws.grads[l];
-    if (da_fast_cols > 0) ws.wt = W.transpose();  // out x in, so the kernel streams it row-major
+    if (da_fast_cols > 0) {
+      // B operand: columns [c_from, c_from + da_fast_cols) of W^T (out x in), panel-major.
+      ws.packed.resize(static_cast<std::size_t>(out_dim * da_fast_cols));
+      simd::pack_panels(W.data() + c_from * out_dim, out_dim, da_fast_cols, 1, out_dim,
+                        ws.packed.data());
+    }
     // Input-gradient tasks (the larger ones) first, then the weight-gradient tiles.
     parallel_for(dw_tasks + da_tasks, num_threads, [&](std::int64_t task, int) {
       if (task >= da_tasks) {
@@ -111,7 +122,7 @@ void Mlp::backward(Workspace& ws, std::vector<RowMatrixXf>& dW, std::vector<RowM
       const index_t r0 = task * kGradRowChunk, nr = std::min(kGradRowChunk, B - r0);
       if (da_fast_cols > 0) {
         simd::gemm(nr, da_fast_cols, out_dim, simd::Operand{dH.data() + r0 * out_dim, out_dim},
-                   simd::Operand{ws.wt.data() + c_from, in_dim},
+                   simd::panel_operand(ws.packed.data(), out_dim),
                    simd::Output{dA.data() + r0 * in_dim + c_from, in_dim}, false);
       }
       if (da_fast_cols < da_cols) {

@@ -31,7 +31,7 @@ class Mlp {
     /// Sizes the buffers for B rows (no reallocation when B does not grow).
     void resize(const Mlp& mlp, index_t B);
     index_t rows = 0;
-    RowMatrixXf wt;  // scratch: a transposed weight matrix (backward)
+    std::vector<float> packed;  // scratch: a weight matrix (or its transpose) in panel order
   };
 
   /// acts[1..L] from acts[0] for the first `B` rows.

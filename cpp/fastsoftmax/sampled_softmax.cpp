@@ -79,12 +79,19 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
         if (bias != nullptr) ws.bs[i] = bias[j];
       }
     });
-    if (fast) ws.vs_t = ws.vs.transpose();  // d x m, so the kernel streams it row-major
+    if (fast) {
+      // The kernel's B operands in panel-major order: V_S^T (d x m) for Z, V_S (m x d) for
+      // dL/dpsi, psi (B x d) for dL/dV_S.
+      ws.packed_vs_t.resize(static_cast<std::size_t>(d * m));
+      simd::pack_panels(ws.vs.data(), d, m, 1, d, ws.packed_vs_t.data());
+      ws.packed_vs.resize(static_cast<std::size_t>(m * d));
+      simd::pack_panels(ws.vs.data(), m, d, d, 1, ws.packed_vs.data());
+    }
     parallel_for(n_tasks(B, kRowsPerTask), num_threads, [&](std::int64_t task, int) {
       const index_t b0 = task * kRowsPerTask, nb = std::min(kRowsPerTask, B - b0);
       auto Zb = ws.z.middleRows(b0, nb);
       if (fast) {
-        simd::gemm(nb, m, d, simd::Operand{psi + b0 * d, d}, simd::Operand{ws.vs_t.data(), m},
+        simd::gemm(nb, m, d, simd::Operand{psi + b0 * d, d}, simd::panel_operand(ws.packed_vs_t.data(), d),
                    simd::Output{ws.z.data() + b0 * m, m}, false);
       } else {
         Zb.noalias() = Psi.middleRows(b0, nb) * ws.vs.transpose();
@@ -270,7 +277,7 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
     parallel_for(n_tasks(B, kRowsPerTask), num_threads, [&](std::int64_t task, int) {
       const index_t b0 = task * kRowsPerTask, nb = std::min(kRowsPerTask, B - b0);
       if (fast) {
-        simd::gemm(nb, d, m, simd::Operand{ws.z.data() + b0 * m, m}, simd::Operand{ws.vs.data(), d},
+        simd::gemm(nb, d, m, simd::Operand{ws.z.data() + b0 * m, m}, simd::panel_operand(ws.packed_vs.data(), m),
                    simd::Output{dpsi + b0 * d, d}, true);
       } else {
         MapRowMatrixXf dP(dpsi + b0 * d, nb, d);
@@ -279,12 +286,17 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
     });
     ws.dvs.resize(m, d);
     ws.dbs.assign(m, 0.0f);
+    if (fast) {
+      ws.packed_psi.resize(static_cast<std::size_t>(B * d));
+      simd::pack_panels(psi, B, d, d, 1, ws.packed_psi.data());
+    }
     parallel_for(n_tasks(m, kColsPerTask), num_threads, [&](std::int64_t task, int) {
       const index_t i0 = task * kColsPerTask, ni = std::min(kColsPerTask, m - i0);
       if (fast) {
         // dV_S rows i0.. = Z[:, i0..]^T Psi, Z^T read through strides.
         simd::gemm(ni, d, B, simd::Operand{ws.z.data() + i0, 1, m, simd::kPanel * m},
-                   simd::Operand{psi, d}, simd::Output{ws.dvs.data() + i0 * d, d}, false);
+                   simd::panel_operand(ws.packed_psi.data(), B),
+                   simd::Output{ws.dvs.data() + i0 * d, d}, false);
       } else {
         ws.dvs.middleRows(i0, ni).noalias() = ws.z.middleCols(i0, ni).transpose() * Psi;
       }

@@ -44,7 +44,7 @@ struct SampledSoftmaxOptions {
 /// Scratch of sampled_softmax_forward_backward, reused across batches.
 struct SampledSoftmaxWorkspace {
   RowMatrixXf vs;                  // gathered rows of the shared draws (m x d)
-  RowMatrixXf vs_t;                // their transpose (d x m), for the AVX2 kernel
+  std::vector<float> packed_vs_t, packed_vs, packed_psi;  // panel-major kernel operands
   std::vector<float> bs;           // their bias
   std::vector<float> shared_offset;  // log(m Q(s_i)) of the shared draws
   RowMatrixXf z;                   // B x m logits, then dL/dz

@@ -245,4 +245,15 @@ void row_dots(const float*, index_t, index_t, index_t, const float*, float*) {
 }
 #endif
 
+void pack_panels(const float* src, index_t rows, index_t cols, index_t row_stride,
+                 index_t col_stride, float* dst) {
+  for (index_t p = 0; p < cols / kPanel; ++p) {
+    float* out = dst + p * rows * kPanel;
+    const float* in = src + p * kPanel * col_stride;
+    for (index_t r = 0; r < rows; ++r) {
+      for (index_t l = 0; l < kPanel; ++l) out[r * kPanel + l] = in[r * row_stride + l * col_stride];
+    }
+  }
+}
+
 }  // namespace fastsoftmax::simd

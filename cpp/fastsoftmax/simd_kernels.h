@@ -38,6 +38,18 @@ struct Output {
   index_t panel_stride = kPanel;
 };
 
+/// Copies a rows x cols matrix (element (r, l) at src[r * row_stride + l * col_stride]; cols a
+/// multiple of 16) into panel-major order in dst (rows * cols floats): panel p is the contiguous
+/// rows x 16 block dst[p * rows * 16 ..]. As gemm's B operand (panel_operand) it streams without
+/// the cache-set conflicts of a power-of-two row stride. Portable code (no AVX2 needed).
+void pack_panels(const float* src, index_t rows, index_t cols, index_t row_stride,
+                 index_t col_stride, float* dst);
+
+/// The Operand of a rows x cols matrix packed by pack_panels.
+inline Operand panel_operand(const float* packed, index_t rows) {
+  return Operand{packed, kPanel, 1, rows * kPanel};
+}
+
 /// C = A B (accumulate == false) or C += A B for A (M x K), B (K x N), C (M x N), N a multiple
 /// of 16; B must have col_stride 1. Each C(i, l) is one sequential FMA chain over
 /// k = 0..K-1 (then + C(i, l) when accumulating): the result does not depend on how a caller
