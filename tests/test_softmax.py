@@ -81,6 +81,30 @@ def test_loss_and_gradients_match_reference(pooling, loss, item_bias):
         np.testing.assert_allclose(g, ref_grads[name], atol=2e-5 * scale + 1e-9, err_msg=name)
 
 
+@pytest.mark.parametrize("loss", ["full", "positives"])
+def test_wide_layers_match_reference(loss):
+    """Layer widths that are multiples of 16 take the AVX2 kernels (where the CPU has them) with
+    panel-packed operands; the tower input (3 dense + 16 + 8 columns) leaves a remainder of 8
+    input-gradient columns on the portable path; 150 rows make several row tasks per layer."""
+    feats, targets = make_problem(n_rows=150, seed=6)
+    model = build(
+        feats,
+        targets,
+        hidden=(32, 16),
+        dim=16,
+        embedding_dim={"c": 16, "h": 8},
+        loss=loss,
+        batch_size=150,
+    )
+    params = model.parameters
+    ref_loss, ref_grads = softmax_dnn(params, feats, targets, loss=loss)
+    assert model.loss(feats, targets) == pytest.approx(ref_loss, rel=1e-5)
+    grads = model.gradients(feats, targets)
+    for name, g in grads.items():
+        scale = np.abs(ref_grads[name]).max()
+        np.testing.assert_allclose(g, ref_grads[name], atol=2e-5 * scale + 1e-9, err_msg=name)
+
+
 @pytest.mark.parametrize("portable", [False, True])
 @pytest.mark.parametrize("buffer_bytes", [None, 0])
 @pytest.mark.parametrize(("n_rows", "dim"), [(10, 6), (37, 16)])
