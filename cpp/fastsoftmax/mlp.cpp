@@ -21,6 +21,7 @@ Mlp::Mlp(const std::vector<index_t>& sizes) : sizes_(sizes) {
   if (sizes.size() < 2) throw_invalid("sizes: expected at least 2 layer sizes, got ", sizes.size());
   for (const index_t s : sizes) {
     if (s < 1) throw_invalid("sizes: expected every layer size >= 1, got ", s);
+    max_width_ = std::max(max_width_, s);
   }
   for (std::size_t l = 0; l + 1 < sizes.size(); ++l) {
     weights.emplace_back(sizes[l], sizes[l + 1]);
@@ -76,6 +77,15 @@ void Mlp::backward(Workspace& ws, std::vector<RowMatrixXf>& dW, std::vector<RowM
   const index_t B = ws.rows;
   const index_t L = num_layers();
   const bool avx = simd::avx2_fma_available();
+  // dH of each layer also in panel order (the weight-gradient kernel's B operand), double
+  // buffered: layer l reads packed_dh[(l + 1) % 2] while its input-gradient tasks fill
+  // packed_dh[l % 2] for layer l - 1.
+  auto packs_dh = [&](index_t layer) { return avx && sizes_[layer + 1] % simd::kPanel == 0; };
+  for (auto& buf : ws.packed_dh) buf.resize(static_cast<std::size_t>(B * max_width_));
+  if (packs_dh(L - 1)) {
+    simd::pack_panels(ws.grads[L].data(), B, sizes_[L], sizes_[L], 1,
+                      ws.packed_dh[L % 2].data());
+  }
   for (index_t l = L - 1; l >= 0; --l) {
     // dH: gradient w.r.t. the pre-activation of layer l's output (ReLU already applied to it by
     // the previous iteration's input-gradient tasks).
@@ -86,7 +96,10 @@ void Mlp::backward(Workspace& ws, std::vector<RowMatrixXf>& dW, std::vector<RowM
     // column block of A^T and a column block of dH over all B rows.
     const index_t dw_row_tiles = (in_dim + kColChunk - 1) / kColChunk;
     const index_t dw_tasks = dw_row_tiles * ((out_dim + kColChunk - 1) / kColChunk);
-    const bool fast_dw = out_dim % simd::kPanel == 0 && avx;
+    const bool fast_dw = packs_dh(l);
+    const float* pdh = ws.packed_dh[(l + 1) % 2].data();
+    const bool pack_next = l > 0 && packs_dh(l - 1);
+    float* next_pdh = ws.packed_dh[l % 2].data();
     // Input gradient dA = dH W^T, only for columns [c_from, in_dim) (layer 0: the caller's
     // input_grad_from; hidden layers: all), then the ReLU of the layer below applied row by row.
     const index_t c_from = l == 0 ? std::min(input_grad_from, in_dim) : 0;
@@ -110,7 +123,7 @@ void Mlp::backward(Workspace& ws, std::vector<RowMatrixXf>& dW, std::vector<RowM
         if (fast_dw) {
           // dW[r0.., c0..] += A[:, r0..]^T dH[:, c0..], A^T read through strides.
           simd::gemm(h, w, B, simd::Operand{A.data() + r0, 1, in_dim, simd::kPanel * in_dim},
-                     simd::Operand{dH.data() + c0, out_dim},
+                     simd::panel_operand(pdh + c0 * B, B),
                      simd::Output{dW[l].data() + r0 * out_dim + c0, out_dim}, true);
         } else {
           dW[l].block(r0, c0, h, w).noalias() +=
@@ -134,6 +147,13 @@ void Mlp::backward(Workspace& ws, std::vector<RowMatrixXf>& dW, std::vector<RowM
         // ReLU of layer l - 1: acts[l] = max(h, 0), so dh = dact where acts[l] > 0.
         auto g = dA.middleRows(r0, nr);
         g = (A.middleRows(r0, nr).array() > 0.0f).select(g, 0.0f);
+        if (pack_next) {
+          // These rows of the next layer's dH, into their place in each panel.
+          for (index_t p = 0; p < in_dim / simd::kPanel; ++p) {
+            simd::pack_panels(dA.data() + r0 * in_dim + p * simd::kPanel, nr, simd::kPanel, in_dim,
+                              1, next_pdh + p * B * simd::kPanel + r0 * simd::kPanel);
+          }
+        }
       }
     });
   }

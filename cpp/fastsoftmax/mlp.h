@@ -32,6 +32,7 @@ class Mlp {
     void resize(const Mlp& mlp, index_t B);
     index_t rows = 0;
     std::vector<float> packed;  // scratch: a weight matrix (or its transpose) in panel order
+    std::vector<float> packed_dh[2];  // scratch: output gradients in panel order (backward)
   };
 
   /// acts[1..L] from acts[0] for the first `B` rows.
@@ -49,6 +50,7 @@ class Mlp {
 
  private:
   std::vector<index_t> sizes_;
+  index_t max_width_ = 0;  // the widest layer
 };
 
 }  // namespace fastsoftmax
