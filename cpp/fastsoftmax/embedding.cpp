@@ -314,6 +314,27 @@ void Parameter::apply_row_gradient(BagGradient& grad, const OptimizerConfig& con
   });
 }
 
+namespace {
+
+// Calls fn(k, k1, id, c_k, g) for every entry k (k < k1, the bag's end) of bag rows[b], b in
+// [b0, b1), in order: grad[id] += c_k * g with g = dout[b]. Bags with a zero scale add nothing.
+template <class Fn>
+void for_each_bag_entry(const BagsView& bags, const index_t* rows, index_t b0, index_t b1,
+                        Pooling pooling, const float* dout, index_t dout_stride, const Fn& fn) {
+  for (index_t b = b0; b < b1; ++b) {
+    const index_t r = rows[b];
+    const float scale = bag_scale(bags, r, pooling);
+    if (scale == 0.0f) continue;
+    const float* g = dout + b * dout_stride;
+    const index_t k1 = bags.indptr[r + 1];
+    for (index_t k = bags.indptr[r]; k < k1; ++k) {
+      fn(k, k1, bags.indices[k], (bags.weights ? bags.weights[k] : 1.0f) * scale, g);
+    }
+  }
+}
+
+}  // namespace
+
 void BagGradient::build(const BagsView& bags, const index_t* rows, index_t B, Pooling pooling,
                         const float* dout, index_t dout_stride, index_t vocab, index_t cols,
                         int num_threads) {
@@ -328,19 +349,14 @@ void BagGradient::build(const BagsView& bags, const index_t* rows, index_t B, Po
       part.clear_slots();
       part.reset_shared(slots_.data(), cols);
     }
-    for (index_t b = 0; b < B; ++b) {
-      const index_t r = rows[b];
-      const float scale = bag_scale(bags, r, pooling);
-      if (scale == 0.0f) continue;
-      const float* g = dout + b * dout_stride;
-      const index_t k1 = bags.indptr[r + 1];
-      for (index_t k = bags.indptr[r]; k < k1; ++k) {
-        if (k + kPrefetchRows < k1) parts_[0].prefetch(bags.indices[k + kPrefetchRows]);
-        const index_t id = bags.indices[k];
-        parts_[static_cast<std::size_t>(part_of(id))].add(
-            id, (bags.weights ? bags.weights[k] : 1.0f) * scale, g);
-      }
-    }
+    for_each_bag_entry(bags, rows, 0, B, pooling, dout, dout_stride,
+                       [&](index_t k, index_t k1, index_t id, float c, const float* g) {
+                         // Ids of a bag are contiguous: prefetch the slot of a later id.
+                         if (k + kPrefetchRows < k1) {
+                           parts_[0].prefetch(bags.indices[k + kPrefetchRows]);
+                         }
+                         parts_[static_cast<std::size_t>(part_of(id))].add(id, c, g);
+                       });
     return;
   }
   if (static_cast<index_t>(staged_.size()) < n_chunks * kParts) {
@@ -350,17 +366,11 @@ void BagGradient::build(const BagsView& bags, const index_t* rows, index_t B, Po
   parallel_for(n_chunks, num_threads, [&](std::int64_t t, int) {
     std::vector<Entry>* out = staged_.data() + t * kParts;
     for (int q = 0; q < kParts; ++q) out[q].clear();
-    const index_t b1 = std::min(B, (t + 1) * kChunkRows);
-    for (index_t b = t * kChunkRows; b < b1; ++b) {
-      const index_t r = rows[b];
-      const float scale = bag_scale(bags, r, pooling);
-      if (scale == 0.0f) continue;
-      const float* g = dout + b * dout_stride;
-      for (index_t k = bags.indptr[r]; k < bags.indptr[r + 1]; ++k) {
-        const index_t id = bags.indices[k];
-        out[part_of(id)].push_back(Entry{id, (bags.weights ? bags.weights[k] : 1.0f) * scale, g});
-      }
-    }
+    for_each_bag_entry(bags, rows, t * kChunkRows, std::min(B, (t + 1) * kChunkRows), pooling,
+                       dout, dout_stride,
+                       [&](index_t, index_t, index_t id, float c, const float* g) {
+                         out[part_of(id)].push_back(Entry{id, c, g});
+                       });
   });
   // Collect: each class takes its entries chunk by chunk (the serial order of contributions).
   parallel_for(kParts, num_threads, [&](std::int64_t q, int) {
@@ -402,22 +412,6 @@ void Parameter::apply_row_gradient(RowGradient& grad, const OptimizerConfig& con
 void embed_categorical_backward(const index_t* ids, const index_t* rows, index_t B,
                                 const float* dout, index_t dout_stride, RowGradient* grad) {
   for (index_t b = 0; b < B; ++b) grad->add(ids[rows[b]], 1.0f, dout + b * dout_stride);
-}
-
-void embed_bags_backward(const BagsView& bags, const index_t* rows, index_t B, Pooling pooling,
-                         const float* dout, index_t dout_stride, RowGradient* grad) {
-  for (index_t b = 0; b < B; ++b) {
-    const index_t r = rows[b];
-    const float scale = bag_scale(bags, r, pooling);
-    if (scale == 0.0f) continue;
-    const index_t k1 = bags.indptr[r + 1];
-    for (index_t k = bags.indptr[r]; k < k1; ++k) {
-      // Ids of a bag are contiguous: prefetch the slot of a later id of this bag.
-      if (k + kPrefetchRows < k1) grad->prefetch(bags.indices[k + kPrefetchRows]);
-      const float c = (bags.weights ? bags.weights[k] : 1.0f) * scale;
-      grad->add(bags.indices[k], c, dout + b * dout_stride);
-    }
-  }
 }
 
 }  // namespace fastsoftmax

@@ -175,7 +175,7 @@ class BagGradient {
   static constexpr int kParts = 16;
   static constexpr index_t kChunkRows = 32;
 
-  /// grad[id_k] += c_k * dout[b] for every entry of bag rows[b] (as embed_bags_backward).
+  /// Backward of embed_bags: grad[id_k] += c_k * dout[b] for every entry of bag rows[b].
   void build(const BagsView& bags, const index_t* rows, index_t B, Pooling pooling,
              const float* dout, index_t dout_stride, index_t vocab, index_t cols,
              int num_threads);
@@ -197,9 +197,5 @@ class BagGradient {
 /// Backward of embed_categorical: grad[ids[rows[b]]] += dout[b].
 void embed_categorical_backward(const index_t* ids, const index_t* rows, index_t B,
                                 const float* dout, index_t dout_stride, RowGradient* grad);
-
-/// Backward of embed_bags: grad[id_k] += c_k * dout[b] for every entry of bag rows[b].
-void embed_bags_backward(const BagsView& bags, const index_t* rows, index_t B, Pooling pooling,
-                         const float* dout, index_t dout_stride, RowGradient* grad);
 
 }  // namespace fastsoftmax
