@@ -62,7 +62,7 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
   // Shared draws whose count and dimension are multiples of 16 take the AVX2 kernel for the three
   // B x m x d products (each output element one FMA chain: independent of the task split).
   const bool fast = shared && m > 0 && m % simd::kPanel == 0 && d % simd::kPanel == 0 &&
-                    !options.portable_kernel && simd::avx2_fma_available();
+                    simd::avx2_fma_available();
   ws.z.resize(B, m);
   ws.pos_z.resize(nnz);
   ws.row_loss.assign(B, 0.0);
@@ -91,7 +91,8 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
       const index_t b0 = task * kRowsPerTask, nb = std::min(kRowsPerTask, B - b0);
       auto Zb = ws.z.middleRows(b0, nb);
       if (fast) {
-        simd::gemm(nb, m, d, simd::Operand{psi + b0 * d, d}, simd::panel_operand(ws.packed_vs_t.data(), d),
+        simd::gemm(nb, m, d, simd::Operand{psi + b0 * d, d},
+                   simd::panel_operand(ws.packed_vs_t.data(), d),
                    simd::Output{ws.z.data() + b0 * m, m}, false);
       } else {
         Zb.noalias() = Psi.middleRows(b0, nb) * ws.vs.transpose();
@@ -122,7 +123,9 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
   if (logq && shared && !has_owner) {
     const double log_m = m > 0 ? std::log(static_cast<double>(m)) : 0.0;
     ws.shared_offset.resize(m);
-    for (index_t i = 0; i < m; ++i) ws.shared_offset[i] = static_cast<float>(log_m + draws.log_q[i]);
+    for (index_t i = 0; i < m; ++i) {
+      ws.shared_offset[i] = static_cast<float>(log_m + draws.log_q[i]);
+    }
   }
   ws.exp_scratch.resize(threads_for(n_tasks(B, kRowsPerTask), num_threads));
   for (auto& e : ws.exp_scratch) e.resize(m);
@@ -277,8 +280,9 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
     parallel_for(n_tasks(B, kRowsPerTask), num_threads, [&](std::int64_t task, int) {
       const index_t b0 = task * kRowsPerTask, nb = std::min(kRowsPerTask, B - b0);
       if (fast) {
-        simd::gemm(nb, d, m, simd::Operand{ws.z.data() + b0 * m, m}, simd::panel_operand(ws.packed_vs.data(), m),
-                   simd::Output{dpsi + b0 * d, d}, true);
+        simd::gemm(nb, d, m, simd::Operand{ws.z.data() + b0 * m, m},
+                   simd::panel_operand(ws.packed_vs.data(), m), simd::Output{dpsi + b0 * d, d},
+                   true);
       } else {
         MapRowMatrixXf dP(dpsi + b0 * d, nb, d);
         dP.noalias() += ws.z.middleRows(b0, nb) * ws.vs;

@@ -38,7 +38,6 @@ struct SampledSoftmaxOptions {
   bool logq_correction = true;
   bool remove_accidental_hits = true;
   double gravity = 0.0;  // gamma >= 0
-  bool portable_kernel = false;  // true: Eigen products only (tests compare both paths)
 };
 
 /// Scratch of sampled_softmax_forward_backward, reused across batches.

@@ -251,7 +251,9 @@ void pack_panels(const float* src, index_t rows, index_t cols, index_t row_strid
     float* out = dst + p * rows * kPanel;
     const float* in = src + p * kPanel * col_stride;
     for (index_t r = 0; r < rows; ++r) {
-      for (index_t l = 0; l < kPanel; ++l) out[r * kPanel + l] = in[r * row_stride + l * col_stride];
+      for (index_t l = 0; l < kPanel; ++l) {
+        out[r * kPanel + l] = in[r * row_stride + l * col_stride];
+      }
     }
   }
 }
