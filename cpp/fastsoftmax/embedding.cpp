@@ -17,7 +17,7 @@ namespace {
 
 // Elements per parallel task of an element-wise update (fixed, not thread dependent; element
 // updates are independent anyway).
-constexpr index_t kUpdateChunk = 1 << 15;
+constexpr index_t kUpdateChunk = 1 << 13;
 // Rows per parallel task of a lookup.
 constexpr index_t kLookupRows = 64;
 // Table rows prefetched ahead of use in random row reads and updates.
@@ -136,6 +136,13 @@ void Parameter::apply_rows(const index_t* rows, index_t k_rows, const float* gra
   parallel_for(n_tasks, num_threads, [&](std::int64_t t, int) {
     const index_t end = std::min(k_rows, (t + 1) * rows_per_task);
     for (index_t i = t * rows_per_task; i < end; ++i) {
+      if (i + kPrefetchRows < end) {  // random rows of a large table: fetch them ahead
+        const index_t ahead = rows[i + kPrefetchRows] * c;
+        for (index_t x = 0; x < c; x += 16) {
+          __builtin_prefetch(p + ahead + x, 1);
+          if (s1) __builtin_prefetch(s1 + ahead + x, 1);
+        }
+      }
       const index_t off = rows[i] * c;
       update_span(config.kind, k, p + off, grad + i * c, s1 ? s1 + off : nullptr,
                   s2 ? s2 + off : nullptr, c);

@@ -71,9 +71,14 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
   if (shared) {
     ws.vs.resize(m, d);
     ws.bs.assign(m, 0.0f);
-    parallel_for(n_tasks(m, 256), num_threads, [&](std::int64_t task, int) {
-      const index_t i1 = std::min(m, (task + 1) * 256);
-      for (index_t i = task * 256; i < i1; ++i) {
+    constexpr index_t kGatherRows = 64, kAhead = 8;
+    parallel_for(n_tasks(m, kGatherRows), num_threads, [&](std::int64_t task, int) {
+      const index_t i1 = std::min(m, (task + 1) * kGatherRows);
+      for (index_t i = task * kGatherRows; i < i1; ++i) {
+        if (i + kAhead < i1) {  // random rows of the item table: fetch them ahead
+          const float* ahead = items + draws.ids[i + kAhead] * d;
+          for (index_t x = 0; x < d; x += 16) __builtin_prefetch(ahead + x);
+        }
         const index_t j = draws.ids[i];
         std::copy_n(items + j * d, d, ws.vs.data() + i * d);
         if (bias != nullptr) ws.bs[i] = bias[j];
