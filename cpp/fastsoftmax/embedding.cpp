@@ -105,35 +105,66 @@ void Parameter::reset_state(const OptimizerConfig& config) {
   if (config.kind == OptimizerKind::kAdam) allocate_zeroed(state2, rows(), cols());
 }
 
-void Parameter::apply_dense(const float* grad, const OptimizerConfig& config, int num_threads) {
-  if (config.kind != OptimizerKind::kSgd && state1.size() != value.size()) reset_state(config);
-  ++step;
-  const StepConstants k = step_constants(config, step);
-  const index_t total = value.size();
-  const index_t n_tasks = (total + kUpdateChunk - 1) / kUpdateChunk;
-  float* p = value.data();
-  float* s1 = state1.data();
-  float* s2 = state2.data();
-  parallel_for(n_tasks, num_threads, [&](std::int64_t t, int) {
-    const index_t begin = t * kUpdateChunk;
-    const index_t count = std::min(kUpdateChunk, total - begin);
-    update_span(config.kind, k, p + begin, grad + begin, s1 ? s1 + begin : nullptr,
-                s2 ? s2 + begin : nullptr, count);
+void run_update_jobs(const std::vector<UpdateJob>& jobs, int num_threads) {
+  std::int64_t total = 0;
+  index_t scratch = 0;
+  for (const UpdateJob& j : jobs) {
+    total += j.n_tasks;
+    scratch = std::max(scratch, j.scratch_floats);
+  }
+  parallel_for(total, num_threads, [&](std::int64_t task, int) {
+    // Per-thread scratch, kept across calls (no allocation in steady state).
+    thread_local std::vector<float> buf;
+    if (static_cast<index_t>(buf.size()) < scratch) buf.resize(static_cast<std::size_t>(scratch));
+    std::size_t j = 0;
+    while (task >= jobs[j].n_tasks) task -= jobs[j++].n_tasks;
+    jobs[j].run(task, buf.data());
   });
 }
 
-void Parameter::apply_rows(const index_t* rows, index_t k_rows, const float* grad,
-                           const OptimizerConfig& config, int num_threads) {
-  if (config.kind != OptimizerKind::kSgd && state1.size() != value.size()) reset_state(config);
-  ++step;
-  const StepConstants k = step_constants(config, step);
+namespace {
+
+// The optimiser bookkeeping of one step: state allocated for `config` if needed, step counted.
+StepConstants begin_step(Parameter& p, const OptimizerConfig& config) {
+  if (config.kind != OptimizerKind::kSgd && p.state1.size() != p.value.size()) {
+    p.reset_state(config);
+  }
+  ++p.step;
+  return step_constants(config, p.step);
+}
+
+}  // namespace
+
+UpdateJob Parameter::dense_step(const float* grad, const OptimizerConfig& config) {
+  const StepConstants k = begin_step(*this, config);
+  const index_t total = value.size();
+  float* p = value.data();
+  float* s1 = state1.size() > 0 ? state1.data() : nullptr;
+  float* s2 = state2.size() > 0 ? state2.data() : nullptr;
+  const OptimizerKind kind = config.kind;
+  UpdateJob job;
+  job.n_tasks = (total + kUpdateChunk - 1) / kUpdateChunk;
+  job.run = [=](std::int64_t t, float*) {
+    const index_t begin = t * kUpdateChunk;
+    const index_t count = std::min(kUpdateChunk, total - begin);
+    update_span(kind, k, p + begin, grad + begin, s1 ? s1 + begin : nullptr,
+                s2 ? s2 + begin : nullptr, count);
+  };
+  return job;
+}
+
+UpdateJob Parameter::rows_step(const index_t* rows, index_t k_rows, const float* grad,
+                               const OptimizerConfig& config) {
+  const StepConstants k = begin_step(*this, config);
   const index_t c = cols();
   const index_t rows_per_task = std::max<index_t>(1, kUpdateChunk / std::max<index_t>(c, 1));
-  const index_t n_tasks = (k_rows + rows_per_task - 1) / rows_per_task;
   float* p = value.data();
-  float* s1 = state1.data();
-  float* s2 = state2.data();
-  parallel_for(n_tasks, num_threads, [&](std::int64_t t, int) {
+  float* s1 = state1.size() > 0 ? state1.data() : nullptr;
+  float* s2 = state2.size() > 0 ? state2.data() : nullptr;
+  const OptimizerKind kind = config.kind;
+  UpdateJob job;
+  job.n_tasks = (k_rows + rows_per_task - 1) / rows_per_task;
+  job.run = [=](std::int64_t t, float*) {
     const index_t end = std::min(k_rows, (t + 1) * rows_per_task);
     for (index_t i = t * rows_per_task; i < end; ++i) {
       if (i + kPrefetchRows < end) {  // random rows of a large table: fetch them ahead
@@ -144,10 +175,11 @@ void Parameter::apply_rows(const index_t* rows, index_t k_rows, const float* gra
         }
       }
       const index_t off = rows[i] * c;
-      update_span(config.kind, k, p + off, grad + i * c, s1 ? s1 + off : nullptr,
+      update_span(kind, k, p + off, grad + i * c, s1 ? s1 + off : nullptr,
                   s2 ? s2 + off : nullptr, c);
     }
-  });
+  };
+  return job;
 }
 
 void embed_categorical(const RowMatrixXf& table, const index_t* ids, const index_t* rows, index_t B,
@@ -302,23 +334,24 @@ void update_grouped_rows(OptimizerKind kind, const StepConstants& k, float* p, f
 
 }  // namespace
 
-void Parameter::apply_row_gradient(BagGradient& grad, const OptimizerConfig& config,
-                                   int num_threads) {
-  if (config.kind != OptimizerKind::kSgd && state1.size() != value.size()) reset_state(config);
-  ++step;
-  const StepConstants k = step_constants(config, step);
+UpdateJob Parameter::bag_gradient_step(BagGradient& grad, const OptimizerConfig& config) {
+  const StepConstants k = begin_step(*this, config);
   const index_t c = cols();
   float* p = value.data();
   float* s1 = state1.size() > 0 ? state1.data() : nullptr;
   float* s2 = state2.size() > 0 ? state2.data() : nullptr;
-  scratch_.resize(static_cast<std::size_t>(threads_for(BagGradient::kParts, num_threads)));
-  for (auto& s : scratch_) s.resize(static_cast<std::size_t>(c));
-  parallel_for(BagGradient::kParts, num_threads, [&](std::int64_t t, int slot) {
-    RowGradient& part = grad.part(static_cast<int>(t));
+  const OptimizerKind kind = config.kind;
+  BagGradient* g = &grad;
+  UpdateJob job;
+  job.n_tasks = BagGradient::kParts;
+  job.scratch_floats = c;
+  job.run = [=](std::int64_t t, float* scratch) {
+    g->collect(static_cast<int>(t));
+    RowGradient& part = g->part(static_cast<int>(t));
     part.group();
-    update_grouped_rows(config.kind, k, p, s1, s2, c, part, 0, part.size(),
-                        scratch_[slot].data());
-  });
+    update_grouped_rows(kind, k, p, s1, s2, c, part, 0, part.size(), scratch);
+  };
+  return job;
 }
 
 namespace {
@@ -342,78 +375,72 @@ void for_each_bag_entry(const BagsView& bags, const index_t* rows, index_t b0, i
 
 }  // namespace
 
-void BagGradient::build(const BagsView& bags, const index_t* rows, index_t B, Pooling pooling,
-                        const float* dout, index_t dout_stride, index_t vocab, index_t cols,
-                        int num_threads) {
+void BagGradient::begin(const BagsView& bags, const index_t* rows, index_t B, Pooling pooling,
+                        const float* dout, index_t dout_stride, index_t vocab, index_t cols) {
   if (static_cast<index_t>(slots_.size()) != vocab) {
     slots_.assign(static_cast<std::size_t>(vocab), -1);
     parts_.assign(kParts, RowGradient{});
   }
-  const index_t n_chunks = (B + kChunkRows - 1) / kChunkRows;
-  if (threads_for(n_chunks, num_threads) == 1) {
-    // One thread: the contributions go straight to their classes, in the same order.
-    for (auto& part : parts_) {
-      part.clear_slots();
-      part.reset_shared(slots_.data(), cols);
-    }
-    for_each_bag_entry(bags, rows, 0, B, pooling, dout, dout_stride,
-                       [&](index_t k, index_t k1, index_t id, float c, const float* g) {
-                         // Ids of a bag are contiguous: prefetch the slot of a later id.
-                         if (k + kPrefetchRows < k1) {
-                           parts_[0].prefetch(bags.indices[k + kPrefetchRows]);
-                         }
-                         parts_[static_cast<std::size_t>(part_of(id))].add(id, c, g);
-                       });
-    return;
+  n_chunks_ = (B + kChunkRows - 1) / kChunkRows;
+  if (static_cast<index_t>(staged_.size()) < n_chunks_ * kParts) {
+    staged_.resize(static_cast<std::size_t>(n_chunks_ * kParts));
   }
-  if (static_cast<index_t>(staged_.size()) < n_chunks * kParts) {
-    staged_.resize(static_cast<std::size_t>(n_chunks * kParts));
-  }
-  // Stage: each chunk of batch rows sorts its entries into the id classes, in entry order.
-  parallel_for(n_chunks, num_threads, [&](std::int64_t t, int) {
+  bags_ = bags;
+  rows_ = rows;
+  batch_ = B;
+  pooling_ = pooling;
+  dout_ = dout;
+  dout_stride_ = dout_stride;
+  cols_ = cols;
+}
+
+void BagGradient::stage(index_t b0, index_t b1) {
+  // Each chunk of batch rows sorts its entries into the id classes, in entry order.
+  for (index_t t = b0 / kChunkRows; t * kChunkRows < b1; ++t) {
     std::vector<Entry>* out = staged_.data() + t * kParts;
     for (int q = 0; q < kParts; ++q) out[q].clear();
-    for_each_bag_entry(bags, rows, t * kChunkRows, std::min(B, (t + 1) * kChunkRows), pooling,
-                       dout, dout_stride,
+    for_each_bag_entry(bags_, rows_, t * kChunkRows, std::min(batch_, (t + 1) * kChunkRows),
+                       pooling_, dout_, dout_stride_,
                        [&](index_t, index_t, index_t id, float c, const float* g) {
                          out[part_of(id)].push_back(Entry{id, c, g});
                        });
-  });
-  // Collect: each class takes its entries chunk by chunk (the serial order of contributions).
-  parallel_for(kParts, num_threads, [&](std::int64_t q, int) {
-    RowGradient& part = parts_[static_cast<std::size_t>(q)];
-    part.clear_slots();
-    part.reset_shared(slots_.data(), cols);
-    for (index_t t = 0; t < n_chunks; ++t) {
-      const std::vector<Entry>& in = staged_[static_cast<std::size_t>(t * kParts + q)];
-      const std::size_t n = in.size();
-      for (std::size_t e = 0; e < n; ++e) {
-        if (e + kPrefetchRows < n) part.prefetch(in[e + kPrefetchRows].id);
-        part.add(in[e].id, in[e].coef, in[e].g);
-      }
-    }
-  });
+  }
 }
 
-void Parameter::apply_row_gradient(RowGradient& grad, const OptimizerConfig& config,
-                                   int num_threads) {
-  if (config.kind != OptimizerKind::kSgd && state1.size() != value.size()) reset_state(config);
-  ++step;
+void BagGradient::collect(int q) {
+  // Part q takes its entries chunk by chunk: the serial order of contributions.
+  RowGradient& part = parts_[static_cast<std::size_t>(q)];
+  part.clear_slots();
+  part.reset_shared(slots_.data(), cols_);
+  for (index_t t = 0; t < n_chunks_; ++t) {
+    const std::vector<Entry>& in = staged_[static_cast<std::size_t>(t * kParts + q)];
+    const std::size_t n = in.size();
+    for (std::size_t e = 0; e < n; ++e) {
+      if (e + kPrefetchRows < n) part.prefetch(in[e + kPrefetchRows].id);
+      part.add(in[e].id, in[e].coef, in[e].g);
+    }
+  }
+}
+
+UpdateJob Parameter::row_gradient_step(RowGradient& grad, const OptimizerConfig& config) {
+  const StepConstants k = begin_step(*this, config);
   grad.group();
-  const StepConstants k = step_constants(config, step);
   const index_t c = cols();
   const index_t k_rows = grad.size();
-  const index_t n_tasks = (k_rows + RowGradient::kRowsPerTask - 1) / RowGradient::kRowsPerTask;
   float* p = value.data();
   float* s1 = state1.size() > 0 ? state1.data() : nullptr;
   float* s2 = state2.size() > 0 ? state2.data() : nullptr;
-  scratch_.resize(static_cast<std::size_t>(threads_for(n_tasks, num_threads)));
-  for (auto& s : scratch_) s.resize(static_cast<std::size_t>(c));
-  parallel_for(n_tasks, num_threads, [&](std::int64_t t, int slot) {
+  const OptimizerKind kind = config.kind;
+  const RowGradient* g = &grad;
+  UpdateJob job;
+  job.n_tasks = (k_rows + RowGradient::kRowsPerTask - 1) / RowGradient::kRowsPerTask;
+  job.scratch_floats = c;
+  job.run = [=](std::int64_t t, float* scratch) {
     const index_t begin = t * RowGradient::kRowsPerTask;
     const index_t end = std::min(k_rows, begin + RowGradient::kRowsPerTask);
-    update_grouped_rows(config.kind, k, p, s1, s2, c, grad, begin, end, scratch_[slot].data());
-  });
+    update_grouped_rows(kind, k, p, s1, s2, c, *g, begin, end, scratch);
+  };
+  return job;
 }
 
 void embed_categorical_backward(const index_t* ids, const index_t* rows, index_t B,

@@ -17,6 +17,7 @@
 //   zero normaliser) gives the zero vector.
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "fastsoftmax/common.h"
@@ -46,6 +47,20 @@ class BagGradient;
 /// read and updated at random, and 4 KiB pages would make nearly every row a TLB miss.
 void allocate_zeroed(RowMatrixXf& m, index_t rows, index_t cols);
 
+/// One optimiser step of a parameter split into fixed tasks, so that the steps of several
+/// parameters can share one parallel region (run_update_jobs). run(task, scratch) updates the
+/// task's elements; scratch holds at least scratch_floats floats private to the running thread.
+/// The step's bookkeeping (state allocation, step counter) is done when the job is made.
+struct UpdateJob {
+  std::int64_t n_tasks = 0;
+  index_t scratch_floats = 0;
+  std::function<void(std::int64_t task, float* scratch)> run;
+};
+
+/// Runs the jobs' tasks in one parallel region (jobs' tasks in the given order). Element updates
+/// are independent, so the results do not depend on the thread count or the order.
+void run_update_jobs(const std::vector<UpdateJob>& jobs, int num_threads);
+
 class Parameter {
  public:
   Parameter() = default;
@@ -58,28 +73,25 @@ class Parameter {
   void reset_state(const OptimizerConfig& config);
 
   /// One step with a dense gradient of the same shape as value (row-major, contiguous).
-  void apply_dense(const float* grad, const OptimizerConfig& config, int num_threads);
+  UpdateJob dense_step(const float* grad, const OptimizerConfig& config);
 
   /// One lazy step on rows[0..k) with gradient rows grad[i * cols .. (i+1) * cols) (row ids
   /// unique). Other rows and their state are untouched.
-  void apply_rows(const index_t* rows, index_t k, const float* grad, const OptimizerConfig& config,
-                  int num_threads);
+  UpdateJob rows_step(const index_t* rows, index_t k, const float* grad,
+                      const OptimizerConfig& config);
 
-  /// Same as materialising `grad` and calling apply_rows on its rows, without the intermediate
-  /// gradient buffer (each row is summed into per-thread scratch, then updated).
-  void apply_row_gradient(RowGradient& grad, const OptimizerConfig& config, int num_threads);
+  /// Same as materialising `grad` and a rows_step on its rows, without the intermediate gradient
+  /// buffer (each row is summed into the task's scratch, then updated). Groups `grad` now.
+  UpdateJob row_gradient_step(RowGradient& grad, const OptimizerConfig& config);
 
-  /// The same for a BagGradient: one step over the rows of all its parts, parts in parallel.
-  void apply_row_gradient(BagGradient& grad, const OptimizerConfig& config, int num_threads);
+  /// The same for a BagGradient (after its rows are staged): one task per part, which collects,
+  /// groups and applies that part.
+  UpdateJob bag_gradient_step(BagGradient& grad, const OptimizerConfig& config);
 
   RowMatrixXf value;
   RowMatrixXf state1;  // Adagrad: sum of squares; Adam: first moment
   RowMatrixXf state2;  // Adam: second moment
   std::int64_t step = 0;
-
- private:
-
-  std::vector<std::vector<float>> scratch_;  // per thread slot: one gradient row
 };
 
 enum class Pooling { kMean, kSum, kSqrtN };
@@ -175,10 +187,17 @@ class BagGradient {
   static constexpr int kParts = 16;
   static constexpr index_t kChunkRows = 32;
 
-  /// Backward of embed_bags: grad[id_k] += c_k * dout[b] for every entry of bag rows[b].
-  void build(const BagsView& bags, const index_t* rows, index_t B, Pooling pooling,
-             const float* dout, index_t dout_stride, index_t vocab, index_t cols,
-             int num_threads);
+  /// Starts the gradient of a batch, the backward of embed_bags: grad[id_k] += c_k * dout[b] for
+  /// every entry of bag rows[b], b < B. The arguments' arrays must stay valid until the parts are
+  /// collected.
+  void begin(const BagsView& bags, const index_t* rows, index_t B, Pooling pooling,
+             const float* dout, index_t dout_stride, index_t vocab, index_t cols);
+  /// Stages the entries of batch rows [b0, b1) (b0 a multiple of kChunkRows, b1 one too or B)
+  /// once their rows of dout are final. Disjoint ranges may be staged concurrently.
+  void stage(index_t b0, index_t b1);
+  /// Part p takes its staged entries, chunk by chunk (after every row is staged). Different
+  /// parts may be collected concurrently.
+  void collect(int p);
   RowGradient& part(int p) { return parts_[static_cast<std::size_t>(p)]; }
   /// The class of an id: blocks of 8 consecutive ids (one cache line of slots) per class.
   static int part_of(index_t id) { return static_cast<int>((id >> 3) & (kParts - 1)); }
@@ -192,6 +211,11 @@ class BagGradient {
   std::vector<std::int64_t> slots_;
   std::vector<RowGradient> parts_;
   std::vector<std::vector<Entry>> staged_;  // chunk * kParts + part
+  BagsView bags_;
+  const index_t* rows_ = nullptr;
+  index_t batch_ = 0, n_chunks_ = 0, cols_ = 0, dout_stride_ = 0;
+  Pooling pooling_ = Pooling::kMean;
+  const float* dout_ = nullptr;
 };
 
 /// Backward of embed_categorical: grad[ids[rows[b]]] += dout[b].

@@ -7,14 +7,7 @@
 
 namespace fastsoftmax {
 namespace {
-constexpr index_t kRowChunk = 128;  // rows per task (forward, input gradient)
-constexpr index_t kGradRowChunk = 64;  // rows per input-gradient task
 constexpr index_t kColChunk = 64;  // rows and columns of a weight-gradient tile
-
-template <class M>
-auto rows_block(M& m, index_t r0, index_t B) {
-  return m.middleRows(r0, std::min(kRowChunk, B - r0));
-}
 }  // namespace
 
 Mlp::Mlp(const std::vector<index_t>& sizes) : sizes_(sizes) {
@@ -40,40 +33,47 @@ void Mlp::Workspace::resize(const Mlp& mlp, index_t B) {
   rows = B;
 }
 
-void Mlp::forward(Workspace& ws, int num_threads) const {
+void Mlp::forward(Workspace& ws, int num_threads, const RowRange& fill_input) const {
   const index_t B = ws.rows;
   const index_t L = num_layers();
-  const index_t n_tasks = (B + kRowChunk - 1) / kRowChunk;
+  const bool avx = simd::avx2_fma_available();
+  auto fast = [&](index_t l) { return avx && sizes_[l + 1] % simd::kPanel == 0; };
+  // Every layer's weights in panel order first: the B operand of all row chunks.
+  ws.packed_w.resize(static_cast<std::size_t>(L));
   for (index_t l = 0; l < L; ++l) {
+    if (!fast(l)) continue;
     const RowMatrixXf& W = weights[l].value;
-    const RowMatrixXf& b = biases[l].value;
-    const bool relu = l + 1 < L;
-    const RowMatrixXf& in = ws.acts[l];
-    RowMatrixXf& out = ws.acts[l + 1];
-    const index_t K = W.rows(), N = W.cols();
-    const bool fast = N % simd::kPanel == 0 && simd::avx2_fma_available();
-    if (fast) {
-      ws.packed.resize(static_cast<std::size_t>(K * N));
-      simd::pack_panels(W.data(), K, N, N, 1, ws.packed.data());
-    }
-    parallel_for(n_tasks, num_threads, [&](std::int64_t t, int) {
-      const index_t r0 = t * kRowChunk;
-      auto o = rows_block(out, r0, B);
-      if (fast) {
-        simd::gemm(o.rows(), N, K, simd::Operand{in.data() + r0 * K, K},
-                   simd::panel_operand(ws.packed.data(), K), simd::Output{out.data() + r0 * N, N},
-                   false);
-      } else {
-        o.noalias() = rows_block(in, r0, B) * W;
-      }
-      o.rowwise() += b.row(0);
-      if (relu) o = o.cwiseMax(0.0f);
-    });
+    auto& packed = ws.packed_w[static_cast<std::size_t>(l)];
+    packed.resize(static_cast<std::size_t>(W.size()));
+    simd::pack_panels(W.data(), W.rows(), W.cols(), W.cols(), 1, packed.data());
   }
+  // Rows are independent: each task takes its chunk of rows through all the layers.
+  const index_t n_tasks = (B + kForwardRows - 1) / kForwardRows;
+  parallel_for(n_tasks, num_threads, [&](std::int64_t t, int) {
+    const index_t r0 = t * kForwardRows, n = std::min(kForwardRows, B - r0);
+    if (fill_input) fill_input(r0, n);
+    for (index_t l = 0; l < L; ++l) {
+      const RowMatrixXf& W = weights[l].value;
+      const RowMatrixXf& in = ws.acts[l];
+      RowMatrixXf& out = ws.acts[l + 1];
+      const index_t K = W.rows(), N = W.cols();
+      auto o = out.middleRows(r0, n);
+      if (fast(l)) {
+        simd::gemm(n, N, K, simd::Operand{in.data() + r0 * K, K},
+                   simd::panel_operand(ws.packed_w[static_cast<std::size_t>(l)].data(), K),
+                   simd::Output{out.data() + r0 * N, N}, false);
+      } else {
+        o.noalias() = in.middleRows(r0, n) * W;
+      }
+      o.rowwise() += biases[l].value.row(0);
+      if (l + 1 < L) o = o.cwiseMax(0.0f);
+    }
+  });
 }
 
 void Mlp::backward(Workspace& ws, std::vector<RowMatrixXf>& dW, std::vector<RowMatrixXf>& db,
-                   int num_threads, index_t input_grad_from) const {
+                   int num_threads, index_t input_grad_from,
+                   const RowRange& input_grad_ready) const {
   const index_t B = ws.rows;
   const index_t L = num_layers();
   const bool avx = simd::avx2_fma_available();
@@ -105,7 +105,9 @@ void Mlp::backward(Workspace& ws, std::vector<RowMatrixXf>& dW, std::vector<RowM
     const index_t c_from = l == 0 ? std::min(input_grad_from, in_dim) : 0;
     const index_t da_cols = in_dim - c_from;
     const index_t da_fast_cols = avx ? da_cols / simd::kPanel * simd::kPanel : 0;
-    const index_t da_tasks = da_cols > 0 ? (B + kGradRowChunk - 1) / kGradRowChunk : 0;
+    const bool notify = l == 0 && input_grad_ready != nullptr;
+    const index_t da_tasks =
+        da_cols > 0 || notify ? (B + kInputGradRows - 1) / kInputGradRows : 0;
     const RowMatrixXf& W = weights[l].value;
     RowMatrixXf& dA = ws.grads[l];
     if (da_fast_cols > 0) {
@@ -132,7 +134,7 @@ void Mlp::backward(Workspace& ws, std::vector<RowMatrixXf>& dW, std::vector<RowM
         if (r0 == 0) db[l].middleCols(c0, w) += dH.middleCols(c0, w).colwise().sum();
         return;
       }
-      const index_t r0 = task * kGradRowChunk, nr = std::min(kGradRowChunk, B - r0);
+      const index_t r0 = task * kInputGradRows, nr = std::min(kInputGradRows, B - r0);
       if (da_fast_cols > 0) {
         simd::gemm(nr, da_fast_cols, out_dim, simd::Operand{dH.data() + r0 * out_dim, out_dim},
                    simd::panel_operand(ws.packed.data(), out_dim),
@@ -155,6 +157,7 @@ void Mlp::backward(Workspace& ws, std::vector<RowMatrixXf>& dW, std::vector<RowM
           }
         }
       }
+      if (notify) input_grad_ready(r0, nr);
     });
   }
 }

@@ -6,6 +6,7 @@
 // of rows (forward, input gradient) or tiles (weight gradient), so every output element
 // is computed by the same sequence of operations whatever the thread count.
 
+#include <functional>
 #include <vector>
 
 #include "fastsoftmax/common.h"
@@ -32,18 +33,31 @@ class Mlp {
     void resize(const Mlp& mlp, index_t B);
     index_t rows = 0;
     std::vector<float> packed;  // scratch: a weight matrix (or its transpose) in panel order
+    std::vector<std::vector<float>> packed_w;  // scratch: every layer's weights in panel order
     std::vector<float> packed_dh[2];  // scratch: output gradients in panel order (backward)
   };
 
-  /// acts[1..L] from acts[0] for the first `B` rows.
-  void forward(Workspace& ws, int num_threads) const;
+  /// Called from the parallel tasks with a range [r0, r0 + n) of the batch's rows.
+  using RowRange = std::function<void(index_t r0, index_t n)>;
+
+  /// acts[1..L] from acts[0] for the first `B` rows. The rows are split into fixed chunks, each
+  /// taken through every layer by one task; with `fill_input`, the task first fills its rows of
+  /// acts[0] by calling it (so the input lookups share the forward's parallel region).
+  void forward(Workspace& ws, int num_threads, const RowRange& fill_input = nullptr) const;
 
   /// Given dL/dpsi in ws.grads[L], back-propagates: writes columns [input_grad_from, input_dim)
   /// of ws.grads[0] (dL/dinput; the others are left as they are: inputs without parameters need
   /// no gradient) and ADDS the weight and bias gradients to dW[l] / db[l] (zero them first for a
-  /// fresh gradient). ws.grads[L] is read only.
+  /// fresh gradient). ws.grads[L] is read only. With `input_grad_ready`, it is called (from the
+  /// last layer's tasks) for every range of rows of ws.grads[0] once those rows are final; the
+  /// ranges are fixed chunks of kInputGradRows rows and cover all B rows.
   void backward(Workspace& ws, std::vector<RowMatrixXf>& dW, std::vector<RowMatrixXf>& db,
-                int num_threads, index_t input_grad_from = 0) const;
+                int num_threads, index_t input_grad_from = 0,
+                const RowRange& input_grad_ready = nullptr) const;
+
+  /// Rows per task of the forward and of the input gradient.
+  static constexpr index_t kForwardRows = 64;
+  static constexpr index_t kInputGradRows = 64;
 
   std::vector<Parameter> weights;  // in_l x out_l
   std::vector<Parameter> biases;   // 1 x out_l

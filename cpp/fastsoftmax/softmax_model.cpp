@@ -199,18 +199,21 @@ void SoftmaxModel::forward_tower(const FeaturesView& x, const index_t* rows, ind
   RowMatrixXf& X = ws_.acts[0];
   const index_t stride = X.cols();
   const index_t F = config_.features.n_dense;
-  for (index_t b = 0; b < B && F > 0; ++b) {
-    std::copy_n(x.dense + rows[b] * F, F, X.data() + b * stride);
-  }
-  for (std::size_t i = 0; i < categorical_tables_.size(); ++i) {
-    embed_categorical(categorical_tables_[i].value, x.categorical[i], rows, B,
-                      X.data() + offsets_cat_[i], stride, config_.num_threads);
-  }
-  for (std::size_t i = 0; i < bag_tables_.size(); ++i) {
-    embed_bags(bag_tables_[i].value, x.bags[i], rows, B, config_.pooling,
-               X.data() + offsets_bag_[i], stride, config_.num_threads);
-  }
-  mlp_.forward(ws_, config_.num_threads);
+  // Each forward task first assembles its rows of the tower input (on its own thread).
+  mlp_.forward(ws_, config_.num_threads, [&](index_t r0, index_t n) {
+    for (index_t b = r0; b < r0 + n && F > 0; ++b) {
+      std::copy_n(x.dense + rows[b] * F, F, X.data() + b * stride);
+    }
+    float* out = X.data() + r0 * stride;
+    for (std::size_t i = 0; i < categorical_tables_.size(); ++i) {
+      embed_categorical(categorical_tables_[i].value, x.categorical[i], rows + r0, n,
+                        out + offsets_cat_[i], stride, 1);
+    }
+    for (std::size_t i = 0; i < bag_tables_.size(); ++i) {
+      embed_bags(bag_tables_[i].value, x.bags[i], rows + r0, n, config_.pooling,
+                 out + offsets_bag_[i], stride, 1);
+    }
+  });
 }
 
 TargetsView SoftmaxModel::gather_targets(const TargetsView& t, const index_t* rows, index_t B) {
@@ -234,18 +237,24 @@ TargetsView SoftmaxModel::gather_targets(const TargetsView& t, const index_t* ro
 }
 
 void SoftmaxModel::backward_tower(const FeaturesView& x, const index_t* rows, index_t B) {
-  // Dense features come first in the input and have no parameters: no gradient for them.
-  mlp_.backward(ws_, dW_, db_, config_.num_threads, config_.features.n_dense);
   const RowMatrixXf& dX = ws_.grads[0];
+  for (std::size_t i = 0; i < bag_tables_.size(); ++i) {
+    bag_grads_[i].begin(x.bags[i], rows, B, config_.pooling, dX.data() + offsets_bag_[i],
+                        dX.cols(), bag_tables_[i].rows(), bag_tables_[i].cols());
+  }
+  // Dense features come first in the input and have no parameters: no gradient for them. The
+  // bag gradients stage their entries as soon as the tasks have their rows of dX.
+  Mlp::RowRange stage = nullptr;
+  if (!bag_tables_.empty()) {
+    stage = [&](index_t r0, index_t n) {
+      for (auto& g : bag_grads_) g.stage(r0, r0 + n);
+    };
+  }
+  mlp_.backward(ws_, dW_, db_, config_.num_threads, config_.features.n_dense, stage);
   for (std::size_t i = 0; i < categorical_tables_.size(); ++i) {
     cat_grads_[i].reset(categorical_tables_[i].rows(), categorical_tables_[i].cols());
     embed_categorical_backward(x.categorical[i], rows, B, dX.data() + offsets_cat_[i], dX.cols(),
                                &cat_grads_[i]);
-  }
-  for (std::size_t i = 0; i < bag_tables_.size(); ++i) {
-    bag_grads_[i].build(x.bags[i], rows, B, config_.pooling, dX.data() + offsets_bag_[i],
-                        dX.cols(), bag_tables_[i].rows(), bag_tables_[i].cols(),
-                        config_.num_threads);
   }
 }
 
@@ -286,28 +295,34 @@ double SoftmaxModel::fit_epoch(const FeaturesView& x, const TargetsView& targets
     for (auto& g : dW_) g.setZero();
     for (auto& g : db_) g.setZero();
     backward_tower(x, rows, B);
-    // Optimiser steps.
-    for (index_t l = 0; l < mlp_.num_layers(); ++l) {
-      mlp_.weights[l].apply_dense(dW_[l].data(), opt, threads);
-      mlp_.biases[l].apply_dense(db_[l].data(), opt, threads);
-    }
-    for (std::size_t i = 0; i < categorical_tables_.size(); ++i) {
-      categorical_tables_[i].apply_row_gradient(cat_grads_[i], opt, threads);
-    }
+    // Optimiser steps of every parameter in one parallel region: the bag tables' parts (each
+    // collects its staged gradient first) and the item rows, then the smaller ones.
+    update_jobs_.clear();
     for (std::size_t i = 0; i < bag_tables_.size(); ++i) {
-      bag_tables_[i].apply_row_gradient(bag_grads_[i], opt, threads);
+      update_jobs_.push_back(bag_tables_[i].bag_gradient_step(bag_grads_[i], opt));
     }
     if (item_grad_.kind == ItemGradient::Kind::kDense) {
-      items_.apply_dense(item_grad_.dense_weights.data(), opt, threads);
-      if (config_.item_bias) item_bias_.apply_dense(item_grad_.dense_bias.data(), opt, threads);
+      update_jobs_.push_back(items_.dense_step(item_grad_.dense_weights.data(), opt));
+      if (config_.item_bias) {
+        update_jobs_.push_back(item_bias_.dense_step(item_grad_.dense_bias.data(), opt));
+      }
     } else {
       const index_t k = static_cast<index_t>(item_grad_.rows.size());
-      items_.apply_rows(item_grad_.rows.data(), k, item_grad_.sparse_weights.data(), opt, threads);
+      update_jobs_.push_back(
+          items_.rows_step(item_grad_.rows.data(), k, item_grad_.sparse_weights.data(), opt));
       if (config_.item_bias) {
-        item_bias_.apply_rows(item_grad_.rows.data(), k, item_grad_.sparse_bias.data(), opt,
-                              threads);
+        update_jobs_.push_back(
+            item_bias_.rows_step(item_grad_.rows.data(), k, item_grad_.sparse_bias.data(), opt));
       }
     }
+    for (index_t l = 0; l < mlp_.num_layers(); ++l) {
+      update_jobs_.push_back(mlp_.weights[l].dense_step(dW_[l].data(), opt));
+      update_jobs_.push_back(mlp_.biases[l].dense_step(db_[l].data(), opt));
+    }
+    for (std::size_t i = 0; i < categorical_tables_.size(); ++i) {
+      update_jobs_.push_back(categorical_tables_[i].row_gradient_step(cat_grads_[i], opt));
+    }
+    run_update_jobs(update_jobs_, threads);
     ++steps_;
   }
   return N > 0 ? total / static_cast<double>(N) : 0.0;
@@ -373,6 +388,8 @@ double SoftmaxModel::evaluate(const FeaturesView& x, const TargetsView& targets,
     for (auto& rg : cat_grads_) scatter(rg, (*gradients)[g++]);
     for (auto& bg : bag_grads_) {
       RowMatrixXf& out = (*gradients)[g++];
+      parallel_for(BagGradient::kParts, config_.num_threads,
+                   [&](std::int64_t q, int) { bg.collect(static_cast<int>(q)); });
       for (int q = 0; q < BagGradient::kParts; ++q) scatter(bg.part(q), out);
     }
     RowMatrixXf& gv = (*gradients)[g++];

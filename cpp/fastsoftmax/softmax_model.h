@@ -130,6 +130,7 @@ class SoftmaxModel {
   std::vector<RowMatrixXf> dW_, db_;
   std::vector<RowGradient> cat_grads_;
   std::vector<BagGradient> bag_grads_;
+  std::vector<UpdateJob> update_jobs_;
   ItemGradient item_grad_;
   std::vector<index_t> perm_;
   std::vector<index_t> batch_indptr_, batch_indices_;
