@@ -67,14 +67,21 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
   ws.pos_z.resize(nnz);
   ws.row_loss.assign(B, 0.0);
 
-  // ---- Logits of the draws.
+  // ---- Gather the shared draws' rows (and, for the kernel, pack them in panel order: V_S^T
+  // (d x m) for Z and V_S (m x d) for dL/dpsi; each task packs its own draws' panel columns/rows).
+  constexpr index_t kGatherRows = 64;  // a multiple of the panel width
   if (shared) {
     ws.vs.resize(m, d);
     ws.bs.assign(m, 0.0f);
-    constexpr index_t kGatherRows = 64, kAhead = 8;
+    if (fast) {
+      ws.packed_vs_t.resize(static_cast<std::size_t>(d * m));
+      ws.packed_vs.resize(static_cast<std::size_t>(m * d));
+      if (grad) ws.packed_psi.resize(static_cast<std::size_t>(B * d));
+    }
+    constexpr index_t kAhead = 8;
     parallel_for(n_tasks(m, kGatherRows), num_threads, [&](std::int64_t task, int) {
-      const index_t i1 = std::min(m, (task + 1) * kGatherRows);
-      for (index_t i = task * kGatherRows; i < i1; ++i) {
+      const index_t i0 = task * kGatherRows, i1 = std::min(m, i0 + kGatherRows);
+      for (index_t i = i0; i < i1; ++i) {
         if (i + kAhead < i1) {  // random rows of the item table: fetch them ahead
           const float* ahead = items + draws.ids[i + kAhead] * d;
           for (index_t x = 0; x < d; x += 16) __builtin_prefetch(ahead + x);
@@ -83,17 +90,77 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
         std::copy_n(items + j * d, d, ws.vs.data() + i * d);
         if (bias != nullptr) ws.bs[i] = bias[j];
       }
+      if (fast) {
+        simd::pack_panels(ws.vs.data() + i0 * d, d, i1 - i0, 1, d,
+                          ws.packed_vs_t.data() + i0 * d);
+        for (index_t q = 0; q < d / simd::kPanel; ++q) {
+          simd::pack_panels(ws.vs.data() + i0 * d + q * simd::kPanel, i1 - i0, simd::kPanel, d, 1,
+                            ws.packed_vs.data() + q * m * simd::kPanel + i0 * simd::kPanel);
+        }
+      }
     });
-    if (fast) {
-      // The kernel's B operands in panel-major order: V_S^T (d x m) for Z, V_S (m x d) for
-      // dL/dpsi, psi (B x d) for dL/dV_S.
-      ws.packed_vs_t.resize(static_cast<std::size_t>(d * m));
-      simd::pack_panels(ws.vs.data(), d, m, 1, d, ws.packed_vs_t.data());
-      ws.packed_vs.resize(static_cast<std::size_t>(m * d));
-      simd::pack_panels(ws.vs.data(), m, d, d, 1, ws.packed_vs.data());
+    // (id, column) pairs sorted by id, to find each positive's accidental hits.
+    ws.sorted.resize(m);
+    for (index_t i = 0; i < m; ++i) ws.sorted[i] = {draws.ids[i], i};
+    std::sort(ws.sorted.begin(), ws.sorted.end());
+  }
+  // Shared draws without in-batch owners: every row has m_b = m, so the logQ offsets
+  // log(m Q(s_i)) are the same for all rows (computed once, as each row would).
+  if (logq && shared && !has_owner) {
+    const double log_m = m > 0 ? std::log(static_cast<double>(m)) : 0.0;
+    ws.shared_offset.resize(m);
+    for (index_t i = 0; i < m; ++i) {
+      ws.shared_offset[i] = static_cast<float>(log_m + draws.log_q[i]);
     }
-    parallel_for(n_tasks(B, kRowsPerTask), num_threads, [&](std::int64_t task, int) {
-      const index_t b0 = task * kRowsPerTask, nb = std::min(kRowsPerTask, B - b0);
+  }
+
+  // ---- Gravity on the draws: Gram_items = sum_s w_s v_s v_s^T, w_s = 1 / (D n Q(s)).
+  // Shared: all m draws (D = m). Per query: the draws of row 0 (each row's draws are an unbiased
+  // sample on their own; using one row keeps this O(m d^2)). Computed before the row pass, which
+  // adds the query side's gradient rows.
+  std::vector<float> grav_w;
+  const RowMatrixXf* Vs = &ws.vs;
+  RowMatrixXf rows_s;
+  double gravity_loss = 0.0;
+  if (gamma > 0 && m > 0) {
+    const index_t D = m;
+    grav_w.resize(D);
+    for (index_t i = 0; i < D; ++i) {
+      grav_w[i] = static_cast<float>(std::exp(-static_cast<double>(draws.log_q[i])) /
+                                     (static_cast<double>(D) * static_cast<double>(n_items)));
+    }
+    if (!shared) {
+      rows_s.resize(D, d);
+      for (index_t i = 0; i < D; ++i) rows_s.row(i) = ConstMapRowMatrixXf(items + draws.ids[i] * d, 1, d);
+      Vs = &rows_s;
+    }
+    Eigen::Map<const Eigen::VectorXf> w(grav_w.data(), D);
+    ws.gram_items.noalias() = Vs->transpose() * (w.asDiagonal() * (*Vs));
+    // Query side over the rows that have positives.
+    index_t nonempty = 0;
+    for (index_t b = 0; b < B; ++b) nonempty += indptr[b + 1] > indptr[b];
+    if (nonempty == B) {
+      ws.gram_queries.noalias() = Psi.transpose() * Psi;
+    } else {
+      ws.gram_queries.setZero(d, d);
+      for (index_t b = 0; b < B; ++b) {
+        if (indptr[b + 1] > indptr[b]) ws.gram_queries.noalias() += Psi.row(b).transpose() * Psi.row(b);
+      }
+    }
+    gravity_loss = gamma * static_cast<double>((ws.gram_queries.array() * ws.gram_items.array()).sum());
+    if (grad) ws.grav_dpsi.noalias() = (static_cast<float>(2.0 * gamma) * scale) * (Psi * ws.gram_items);
+  }
+  const bool grav_rows = grad && !grav_w.empty();
+
+  // ---- Per chunk of rows, in one task: logits of the draws; corrections, masks, log-sum-exp,
+  // loss, dL/dz and dpsi from the positives (and the gravity rows); then dpsi += G V_S for shared
+  // draws, and the chunk's rows of psi packed for dL/dV_S.
+  ws.exp_scratch.resize(threads_for(n_tasks(B, kRowsPerTask), num_threads));
+  for (auto& e : ws.exp_scratch) e.resize(m);
+  parallel_for(n_tasks(B, kRowsPerTask), num_threads, [&](std::int64_t task, int slot) {
+    const index_t b0 = task * kRowsPerTask, nb = std::min(kRowsPerTask, B - b0);
+    const index_t b1 = b0 + nb;
+    if (shared) {
       auto Zb = ws.z.middleRows(b0, nb);
       if (fast) {
         simd::gemm(nb, m, d, simd::Operand{psi + b0 * d, d},
@@ -105,38 +172,15 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
       if (bias != nullptr) {
         Zb.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(ws.bs.data(), m);
       }
-    });
-    // (id, column) pairs sorted by id, to find each positive's accidental hits.
-    ws.sorted.resize(m);
-    for (index_t i = 0; i < m; ++i) ws.sorted[i] = {draws.ids[i], i};
-    std::sort(ws.sorted.begin(), ws.sorted.end());
-  } else {
-    parallel_for(n_tasks(B, kRowsPerTask), num_threads, [&](std::int64_t task, int) {
-      const index_t b1 = std::min(B, (task + 1) * kRowsPerTask);
-      for (index_t b = task * kRowsPerTask; b < b1; ++b) {
+    } else {
+      for (index_t b = b0; b < b1; ++b) {
         const index_t* ids = draws.ids.data() + b * m;
         for (index_t i = 0; i < m; ++i) {
           ws.z(b, i) = dot(psi + b * d, items + ids[i] * d, d) + (bias ? bias[ids[i]] : 0.0f);
         }
       }
-    });
-  }
-
-  // ---- Per row: corrections, masks, log-sum-exp, loss, dL/dz, and dpsi from the positives.
-  // Shared draws without in-batch owners: every row has m_b = m, so the logQ offsets
-  // log(m Q(s_i)) are the same for all rows (computed once, as each row would).
-  if (logq && shared && !has_owner) {
-    const double log_m = m > 0 ? std::log(static_cast<double>(m)) : 0.0;
-    ws.shared_offset.resize(m);
-    for (index_t i = 0; i < m; ++i) {
-      ws.shared_offset[i] = static_cast<float>(log_m + draws.log_q[i]);
     }
-  }
-  ws.exp_scratch.resize(threads_for(n_tasks(B, kRowsPerTask), num_threads));
-  for (auto& e : ws.exp_scratch) e.resize(m);
-  parallel_for(n_tasks(B, kRowsPerTask), num_threads, [&](std::int64_t task, int slot) {
-    const index_t b1 = std::min(B, (task + 1) * kRowsPerTask);
-    for (index_t b = task * kRowsPerTask; b < b1; ++b) {
+    for (index_t b = b0; b < b1; ++b) {
       float* zrow = ws.z.data() + b * m;
       const index_t k0 = indptr[b], k1 = indptr[b + 1];
       if (grad) Eigen::Map<Eigen::RowVectorXf>(dpsi + b * d, d).setZero();
@@ -230,75 +274,37 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
           }
         }
       }
+      if (grav_rows) g += ws.grav_dpsi.row(b);
+    }
+    if (!grad || !shared || m == 0) return;
+    // dpsi += G V_S for the chunk's rows.
+    if (fast) {
+      simd::gemm(nb, d, m, simd::Operand{ws.z.data() + b0 * m, m},
+                 simd::panel_operand(ws.packed_vs.data(), m), simd::Output{dpsi + b0 * d, d},
+                 true);
+      for (index_t q = 0; q < d / simd::kPanel; ++q) {
+        simd::pack_panels(psi + b0 * d + q * simd::kPanel, nb, simd::kPanel, d, 1,
+                          ws.packed_psi.data() + q * B * simd::kPanel + b0 * simd::kPanel);
+      }
+    } else {
+      MapRowMatrixXf dP(dpsi + b0 * d, nb, d);
+      dP.noalias() += ws.z.middleRows(b0, nb) * ws.vs;
     }
   });
   double total = 0.0;
   for (index_t b = 0; b < B; ++b) total += ws.row_loss[b];
-
-  // ---- Gravity on the draws: Gram_items = sum_s w_s v_s v_s^T, w_s = 1 / (D n Q(s)).
-  // Shared: all m draws (D = m). Per query: the draws of row 0 (each row's draws are an unbiased
-  // sample on their own; using one row keeps this O(m d^2)).
-  std::vector<float> grav_w;
-  if (gamma > 0 && m > 0) {
-    const index_t D = m;
-    grav_w.resize(D);
-    for (index_t i = 0; i < D; ++i) {
-      grav_w[i] = static_cast<float>(std::exp(-static_cast<double>(draws.log_q[i])) /
-                                     (static_cast<double>(D) * static_cast<double>(n_items)));
-    }
-    RowMatrixXf rows_s;
-    const RowMatrixXf* Vs = &ws.vs;
-    if (!shared) {
-      rows_s.resize(D, d);
-      for (index_t i = 0; i < D; ++i) rows_s.row(i) = ConstMapRowMatrixXf(items + draws.ids[i] * d, 1, d);
-      Vs = &rows_s;
-    }
-    Eigen::Map<const Eigen::VectorXf> w(grav_w.data(), D);
-    ws.gram_items.noalias() = Vs->transpose() * (w.asDiagonal() * (*Vs));
-    // Query side over the rows that have positives.
-    index_t nonempty = 0;
-    for (index_t b = 0; b < B; ++b) nonempty += indptr[b + 1] > indptr[b];
-    if (nonempty == B) {
-      ws.gram_queries.noalias() = Psi.transpose() * Psi;
-    } else {
-      ws.gram_queries.setZero(d, d);
-      for (index_t b = 0; b < B; ++b) {
-        if (indptr[b + 1] > indptr[b]) ws.gram_queries.noalias() += Psi.row(b).transpose() * Psi.row(b);
-      }
-    }
-    total += gamma * static_cast<double>((ws.gram_queries.array() * ws.gram_items.array()).sum());
-    if (grad) {
-      const float c = static_cast<float>(2.0 * gamma) * scale;
-      MapRowMatrixXf dP(dpsi, B, d);
-      ws.tmp.noalias() = c * (Psi * ws.gram_items);
-      for (index_t b = 0; b < B; ++b) {
-        if (indptr[b + 1] > indptr[b]) dP.row(b) += ws.tmp.row(b);
-      }
-      // Item side: d/dv_s = 2 gamma scale w_s (Psi^T Psi) v_s, one row per draw (kept in ws.tmp).
-      ws.tmp.noalias() = c * (w.asDiagonal() * ((*Vs) * ws.gram_queries));
-    }
-  }
+  total += gravity_loss;
   if (!grad) return total;
+  if (!grav_w.empty()) {
+    // Item side of gravity: d/dv_s = 2 gamma scale w_s (Psi^T Psi) v_s, one row per draw.
+    Eigen::Map<const Eigen::VectorXf> w(grav_w.data(), m);
+    ws.tmp.noalias() = (static_cast<float>(2.0 * gamma) * scale) * (w.asDiagonal() * ((*Vs) * ws.gram_queries));
+  }
 
-  // ---- Shared draws: dpsi += G V_S, dV_S = G^T Psi, bias: column sums of G.
+  // ---- Shared draws: dV_S = G^T Psi, bias: column sums of G.
   if (shared && m > 0) {
-    parallel_for(n_tasks(B, kRowsPerTask), num_threads, [&](std::int64_t task, int) {
-      const index_t b0 = task * kRowsPerTask, nb = std::min(kRowsPerTask, B - b0);
-      if (fast) {
-        simd::gemm(nb, d, m, simd::Operand{ws.z.data() + b0 * m, m},
-                   simd::panel_operand(ws.packed_vs.data(), m), simd::Output{dpsi + b0 * d, d},
-                   true);
-      } else {
-        MapRowMatrixXf dP(dpsi + b0 * d, nb, d);
-        dP.noalias() += ws.z.middleRows(b0, nb) * ws.vs;
-      }
-    });
     ws.dvs.resize(m, d);
     ws.dbs.assign(m, 0.0f);
-    if (fast) {
-      ws.packed_psi.resize(static_cast<std::size_t>(B * d));
-      simd::pack_panels(psi, B, d, d, 1, ws.packed_psi.data());
-    }
     parallel_for(n_tasks(m, kColsPerTask), num_threads, [&](std::int64_t task, int) {
       const index_t i0 = task * kColsPerTask, ni = std::min(kColsPerTask, m - i0);
       if (fast) {

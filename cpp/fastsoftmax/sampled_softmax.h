@@ -54,7 +54,7 @@ struct SampledSoftmaxWorkspace {
   std::vector<float> dbs;          // m
   std::vector<index_t> keys;       // candidate ids, sorted unique
   std::vector<index_t> slot;       // slot of each contribution
-  RowMatrixXf gram_items, gram_queries, tmp;
+  RowMatrixXf gram_items, gram_queries, tmp, grav_dpsi;
   std::vector<Eigen::ArrayXf> exp_scratch;  // per thread slot, m entries
 };
 
