@@ -81,12 +81,11 @@ Pooling parse_pooling(const std::string& name) {
   throw_invalid("pooling: expected one of 'mean', 'sum', 'sqrtn', got '", name, "'");
 }
 
-void allocate_zeroed(RowMatrixXf& m, index_t rows, index_t cols) {
-  m.resize(rows, cols);
+void advise_huge_pages(void* data, std::size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr std::uintptr_t kHugePage = std::uintptr_t{2} << 20;
-  const std::uintptr_t start = reinterpret_cast<std::uintptr_t>(m.data());
-  const std::uintptr_t stop = start + static_cast<std::uintptr_t>(m.size()) * sizeof(float);
+  const std::uintptr_t start = reinterpret_cast<std::uintptr_t>(data);
+  const std::uintptr_t stop = start + bytes;
   const std::uintptr_t begin = (start + kHugePage - 1) & ~(kHugePage - 1);
   const std::uintptr_t end = stop & ~(kHugePage - 1);
   // Only a hint (before the first touch, so the pages are faulted in huge); failure is harmless.
@@ -94,6 +93,11 @@ void allocate_zeroed(RowMatrixXf& m, index_t rows, index_t cols) {
     madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
   }
 #endif
+}
+
+void allocate_zeroed(RowMatrixXf& m, index_t rows, index_t cols) {
+  m.resize(rows, cols);
+  advise_huge_pages(m.data(), static_cast<std::size_t>(m.size()) * sizeof(float));
   m.setZero();
 }
 
@@ -258,7 +262,7 @@ void RowGradient::reset(index_t vocab, index_t cols) {
   cols_ = cols;
 }
 
-void RowGradient::reset_shared(std::int64_t* slots, index_t cols) {
+void RowGradient::reset_shared(std::int32_t* slots, index_t cols) {
   slot_ = slots;
   rows_.clear();
   contrib_.clear();
@@ -378,8 +382,18 @@ void for_each_bag_entry(const BagsView& bags, const index_t* rows, index_t b0, i
 void BagGradient::begin(const BagsView& bags, const index_t* rows, index_t B, Pooling pooling,
                         const float* dout, index_t dout_stride, index_t vocab, index_t cols) {
   if (static_cast<index_t>(slots_.size()) != vocab) {
+    // Read at random by id: huge pages when the OS supports them (advised before the first touch).
+    std::vector<std::int32_t>().swap(slots_);
+    slots_.reserve(static_cast<std::size_t>(vocab));
+    advise_huge_pages(slots_.data(), static_cast<std::size_t>(vocab) * sizeof(std::int32_t));
     slots_.assign(static_cast<std::size_t>(vocab), -1);
     parts_.assign(kParts, RowGradient{});
+  }
+  // Slots are 32-bit: at most 2^31 - 1 contributions per batch (far beyond any real batch).
+  index_t entries = 0;
+  for (index_t b = 0; b < B; ++b) entries += bags.indptr[rows[b] + 1] - bags.indptr[rows[b]];
+  if (entries >= (index_t{1} << 31)) {
+    throw_invalid("bags: expected fewer than 2^31 ids in one batch, got ", entries);
   }
   n_chunks_ = (B + kChunkRows - 1) / kChunkRows;
   if (static_cast<index_t>(staged_.size()) < n_chunks_ * kParts) {
@@ -445,6 +459,7 @@ UpdateJob Parameter::row_gradient_step(RowGradient& grad, const OptimizerConfig&
 
 void embed_categorical_backward(const index_t* ids, const index_t* rows, index_t B,
                                 const float* dout, index_t dout_stride, RowGradient* grad) {
+  if (B >= (index_t{1} << 31)) throw_invalid("batch: expected fewer than 2^31 rows, got ", B);
   for (index_t b = 0; b < B; ++b) grad->add(ids[rows[b]], 1.0f, dout + b * dout_stride);
 }
 

@@ -47,6 +47,10 @@ class BagGradient;
 /// read and updated at random, and 4 KiB pages would make nearly every row a TLB miss.
 void allocate_zeroed(RowMatrixXf& m, index_t rows, index_t cols);
 
+/// Advises transparent huge pages for the whole 2 MiB pages inside [data, data + bytes) (a hint,
+/// effective for pages not yet touched; nothing happens on other systems or for small buffers).
+void advise_huge_pages(void* data, std::size_t bytes);
+
 /// One optimiser step of a parameter split into fixed tasks, so that the steps of several
 /// parameters can share one parallel region (run_update_jobs). run(task, scratch) updates the
 /// task's elements; scratch holds at least scratch_floats floats private to the running thread.
@@ -126,13 +130,13 @@ class RowGradient {
   /// Like reset, but slots are looked up in `slots` (vocab entries, -1 where untouched), an
   /// array shared by several RowGradients that receive disjoint ids (see BagGradient). This
   /// instance's entries there must already be back at -1 (clear_slots()).
-  void reset_shared(std::int64_t* slots, index_t cols);
+  void reset_shared(std::int32_t* slots, index_t cols);
   /// Sets this instance's entries of its slot array back to -1.
   void clear_slots();
   void add(index_t id, float coef, const float* g) {
-    std::int64_t s = slot_[id];
+    std::int32_t s = slot_[id];
     if (s < 0) {
-      s = static_cast<std::int64_t>(rows_.size());
+      s = static_cast<std::int32_t>(rows_.size());
       slot_[id] = s;
       rows_.push_back(id);
     }
@@ -161,13 +165,15 @@ class RowGradient {
 
  private:
   struct Contribution {
-    std::int64_t slot;
+    std::int32_t slot;
     float coef;
     const float* g;
   };
   index_t cols_ = 0;
-  std::vector<std::int64_t> own_slots_;  // vocab entries, -1 when untouched (unless shared)
-  std::int64_t* slot_ = nullptr;         // own_slots_.data() or the shared array
+  // Slot of each id: vocab entries, -1 when untouched (32-bit: a batch has far fewer than 2^31
+  // distinct rows, and half the bytes of a random-access array as large as the vocabulary).
+  std::vector<std::int32_t> own_slots_;  // unless shared
+  std::int32_t* slot_ = nullptr;         // own_slots_.data() or the shared array
   std::vector<index_t> rows_;
   std::vector<Contribution> contrib_;
   std::vector<index_t> begin_;  // size() + 1 offsets into coef_ / src_
@@ -208,7 +214,7 @@ class BagGradient {
     float coef;
     const float* g;
   };
-  std::vector<std::int64_t> slots_;
+  std::vector<std::int32_t> slots_;  // huge-page advised when large
   std::vector<RowGradient> parts_;
   std::vector<std::vector<Entry>> staged_;  // chunk * kParts + part
   BagsView bags_;
