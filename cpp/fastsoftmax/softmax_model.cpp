@@ -243,7 +243,8 @@ void SoftmaxModel::backward_tower(const FeaturesView& x, const index_t* rows, in
                         dX.cols(), bag_tables_[i].rows(), bag_tables_[i].cols());
   }
   // Dense features come first in the input and have no parameters: no gradient for them. The
-  // bag gradients stage their entries as soon as the tasks have their rows of dX.
+  // bag gradients stage their entries as soon as the tasks have their rows of dX (whole chunks).
+  static_assert(Mlp::kInputGradRows % BagGradient::kChunkRows == 0);
   Mlp::RowRange stage = nullptr;
   if (!bag_tables_.empty()) {
     stage = [&](index_t r0, index_t n) {
