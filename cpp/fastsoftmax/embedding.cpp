@@ -128,59 +128,65 @@ void run_update_jobs(const std::vector<UpdateJob>& jobs, int num_threads) {
 
 namespace {
 
-// The optimiser bookkeeping of one step: state allocated for `config` if needed, step counted.
-StepConstants begin_step(Parameter& p, const OptimizerConfig& config) {
-  if (config.kind != OptimizerKind::kSgd && p.state1.size() != p.value.size()) {
-    p.reset_state(config);
+// What one step updates: the parameter's arrays and the step's constants.
+struct StepTarget {
+  OptimizerKind kind;
+  StepConstants k;
+  float* p;
+  float* s1;  // nullptr when the optimiser has no such state
+  float* s2;
+  // The element-wise update of elements [off, off + count) with gradient g[0..count).
+  void update(index_t off, const float* g, index_t count) const {
+    update_span(kind, k, p + off, g, s1 ? s1 + off : nullptr, s2 ? s2 + off : nullptr, count);
   }
-  ++p.step;
-  return step_constants(config, p.step);
+  // Prefetches `count` elements from off (value and first state) for writing.
+  void prefetch(index_t off, index_t count) const {
+    for (index_t x = 0; x < count; x += 16) {
+      __builtin_prefetch(p + off + x, 1);
+      if (s1) __builtin_prefetch(s1 + off + x, 1);
+    }
+  }
+};
+
+// The optimiser bookkeeping of one step (state allocated for `config` if needed, step counted)
+// and its target.
+StepTarget begin_step(Parameter& param, const OptimizerConfig& config) {
+  if (config.kind != OptimizerKind::kSgd && param.state1.size() != param.value.size()) {
+    param.reset_state(config);
+  }
+  ++param.step;
+  return StepTarget{config.kind, step_constants(config, param.step), param.value.data(),
+                    param.state1.size() > 0 ? param.state1.data() : nullptr,
+                    param.state2.size() > 0 ? param.state2.data() : nullptr};
 }
 
 }  // namespace
 
 UpdateJob Parameter::dense_step(const float* grad, const OptimizerConfig& config) {
-  const StepConstants k = begin_step(*this, config);
+  const StepTarget target = begin_step(*this, config);
   const index_t total = value.size();
-  float* p = value.data();
-  float* s1 = state1.size() > 0 ? state1.data() : nullptr;
-  float* s2 = state2.size() > 0 ? state2.data() : nullptr;
-  const OptimizerKind kind = config.kind;
   UpdateJob job;
   job.n_tasks = (total + kUpdateChunk - 1) / kUpdateChunk;
   job.run = [=](std::int64_t t, float*) {
     const index_t begin = t * kUpdateChunk;
-    const index_t count = std::min(kUpdateChunk, total - begin);
-    update_span(kind, k, p + begin, grad + begin, s1 ? s1 + begin : nullptr,
-                s2 ? s2 + begin : nullptr, count);
+    target.update(begin, grad + begin, std::min(kUpdateChunk, total - begin));
   };
   return job;
 }
 
 UpdateJob Parameter::rows_step(const index_t* rows, index_t k_rows, const float* grad,
                                const OptimizerConfig& config) {
-  const StepConstants k = begin_step(*this, config);
+  const StepTarget target = begin_step(*this, config);
   const index_t c = cols();
   const index_t rows_per_task = std::max<index_t>(1, kUpdateChunk / std::max<index_t>(c, 1));
-  float* p = value.data();
-  float* s1 = state1.size() > 0 ? state1.data() : nullptr;
-  float* s2 = state2.size() > 0 ? state2.data() : nullptr;
-  const OptimizerKind kind = config.kind;
   UpdateJob job;
   job.n_tasks = (k_rows + rows_per_task - 1) / rows_per_task;
   job.run = [=](std::int64_t t, float*) {
     const index_t end = std::min(k_rows, (t + 1) * rows_per_task);
     for (index_t i = t * rows_per_task; i < end; ++i) {
-      if (i + kPrefetchRows < end) {  // random rows of a large table: fetch them ahead
-        const index_t ahead = rows[i + kPrefetchRows] * c;
-        for (index_t x = 0; x < c; x += 16) {
-          __builtin_prefetch(p + ahead + x, 1);
-          if (s1) __builtin_prefetch(s1 + ahead + x, 1);
-        }
-      }
-      const index_t off = rows[i] * c;
-      update_span(kind, k, p + off, grad + i * c, s1 ? s1 + off : nullptr,
-                  s2 ? s2 + off : nullptr, c);
+      // Random rows of a large table: fetch them ahead.
+      if (i + kPrefetchRows < end) target.prefetch(rows[i + kPrefetchRows] * c, c);
+      target.update(rows[i] * c, grad + i * c, c);
     }
   };
   return job;
@@ -318,33 +324,21 @@ namespace {
 
 // Sums rows [begin, end) of the grouped `grad` one at a time into `g` (cols floats) and applies
 // the update to the table rows they belong to, prefetching the rows kPrefetchRows ahead.
-void update_grouped_rows(OptimizerKind kind, const StepConstants& k, float* p, float* s1,
-                         float* s2, index_t c, const RowGradient& grad, index_t begin,
-                         index_t end, float* g) {
+void update_grouped_rows(const StepTarget& target, index_t c, const RowGradient& grad,
+                         index_t begin, index_t end, float* g) {
   const index_t* rows = grad.rows().data();
   for (index_t i = begin; i < end; ++i) {
-    if (i + kPrefetchRows < end) {
-      const index_t ahead = rows[i + kPrefetchRows] * c;
-      for (index_t x = 0; x < c; x += 16) {
-        __builtin_prefetch(p + ahead + x, 1);
-        if (s1) __builtin_prefetch(s1 + ahead + x, 1);
-      }
-    }
+    if (i + kPrefetchRows < end) target.prefetch(rows[i + kPrefetchRows] * c, c);
     grad.sum_row(i, g);
-    const index_t off = rows[i] * c;
-    update_span(kind, k, p + off, g, s1 ? s1 + off : nullptr, s2 ? s2 + off : nullptr, c);
+    target.update(rows[i] * c, g, c);
   }
 }
 
 }  // namespace
 
 UpdateJob Parameter::bag_gradient_step(BagGradient& grad, const OptimizerConfig& config) {
-  const StepConstants k = begin_step(*this, config);
+  const StepTarget target = begin_step(*this, config);
   const index_t c = cols();
-  float* p = value.data();
-  float* s1 = state1.size() > 0 ? state1.data() : nullptr;
-  float* s2 = state2.size() > 0 ? state2.data() : nullptr;
-  const OptimizerKind kind = config.kind;
   BagGradient* g = &grad;
   UpdateJob job;
   job.n_tasks = BagGradient::kParts;
@@ -353,7 +347,7 @@ UpdateJob Parameter::bag_gradient_step(BagGradient& grad, const OptimizerConfig&
     g->collect(static_cast<int>(t));
     RowGradient& part = g->part(static_cast<int>(t));
     part.group();
-    update_grouped_rows(kind, k, p, s1, s2, c, part, 0, part.size(), scratch);
+    update_grouped_rows(target, c, part, 0, part.size(), scratch);
   };
   return job;
 }
@@ -437,14 +431,10 @@ void BagGradient::collect(int q) {
 }
 
 UpdateJob Parameter::row_gradient_step(RowGradient& grad, const OptimizerConfig& config) {
-  const StepConstants k = begin_step(*this, config);
+  const StepTarget target = begin_step(*this, config);
   grad.group();
   const index_t c = cols();
   const index_t k_rows = grad.size();
-  float* p = value.data();
-  float* s1 = state1.size() > 0 ? state1.data() : nullptr;
-  float* s2 = state2.size() > 0 ? state2.data() : nullptr;
-  const OptimizerKind kind = config.kind;
   const RowGradient* g = &grad;
   UpdateJob job;
   job.n_tasks = (k_rows + RowGradient::kRowsPerTask - 1) / RowGradient::kRowsPerTask;
@@ -452,7 +442,7 @@ UpdateJob Parameter::row_gradient_step(RowGradient& grad, const OptimizerConfig&
   job.run = [=](std::int64_t t, float* scratch) {
     const index_t begin = t * RowGradient::kRowsPerTask;
     const index_t end = std::min(k_rows, begin + RowGradient::kRowsPerTask);
-    update_grouped_rows(kind, k, p, s1, s2, c, *g, begin, end, scratch);
+    update_grouped_rows(target, c, *g, begin, end, scratch);
   };
   return job;
 }
