@@ -301,8 +301,17 @@ void RowGradient::group() {
 void RowGradient::sum_row(index_t i, float* out) const {
   const index_t c0 = begin_[i], c1 = begin_[i + 1];
   const index_t cols = cols_;
-  for (index_t c = 0; c < cols; ++c) out[c] = 0.0f;
-  for (index_t k = c0; k < c1; ++k) {
+  if (c1 == c0) {
+    std::fill_n(out, cols, 0.0f);
+    return;
+  }
+  // The first contribution sets the row (its product equals 0 + product: no separate zeroing).
+  {
+    const float coef = coef_[c0];
+    const float* g = src_[c0];
+    for (index_t c = 0; c < cols; ++c) out[c] = 0.0f + coef * g[c];
+  }
+  for (index_t k = c0 + 1; k < c1; ++k) {
     const float coef = coef_[k];
     const float* g = src_[k];
     for (index_t c = 0; c < cols; ++c) out[c] += coef * g[c];

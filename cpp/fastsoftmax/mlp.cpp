@@ -33,20 +33,56 @@ void Mlp::Workspace::resize(const Mlp& mlp, index_t B) {
   rows = B;
 }
 
-void Mlp::forward(Workspace& ws, int num_threads, const RowRange& fill_input) const {
+Mlp::InputGradColumns Mlp::input_grad_columns(index_t l, index_t input_grad_from) const {
+  const index_t first = l == 0 ? std::min(input_grad_from, sizes_[0]) : 0;
+  const index_t cols = sizes_[static_cast<std::size_t>(l)] - first;
+  return {first, simd::avx2_fma_available() ? cols / simd::kPanel * simd::kPanel : 0};
+}
+
+void Mlp::pack_panel(Workspace& ws, index_t l, bool transposed, index_t p, index_t from) const {
+  const RowMatrixXf& W = weights[l].value;
+  const index_t in = W.rows(), out = W.cols();
+  const auto i = static_cast<std::size_t>(l);
+  if (!transposed) {  // panel p: columns [16 p, 16 p + 16) of W (in x out)
+    simd::pack_panels(W.data() + p * simd::kPanel, in, simd::kPanel, out, 1,
+                      ws.packed_w[i].data() + p * in * simd::kPanel);
+  } else {  // panel p: columns [first + 16 p, ...) of W^T (out x in), i.e. rows of W
+    const index_t first = input_grad_columns(l, from).first;
+    simd::pack_panels(W.data() + (first + p * simd::kPanel) * out, out, simd::kPanel, 1, out,
+                      ws.packed_wt[i].data() + p * out * simd::kPanel);
+  }
+}
+
+void Mlp::forward(Workspace& ws, int num_threads, const RowRange& fill_input,
+                  index_t backward_from) const {
   const index_t B = ws.rows;
   const index_t L = num_layers();
   const bool avx = simd::avx2_fma_available();
   auto fast = [&](index_t l) { return avx && sizes_[l + 1] % simd::kPanel == 0; };
-  // Every layer's weights in panel order first: the B operand of all row chunks.
+  // Every layer's weights in panel order first (the B operand of all row chunks), and for a
+  // backward its input-gradient W^T too: one panel per task.
   ws.packed_w.resize(static_cast<std::size_t>(L));
+  ws.packed_wt.resize(static_cast<std::size_t>(L));
+  ws.packed_wt_from = backward_from;
+  ws.pack_tasks.clear();
   for (index_t l = 0; l < L; ++l) {
-    if (!fast(l)) continue;
     const RowMatrixXf& W = weights[l].value;
-    auto& packed = ws.packed_w[static_cast<std::size_t>(l)];
-    packed.resize(static_cast<std::size_t>(W.size()));
-    simd::pack_panels(W.data(), W.rows(), W.cols(), W.cols(), 1, packed.data());
+    const auto i = static_cast<std::size_t>(l);
+    if (fast(l)) {
+      ws.packed_w[i].resize(static_cast<std::size_t>(W.size()));
+      for (index_t p = 0; p < W.cols() / simd::kPanel; ++p) ws.pack_tasks.push_back({l, 0, p});
+    }
+    if (backward_from >= 0) {
+      const index_t count = input_grad_columns(l, backward_from).count;
+      ws.packed_wt[i].resize(static_cast<std::size_t>(W.cols() * count));
+      for (index_t p = 0; p < count / simd::kPanel; ++p) ws.pack_tasks.push_back({l, 1, p});
+    }
   }
+  parallel_for(static_cast<std::int64_t>(ws.pack_tasks.size()), num_threads,
+               [&](std::int64_t t, int) {
+                 const auto& [l, transposed, p] = ws.pack_tasks[static_cast<std::size_t>(t)];
+                 pack_panel(ws, l, transposed != 0, p, backward_from);
+               });
   // Rows are independent: each task takes its chunk of rows through all the layers.
   const index_t n_tasks = (B + kForwardRows - 1) / kForwardRows;
   parallel_for(n_tasks, num_threads, [&](std::int64_t t, int) {
@@ -73,7 +109,7 @@ void Mlp::forward(Workspace& ws, int num_threads, const RowRange& fill_input) co
 
 void Mlp::backward(Workspace& ws, std::vector<RowMatrixXf>& dW, std::vector<RowMatrixXf>& db,
                    int num_threads, index_t input_grad_from,
-                   const RowRange& input_grad_ready) const {
+                   const RowRange& input_grad_ready, bool accumulate) const {
   const index_t B = ws.rows;
   const index_t L = num_layers();
   const bool avx = simd::avx2_fma_available();
@@ -102,19 +138,24 @@ void Mlp::backward(Workspace& ws, std::vector<RowMatrixXf>& dW, std::vector<RowM
     float* next_pdh = ws.packed_dh[l % 2].data();
     // Input gradient dA = dH W^T, only for columns [c_from, in_dim) (layer 0: the caller's
     // input_grad_from; hidden layers: all), then the ReLU of the layer below applied row by row.
-    const index_t c_from = l == 0 ? std::min(input_grad_from, in_dim) : 0;
+    const InputGradColumns fast_cols = input_grad_columns(l, input_grad_from);
+    const index_t c_from = fast_cols.first;
     const index_t da_cols = in_dim - c_from;
-    const index_t da_fast_cols = avx ? da_cols / simd::kPanel * simd::kPanel : 0;
+    const index_t da_fast_cols = fast_cols.count;
     const bool notify = l == 0 && input_grad_ready != nullptr;
     const index_t da_tasks =
         da_cols > 0 || notify ? (B + kInputGradRows - 1) / kInputGradRows : 0;
     const RowMatrixXf& W = weights[l].value;
     RowMatrixXf& dA = ws.grads[l];
-    if (da_fast_cols > 0) {
-      // B operand: columns [c_from, c_from + da_fast_cols) of W^T (out x in), panel-major.
-      ws.packed.resize(static_cast<std::size_t>(out_dim * da_fast_cols));
-      simd::pack_panels(W.data() + c_from * out_dim, out_dim, da_fast_cols, 1, out_dim,
-                        ws.packed.data());
+    // B operand: columns [c_from, c_from + da_fast_cols) of W^T (out x in), panel-major; packed
+    // by the forward when it knew of this backward, else here.
+    const auto li = static_cast<std::size_t>(l);
+    if (da_fast_cols > 0 && ws.packed_wt_from != input_grad_from) {
+      ws.packed_wt.resize(static_cast<std::size_t>(L));
+      ws.packed_wt[li].resize(static_cast<std::size_t>(out_dim * da_fast_cols));
+      for (index_t p = 0; p < da_fast_cols / simd::kPanel; ++p) {
+        pack_panel(ws, l, true, p, input_grad_from);
+      }
     }
     // Input-gradient tasks (the larger ones) first, then the weight-gradient tiles.
     parallel_for(dw_tasks + da_tasks, num_threads, [&](std::int64_t task, int) {
@@ -126,18 +167,22 @@ void Mlp::backward(Workspace& ws, std::vector<RowMatrixXf>& dW, std::vector<RowM
           // dW[r0.., c0..] += A[:, r0..]^T dH[:, c0..], A^T read through strides.
           simd::gemm(h, w, B, simd::Operand{A.data() + r0, 1, in_dim, simd::kPanel * in_dim},
                      simd::panel_operand(pdh + c0 * B, B),
-                     simd::Output{dW[l].data() + r0 * out_dim + c0, out_dim}, true);
-        } else {
+                     simd::Output{dW[l].data() + r0 * out_dim + c0, out_dim}, accumulate);
+        } else if (accumulate) {
           dW[l].block(r0, c0, h, w).noalias() +=
               A.middleCols(r0, h).transpose() * dH.middleCols(c0, w);
+        } else {
+          dW[l].block(r0, c0, h, w).noalias() =
+              A.middleCols(r0, h).transpose() * dH.middleCols(c0, w);
         }
-        if (r0 == 0) db[l].middleCols(c0, w) += dH.middleCols(c0, w).colwise().sum();
+        if (r0 == 0 && accumulate) db[l].middleCols(c0, w) += dH.middleCols(c0, w).colwise().sum();
+        if (r0 == 0 && !accumulate) db[l].middleCols(c0, w) = dH.middleCols(c0, w).colwise().sum();
         return;
       }
       const index_t r0 = task * kInputGradRows, nr = std::min(kInputGradRows, B - r0);
       if (da_fast_cols > 0) {
         simd::gemm(nr, da_fast_cols, out_dim, simd::Operand{dH.data() + r0 * out_dim, out_dim},
-                   simd::panel_operand(ws.packed.data(), out_dim),
+                   simd::panel_operand(ws.packed_wt[li].data(), out_dim),
                    simd::Output{dA.data() + r0 * in_dim + c_from, in_dim}, false);
       }
       if (da_fast_cols < da_cols) {
@@ -160,6 +205,7 @@ void Mlp::backward(Workspace& ws, std::vector<RowMatrixXf>& dW, std::vector<RowM
       if (notify) input_grad_ready(r0, nr);
     });
   }
+  ws.packed_wt_from = -1;  // used: the weights change next
 }
 
 }  // namespace fastsoftmax

@@ -6,6 +6,7 @@
 // of rows (forward, input gradient) or tiles (weight gradient), so every output element
 // is computed by the same sequence of operations whatever the thread count.
 
+#include <array>
 #include <functional>
 #include <vector>
 
@@ -32,9 +33,11 @@ class Mlp {
     /// Sizes the buffers for B rows (no reallocation when B does not grow).
     void resize(const Mlp& mlp, index_t B);
     index_t rows = 0;
-    std::vector<float> packed;  // scratch: a weight matrix (or its transpose) in panel order
-    std::vector<std::vector<float>> packed_w;  // scratch: every layer's weights in panel order
+    std::vector<std::vector<float>> packed_w;   // every layer's W in panel order (forward)
+    std::vector<std::vector<float>> packed_wt;  // every layer's input-gradient W^T (backward)
+    index_t packed_wt_from = -1;  // input_grad_from of packed_wt (-1: not packed)
     std::vector<float> packed_dh[2];  // scratch: output gradients in panel order (backward)
+    std::vector<std::array<index_t, 3>> pack_tasks;  // scratch: (layer, transposed, panel)
   };
 
   /// Called from the parallel tasks with a range [r0, r0 + n) of the batch's rows.
@@ -42,18 +45,22 @@ class Mlp {
 
   /// acts[1..L] from acts[0] for the first `B` rows. The rows are split into fixed chunks, each
   /// taken through every layer by one task; with `fill_input`, the task first fills its rows of
-  /// acts[0] by calling it (so the input lookups share the forward's parallel region).
-  void forward(Workspace& ws, int num_threads, const RowRange& fill_input = nullptr) const;
+  /// acts[0] by calling it (so the input lookups share the forward's parallel region). With
+  /// `backward_from` >= 0, the weights are also packed for a backward with that input_grad_from
+  /// (in the same parallel region as the forward's own packing; valid until the weights change).
+  void forward(Workspace& ws, int num_threads, const RowRange& fill_input = nullptr,
+               index_t backward_from = -1) const;
 
   /// Given dL/dpsi in ws.grads[L], back-propagates: writes columns [input_grad_from, input_dim)
   /// of ws.grads[0] (dL/dinput; the others are left as they are: inputs without parameters need
-  /// no gradient) and ADDS the weight and bias gradients to dW[l] / db[l] (zero them first for a
-  /// fresh gradient). ws.grads[L] is read only. With `input_grad_ready`, it is called (from the
-  /// last layer's tasks) for every range of rows of ws.grads[0] once those rows are final; the
-  /// ranges are fixed chunks of kInputGradRows rows and cover all B rows.
+  /// no gradient) and the weight and bias gradients into dW[l] / db[l] (shaped like the
+  /// parameters): added to them with `accumulate`, else written over them. ws.grads[L] is read
+  /// only. With `input_grad_ready`, it is called (from the last layer's tasks) for every range of
+  /// rows of ws.grads[0] once those rows are final; the ranges are fixed chunks of
+  /// kInputGradRows rows and cover all B rows.
   void backward(Workspace& ws, std::vector<RowMatrixXf>& dW, std::vector<RowMatrixXf>& db,
                 int num_threads, index_t input_grad_from = 0,
-                const RowRange& input_grad_ready = nullptr) const;
+                const RowRange& input_grad_ready = nullptr, bool accumulate = true) const;
 
   /// Rows per task of the forward and of the input gradient.
   static constexpr index_t kForwardRows = 64;
@@ -63,6 +70,15 @@ class Mlp {
   std::vector<Parameter> biases;   // 1 x out_l
 
  private:
+  // Columns [first, first + count) of layer l's input gradient taken by the AVX2 kernel.
+  struct InputGradColumns {
+    index_t first, count;
+  };
+  InputGradColumns input_grad_columns(index_t l, index_t input_grad_from) const;
+  // Packs panel p of layer l's W (forward) or, `transposed`, of its W^T for input_grad_from.
+  void pack_panel(Workspace& ws, index_t l, bool transposed, index_t p,
+                  index_t input_grad_from) const;
+
   std::vector<index_t> sizes_;
   index_t max_width_ = 0;  // the widest layer
 };

@@ -194,7 +194,8 @@ void SoftmaxModel::prepare_loss(const TargetsView& targets) {
   loss_->prepare(targets, item_view());
 }
 
-void SoftmaxModel::forward_tower(const FeaturesView& x, const index_t* rows, index_t B) {
+void SoftmaxModel::forward_tower(const FeaturesView& x, const index_t* rows, index_t B,
+                                 bool for_backward) {
   ws_.resize(mlp_, B);
   RowMatrixXf& X = ws_.acts[0];
   const index_t stride = X.cols();
@@ -213,7 +214,7 @@ void SoftmaxModel::forward_tower(const FeaturesView& x, const index_t* rows, ind
       embed_bags(bag_tables_[i].value, x.bags[i], rows + r0, n, config_.pooling,
                  out + offsets_bag_[i], stride, 1);
     }
-  });
+  }, for_backward ? config_.features.n_dense : -1);
 }
 
 TargetsView SoftmaxModel::gather_targets(const TargetsView& t, const index_t* rows, index_t B) {
@@ -236,7 +237,8 @@ TargetsView SoftmaxModel::gather_targets(const TargetsView& t, const index_t* ro
   return TargetsView{B, batch_indptr_.data(), batch_indices_.data(), batch_weights_.data()};
 }
 
-void SoftmaxModel::backward_tower(const FeaturesView& x, const index_t* rows, index_t B) {
+void SoftmaxModel::backward_tower(const FeaturesView& x, const index_t* rows, index_t B,
+                                  bool accumulate) {
   const RowMatrixXf& dX = ws_.grads[0];
   for (std::size_t i = 0; i < bag_tables_.size(); ++i) {
     bag_grads_[i].begin(x.bags[i], rows, B, config_.pooling, dX.data() + offsets_bag_[i],
@@ -251,7 +253,7 @@ void SoftmaxModel::backward_tower(const FeaturesView& x, const index_t* rows, in
       for (auto& g : bag_grads_) g.stage(r0, r0 + n);
     };
   }
-  mlp_.backward(ws_, dW_, db_, config_.num_threads, config_.features.n_dense, stage);
+  mlp_.backward(ws_, dW_, db_, config_.num_threads, config_.features.n_dense, stage, accumulate);
   for (std::size_t i = 0; i < categorical_tables_.size(); ++i) {
     cat_grads_[i].reset(categorical_tables_[i].rows(), categorical_tables_[i].cols());
     embed_categorical_backward(x.categorical[i], rows, B, dX.data() + offsets_cat_[i], dX.cols(),
@@ -286,16 +288,14 @@ double SoftmaxModel::fit_epoch(const FeaturesView& x, const TargetsView& targets
     check_interrupt();
     const index_t* rows = perm_.data() + bi * bs;
     const index_t B = std::min(bs, N - bi * bs);
-    forward_tower(x, rows, B);
+    forward_tower(x, rows, B, true);
     const TargetsView tv = gather_targets(targets, rows, B);
     LossContext ctx{config_.seed, static_cast<std::uint64_t>(epoch * n_batches + bi), threads,
                     1.0f / static_cast<float>(B)};
     const ConstMapRowMatrixXf psi(ws_.acts.back().data(), B, config_.dim);
     MapRowMatrixXf dpsi(ws_.grads.back().data(), B, config_.dim);
     total += loss_->forward_backward(psi, item_view(), tv, ctx, &dpsi, &item_grad_);
-    for (auto& g : dW_) g.setZero();
-    for (auto& g : db_) g.setZero();
-    backward_tower(x, rows, B);
+    backward_tower(x, rows, B, false);  // this batch's MLP gradients written over dW_ / db_
     // Optimiser steps of every parameter in one parallel region: the bag tables' parts (each
     // collects its staged gradient first) and the item rows, then the smaller ones.
     update_jobs_.clear();
@@ -366,7 +366,7 @@ double SoftmaxModel::evaluate(const FeaturesView& x, const TargetsView& targets,
     check_interrupt();
     const index_t B = std::min(bs, N - r0);
     std::iota(rows.begin(), rows.begin() + B, r0);
-    forward_tower(x, rows.data(), B);
+    forward_tower(x, rows.data(), B, gradients != nullptr);
     const TargetsView tv = gather_targets(targets, rows.data(), B);
     LossContext ctx{seed, static_cast<std::uint64_t>(bi), config_.num_threads, scale};
     const ConstMapRowMatrixXf psi(ws_.acts.back().data(), B, config_.dim);
@@ -376,7 +376,7 @@ double SoftmaxModel::evaluate(const FeaturesView& x, const TargetsView& targets,
     }
     MapRowMatrixXf dpsi(ws_.grads.back().data(), B, config_.dim);
     total += loss_->forward_backward(psi, item_view(), tv, ctx, &dpsi, &item_grad_);
-    backward_tower(x, rows.data(), B);  // MLP gradients accumulate in dW_ / db_
+    backward_tower(x, rows.data(), B, true);  // MLP gradients accumulate in dW_ / db_
     // Scatter the row-sparse gradients into the dense outputs (parameter order as parameters()).
     std::size_t g = 2 * static_cast<std::size_t>(mlp_.num_layers());
     auto scatter = [&](RowGradient& rg, RowMatrixXf& out) {

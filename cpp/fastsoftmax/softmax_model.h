@@ -105,13 +105,16 @@ class SoftmaxModel {
   void reset_optimizer_state();
 
  private:
-  // Forward through the tower for rows[0..B); psi ends up in ws_.acts.back().
-  void forward_tower(const FeaturesView& features, const index_t* rows, index_t B);
+  // Forward through the tower for rows[0..B); psi ends up in ws_.acts.back(). `for_backward`:
+  // a backward_tower follows (its weight packing is done in the forward's parallel region).
+  void forward_tower(const FeaturesView& features, const index_t* rows, index_t B,
+                     bool for_backward = false);
   // Gathers the targets of rows[0..B) into the batch CSR with normalised weights.
   TargetsView gather_targets(const TargetsView& targets, const index_t* rows, index_t B);
-  // Back-propagates dL/dpsi (in ws_.grads.back()) into the MLP gradients (accumulated) and the
-  // embedding row gradients (reset first).
-  void backward_tower(const FeaturesView& features, const index_t* rows, index_t B);
+  // Back-propagates dL/dpsi (in ws_.grads.back()) into the MLP gradients (added to dW_ / db_
+  // with `accumulate`, else written over them) and the embedding row gradients (reset first).
+  void backward_tower(const FeaturesView& features, const index_t* rows, index_t B,
+                      bool accumulate);
   ItemParamsView item_view() const;
 
   SoftmaxModelConfig config_;
