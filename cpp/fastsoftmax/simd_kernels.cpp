@@ -250,9 +250,18 @@ void pack_panels(const float* src, index_t rows, index_t cols, index_t row_strid
   for (index_t p = 0; p < cols / kPanel; ++p) {
     float* out = dst + p * rows * kPanel;
     const float* in = src + p * kPanel * col_stride;
-    for (index_t r = 0; r < rows; ++r) {
+    if (col_stride == 1) {  // each row's 16 values are contiguous: one block copy per row
+      for (index_t r = 0; r < rows; ++r) std::copy_n(in + r * row_stride, kPanel, out + r * kPanel);
+    } else if (row_stride == 1) {  // a transpose: read each source column sequentially
       for (index_t l = 0; l < kPanel; ++l) {
-        out[r * kPanel + l] = in[r * row_stride + l * col_stride];
+        const float* column = in + l * col_stride;
+        for (index_t r = 0; r < rows; ++r) out[r * kPanel + l] = column[r];
+      }
+    } else {
+      for (index_t r = 0; r < rows; ++r) {
+        for (index_t l = 0; l < kPanel; ++l) {
+          out[r * kPanel + l] = in[r * row_stride + l * col_stride];
+        }
       }
     }
   }
