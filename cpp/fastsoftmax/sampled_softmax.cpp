@@ -324,24 +324,63 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
     });
   }
 
-  // ---- Row-sparse item gradient: sorted unique candidate ids, contributions in a fixed order.
-  ws.keys.assign(draws.ids.begin(), draws.ids.end());
-  ws.keys.insert(ws.keys.end(), indices, indices + nnz);
-  std::sort(ws.keys.begin(), ws.keys.end());
-  ws.keys.erase(std::unique(ws.keys.begin(), ws.keys.end()), ws.keys.end());
+  // ---- Row-sparse item gradient: sorted unique candidate ids; contributions in a fixed order
+  // (draws by column, then target entries, then gravity), each row zeroed at its first one.
+  const index_t n_draws = static_cast<index_t>(draws.ids.size());
+  ws.slot.resize(static_cast<std::size_t>(n_draws + nnz));  // draws' slots, then the targets'
+  ws.keys.clear();
+  if (shared) {
+    // Merge the draws (already sorted by id) with the sorted target entries.
+    ws.pos_sorted.resize(static_cast<std::size_t>(nnz));
+    for (index_t k = 0; k < nnz; ++k) ws.pos_sorted[k] = {indices[k], k};
+    std::sort(ws.pos_sorted.begin(), ws.pos_sorted.end());
+    index_t i = 0, k = 0;
+    while (i < m || k < nnz) {
+      const bool draw = k == nnz || (i < m && ws.sorted[i].first <= ws.pos_sorted[k].first);
+      const index_t id = draw ? ws.sorted[i].first : ws.pos_sorted[k].first;
+      if (ws.keys.empty() || ws.keys.back() != id) ws.keys.push_back(id);
+      const index_t s = static_cast<index_t>(ws.keys.size()) - 1;
+      if (draw) {
+        ws.slot[ws.sorted[i++].second] = s;
+      } else {
+        ws.slot[n_draws + ws.pos_sorted[k++].second] = s;
+      }
+    }
+  } else {
+    ws.keys.assign(draws.ids.begin(), draws.ids.end());
+    ws.keys.insert(ws.keys.end(), indices, indices + nnz);
+    std::sort(ws.keys.begin(), ws.keys.end());
+    ws.keys.erase(std::unique(ws.keys.begin(), ws.keys.end()), ws.keys.end());
+    auto slot_of = [&](index_t j) {
+      return static_cast<index_t>(std::lower_bound(ws.keys.begin(), ws.keys.end(), j) -
+                                  ws.keys.begin());
+    };
+    // Only the draws with a nonzero dL/dz contribute.
+    for (index_t b = 0; b < B; ++b) {
+      const float* g = ws.z.data() + b * m;
+      for (index_t i = 0; i < m; ++i) {
+        if (g[i] != 0.0f) ws.slot[b * m + i] = slot_of(draws.ids[b * m + i]);
+      }
+    }
+    for (index_t k = 0; k < nnz; ++k) ws.slot[n_draws + k] = slot_of(indices[k]);
+  }
   const index_t K = static_cast<index_t>(ws.keys.size());
   item_rows->assign(ws.keys.begin(), ws.keys.end());
   if (item_grad->rows() < K || item_grad->cols() != d) item_grad->resize(K, d);
-  item_grad->topRows(K).setZero();
+  ws.row_set.assign(static_cast<std::size_t>(K), 0);
+  auto row = [&](index_t s) {
+    if (!ws.row_set[s]) {
+      ws.row_set[s] = 1;
+      item_grad->row(s).setZero();
+    }
+    return item_grad->row(s);
+  };
   const bool want_bias = bias != nullptr && item_bias_grad != nullptr;
   if (want_bias) item_bias_grad->assign(K, 0.0f);
-  auto slot_of = [&](index_t j) {
-    return static_cast<index_t>(std::lower_bound(ws.keys.begin(), ws.keys.end(), j) - ws.keys.begin());
-  };
   if (shared) {
     for (index_t i = 0; i < m; ++i) {
-      const index_t s = slot_of(draws.ids[i]);
-      item_grad->row(s) += ws.dvs.row(i);
+      const index_t s = ws.slot[i];
+      row(s) += ws.dvs.row(i);
       if (want_bias) (*item_bias_grad)[s] += ws.dbs[i];
     }
   } else {
@@ -349,21 +388,34 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
       const float* g = ws.z.data() + b * m;
       for (index_t i = 0; i < m; ++i) {
         if (g[i] == 0.0f) continue;
-        const index_t s = slot_of(draws.ids[b * m + i]);
-        item_grad->row(s) += g[i] * Psi.row(b);
+        const index_t s = ws.slot[b * m + i];
+        row(s) += g[i] * Psi.row(b);
         if (want_bias) (*item_bias_grad)[s] += g[i];
       }
     }
   }
   for (index_t b = 0; b < B; ++b) {
     for (index_t k = indptr[b]; k < indptr[b + 1]; ++k) {
-      const index_t s = slot_of(indices[k]);
-      item_grad->row(s) += ws.pos_z[k] * Psi.row(b);
+      const index_t s = ws.slot[n_draws + k];
+      row(s) += ws.pos_z[k] * Psi.row(b);
       if (want_bias) (*item_bias_grad)[s] += ws.pos_z[k];
     }
   }
   if (!grav_w.empty()) {
-    for (index_t i = 0; i < m; ++i) item_grad->row(slot_of(draws.ids[i])) += ws.tmp.row(i);
+    // Gravity's item side: the draws of row 0 (shared: all draws), whose slots are known (per
+    // query: also when their dL/dz is zero, so looked up here).
+    for (index_t i = 0; i < m; ++i) {
+      const index_t s = shared ? ws.slot[i]
+                               : static_cast<index_t>(std::lower_bound(ws.keys.begin(), ws.keys.end(),
+                                                                       draws.ids[i]) -
+                                                      ws.keys.begin());
+      row(s) += ws.tmp.row(i);
+    }
+  }
+  // Every key has a contribution (it is a draw or a target), except per-query draws whose dL/dz
+  // is exactly zero everywhere: their rows stay zero.
+  for (index_t s = 0; s < K; ++s) {
+    if (!ws.row_set[s]) item_grad->row(s).setZero();
   }
   return total;
 }

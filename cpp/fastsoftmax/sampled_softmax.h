@@ -53,7 +53,9 @@ struct SampledSoftmaxWorkspace {
   RowMatrixXf dvs;                 // m x d item gradient of the shared draws
   std::vector<float> dbs;          // m
   std::vector<index_t> keys;       // candidate ids, sorted unique
-  std::vector<index_t> slot;       // slot of each contribution
+  std::vector<index_t> slot;       // key slot of each draw, then of each target entry
+  std::vector<std::pair<index_t, index_t>> pos_sorted;  // (id, entry) of the targets, sorted
+  std::vector<char> row_set;       // per key: its gradient row has had a contribution
   RowMatrixXf gram_items, gram_queries, tmp, grav_dpsi;
   std::vector<Eigen::ArrayXf> exp_scratch;  // per thread slot, m entries
 };
