@@ -222,7 +222,16 @@ TargetsView SoftmaxModel::gather_targets(const TargetsView& t, const index_t* ro
   batch_indptr_[0] = 0;
   batch_indices_.clear();
   batch_weights_.clear();
+  // Random rows of the targets: their indptr entries, then their entries, fetched ahead.
+  constexpr index_t kAhead = 8;
+  for (index_t b = 0; b < std::min(B, kAhead); ++b) __builtin_prefetch(t.indptr + rows[b]);
   for (index_t b = 0; b < B; ++b) {
+    if (b + 2 * kAhead < B) __builtin_prefetch(t.indptr + rows[b + 2 * kAhead]);
+    if (b + kAhead < B) {
+      const index_t k = t.indptr[rows[b + kAhead]];
+      __builtin_prefetch(t.indices + k);
+      __builtin_prefetch(t.weights + k);
+    }
     const index_t r = rows[b];
     double sum = 0.0;
     for (index_t k = t.indptr[r]; k < t.indptr[r + 1]; ++k) sum += t.weights[k];
