@@ -394,7 +394,10 @@ void BagGradient::begin(const BagsView& bags, const index_t* rows, index_t B, Po
   }
   // Slots are 32-bit: at most 2^31 - 1 contributions per batch (far beyond any real batch).
   index_t entries = 0;
-  for (index_t b = 0; b < B; ++b) entries += bags.indptr[rows[b] + 1] - bags.indptr[rows[b]];
+  for (index_t b = 0; b < B; ++b) {
+    if (b + kPrefetchRows < B) __builtin_prefetch(bags.indptr + rows[b + kPrefetchRows]);
+    entries += bags.indptr[rows[b] + 1] - bags.indptr[rows[b]];
+  }
   if (entries >= (index_t{1} << 31)) {
     throw_invalid("bags: expected fewer than 2^31 ids in one batch, got ", entries);
   }
@@ -459,7 +462,10 @@ UpdateJob Parameter::row_gradient_step(RowGradient& grad, const OptimizerConfig&
 void embed_categorical_backward(const index_t* ids, const index_t* rows, index_t B,
                                 const float* dout, index_t dout_stride, RowGradient* grad) {
   if (B >= (index_t{1} << 31)) throw_invalid("batch: expected fewer than 2^31 rows, got ", B);
-  for (index_t b = 0; b < B; ++b) grad->add(ids[rows[b]], 1.0f, dout + b * dout_stride);
+  for (index_t b = 0; b < B; ++b) {
+    if (b + kPrefetchRows < B) __builtin_prefetch(ids + rows[b + kPrefetchRows]);
+    grad->add(ids[rows[b]], 1.0f, dout + b * dout_stride);
+  }
 }
 
 }  // namespace fastsoftmax
