@@ -211,9 +211,13 @@ namespace {
 inline float bag_scale(const BagsView& bags, index_t row, Pooling pooling) {
   if (pooling == Pooling::kSum) return 1.0f;
   double acc = 0.0;
-  for (index_t k = bags.indptr[row]; k < bags.indptr[row + 1]; ++k) {
-    const double w = bags.weights ? bags.weights[k] : 1.0;
-    acc += pooling == Pooling::kMean ? w : w * w;
+  if (bags.weights == nullptr) {
+    acc = static_cast<double>(bags.indptr[row + 1] - bags.indptr[row]);  // the sum of 1s, exactly
+  } else {
+    for (index_t k = bags.indptr[row]; k < bags.indptr[row + 1]; ++k) {
+      const double w = bags.weights[k];
+      acc += pooling == Pooling::kMean ? w : w * w;
+    }
   }
   if (pooling == Pooling::kSqrtN) acc = std::sqrt(acc);
   return acc > 0.0 ? static_cast<float>(1.0 / acc) : 0.0f;
@@ -422,7 +426,14 @@ void BagGradient::stage(index_t b0, index_t b1) {
     for_each_bag_entry(bags_, rows_, t * kChunkRows, std::min(batch_, (t + 1) * kChunkRows),
                        pooling_, dout_, dout_stride_,
                        [&](index_t, index_t, index_t id, float c, const float* g) {
-                         out[part_of(id)].push_back(Entry{id, c, g});
+                         // Fields stored in place (a pushed temporary went through the stack
+                         // and stalled on store forwarding).
+                         std::vector<Entry>& v = out[part_of(id)];
+                         v.resize(v.size() + 1);
+                         Entry& e = v.back();
+                         e.id = id;
+                         e.coef = c;
+                         e.g = g;
                        });
   }
 }
