@@ -175,8 +175,15 @@ void Mlp::backward(Workspace& ws, std::vector<RowMatrixXf>& dW, std::vector<RowM
           dW[l].block(r0, c0, h, w).noalias() =
               A.middleCols(r0, h).transpose() * dH.middleCols(c0, w);
         }
-        if (r0 == 0 && accumulate) db[l].middleCols(c0, w) += dH.middleCols(c0, w).colwise().sum();
-        if (r0 == 0 && !accumulate) db[l].middleCols(c0, w) = dH.middleCols(c0, w).colwise().sum();
+        if (r0 == 0) {
+          auto db_block = db[l].middleCols(c0, w);
+          const auto column_sums = dH.middleCols(c0, w).colwise().sum();
+          if (accumulate) {
+            db_block += column_sums;
+          } else {
+            db_block = column_sums;
+          }
+        }
         return;
       }
       const index_t r0 = task * kInputGradRows, nr = std::min(kInputGradRows, B - r0);

@@ -329,6 +329,10 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
   const index_t n_draws = static_cast<index_t>(draws.ids.size());
   ws.slot.resize(static_cast<std::size_t>(n_draws + nnz));  // draws' slots, then the targets'
   ws.keys.clear();
+  auto slot_of = [&](index_t j) {  // binary search (the per-query draws)
+    return static_cast<index_t>(std::lower_bound(ws.keys.begin(), ws.keys.end(), j) -
+                                ws.keys.begin());
+  };
   if (shared) {
     // Merge the draws (already sorted by id) with the sorted target entries.
     ws.pos_sorted.resize(static_cast<std::size_t>(nnz));
@@ -351,10 +355,6 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
     ws.keys.insert(ws.keys.end(), indices, indices + nnz);
     std::sort(ws.keys.begin(), ws.keys.end());
     ws.keys.erase(std::unique(ws.keys.begin(), ws.keys.end()), ws.keys.end());
-    auto slot_of = [&](index_t j) {
-      return static_cast<index_t>(std::lower_bound(ws.keys.begin(), ws.keys.end(), j) -
-                                  ws.keys.begin());
-    };
     // Only the draws with a nonzero dL/dz contribute.
     for (index_t b = 0; b < B; ++b) {
       const float* g = ws.z.data() + b * m;
@@ -405,11 +405,7 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
     // Gravity's item side: the draws of row 0 (shared: all draws), whose slots are known (per
     // query: also when their dL/dz is zero, so looked up here).
     for (index_t i = 0; i < m; ++i) {
-      const index_t s = shared ? ws.slot[i]
-                               : static_cast<index_t>(std::lower_bound(ws.keys.begin(), ws.keys.end(),
-                                                                       draws.ids[i]) -
-                                                      ws.keys.begin());
-      row(s) += ws.tmp.row(i);
+      row(shared ? ws.slot[i] : slot_of(draws.ids[i])) += ws.tmp.row(i);
     }
   }
   // Every key has a contribution (it is a draw or a target), except per-query draws whose dL/dz
