@@ -323,13 +323,17 @@ void RowGradient::sum_row(index_t i, float* out) const {
 }
 
 void RowGradient::materialize(int num_threads) {
+  grad_.resize(static_cast<std::size_t>(size() * cols_));
+  sum_rows(grad_.data(), num_threads);
+}
+
+void RowGradient::sum_rows(float* out, int num_threads) {
   group();
   const index_t k = size();
-  grad_.resize(static_cast<std::size_t>(k * cols_));
   const index_t n_tasks = (k + kRowsPerTask - 1) / kRowsPerTask;
   parallel_for(n_tasks, num_threads, [&](std::int64_t t, int) {
     const index_t end = std::min(k, (t + 1) * kRowsPerTask);
-    for (index_t i = t * kRowsPerTask; i < end; ++i) sum_row(i, grad_.data() + i * cols_);
+    for (index_t i = t * kRowsPerTask; i < end; ++i) sum_row(i, out + i * cols_);
   });
 }
 

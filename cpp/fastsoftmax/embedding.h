@@ -133,14 +133,21 @@ class RowGradient {
   void reset_shared(std::int32_t* slots, index_t cols);
   /// Sets this instance's entries of its slot array back to -1.
   void clear_slots();
-  void add(index_t id, float coef, const float* g) {
+  /// Records grad[id] += coef * g; returns the row's slot (its index in rows()).
+  std::int32_t add(index_t id, float coef, const float* g) {
+    const std::int32_t s = touch(id);
+    contrib_.push_back(Contribution{s, coef, g});
+    return s;
+  }
+  /// Makes id a touched row (its gradient 0 unless contributions follow); returns its slot.
+  std::int32_t touch(index_t id) {
     std::int32_t s = slot_[id];
     if (s < 0) {
       s = static_cast<std::int32_t>(rows_.size());
       slot_[id] = s;
       rows_.push_back(id);
     }
-    contrib_.push_back(Contribution{s, coef, g});
+    return s;
   }
   /// Hint: add(id, ...) follows soon (prefetches the row's slot entry).
   void prefetch(index_t id) const { __builtin_prefetch(slot_ + id); }
@@ -150,6 +157,8 @@ class RowGradient {
   const std::vector<index_t>& rows() const { return rows_; }
   /// Sums the contributions into grad() (size() x cols, row i for rows()[i]).
   void materialize(int num_threads);
+  /// The same into out (size() x cols floats, rows `cols` apart).
+  void sum_rows(float* out, int num_threads);
   const float* grad() const { return grad_.data(); }
 
   /// Rows per parallel task when summing (fixed).

@@ -324,20 +324,58 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
     });
   }
 
-  // ---- Row-sparse item gradient: sorted unique candidate ids; contributions in a fixed order
-  // (draws by column, then target entries, then gravity), each row zeroed at its first one.
+  const bool want_bias = bias != nullptr && item_bias_grad != nullptr;
+  if (!shared) {
+    // ---- Per-query draws: a RowGradient over the item ids (rows in first-touch order). Each
+    // row's contributions in a fixed order (draws by row and column, then target entries, then
+    // gravity), summed row by row in parallel: independent of the thread count.
+    RowGradient& rg = ws.pq_grad;
+    rg.reset(n_items, d);
+    if (want_bias) item_bias_grad->clear();
+    // src == nullptr: the row is a candidate without a contribution (a draw whose dL/dz is
+    // exactly zero; its gradient row is zero, and the optimiser still steps it).
+    auto add = [&](index_t j, float c, const float* src, bool to_bias) {
+      const std::int32_t s = src != nullptr ? rg.add(j, c, src) : rg.touch(j);
+      if (want_bias) {
+        if (s == static_cast<std::int32_t>(item_bias_grad->size())) item_bias_grad->push_back(0.0f);
+        if (to_bias) (*item_bias_grad)[static_cast<std::size_t>(s)] += c;
+      }
+    };
+    constexpr index_t kAhead = 16;  // the slot array is read at random: fetch ahead
+    const index_t n_draws = static_cast<index_t>(draws.ids.size());
+    for (index_t t = 0; t < n_draws; ++t) {
+      if (t + kAhead < n_draws) rg.prefetch(draws.ids[t + kAhead]);
+      const float g = ws.z.data()[t];
+      const index_t b = t / m;
+      add(draws.ids[t], g, g != 0.0f ? psi + b * d : nullptr, g != 0.0f);
+    }
+    for (index_t b = 0; b < B; ++b) {
+      for (index_t k = indptr[b]; k < indptr[b + 1]; ++k) {
+        add(indices[k], ws.pos_z[k], psi + b * d, true);
+      }
+    }
+    if (!grav_w.empty()) {
+      // Gravity's item side: the draws of row 0.
+      for (index_t i = 0; i < m; ++i) add(draws.ids[i], 1.0f, ws.tmp.data() + i * d, false);
+    }
+    const index_t K = rg.size();
+    item_rows->assign(rg.rows().begin(), rg.rows().end());
+    if (item_grad->rows() < K || item_grad->cols() != d) item_grad->resize(K, d);
+    rg.sum_rows(item_grad->data(), num_threads);
+    return total;
+  }
+
+  // ---- Shared draws: row-sparse item gradient over the sorted unique candidate ids (the
+  // draws, already sorted by id, merged with the sorted target entries); contributions in a
+  // fixed order (draws by column, then target entries, then gravity), each row zeroed at its
+  // first one.
   const index_t n_draws = static_cast<index_t>(draws.ids.size());
   ws.slot.resize(static_cast<std::size_t>(n_draws + nnz));  // draws' slots, then the targets'
   ws.keys.clear();
-  auto slot_of = [&](index_t j) {  // binary search (the per-query draws)
-    return static_cast<index_t>(std::lower_bound(ws.keys.begin(), ws.keys.end(), j) -
-                                ws.keys.begin());
-  };
-  if (shared) {
-    // Merge the draws (already sorted by id) with the sorted target entries.
-    ws.pos_sorted.resize(static_cast<std::size_t>(nnz));
-    for (index_t k = 0; k < nnz; ++k) ws.pos_sorted[k] = {indices[k], k};
-    std::sort(ws.pos_sorted.begin(), ws.pos_sorted.end());
+  ws.pos_sorted.resize(static_cast<std::size_t>(nnz));
+  for (index_t k = 0; k < nnz; ++k) ws.pos_sorted[k] = {indices[k], k};
+  std::sort(ws.pos_sorted.begin(), ws.pos_sorted.end());
+  {
     index_t i = 0, k = 0;
     while (i < m || k < nnz) {
       const bool draw = k == nnz || (i < m && ws.sorted[i].first <= ws.pos_sorted[k].first);
@@ -350,19 +388,6 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
         ws.slot[n_draws + ws.pos_sorted[k++].second] = s;
       }
     }
-  } else {
-    ws.keys.assign(draws.ids.begin(), draws.ids.end());
-    ws.keys.insert(ws.keys.end(), indices, indices + nnz);
-    std::sort(ws.keys.begin(), ws.keys.end());
-    ws.keys.erase(std::unique(ws.keys.begin(), ws.keys.end()), ws.keys.end());
-    // Only the draws with a nonzero dL/dz contribute.
-    for (index_t b = 0; b < B; ++b) {
-      const float* g = ws.z.data() + b * m;
-      for (index_t i = 0; i < m; ++i) {
-        if (g[i] != 0.0f) ws.slot[b * m + i] = slot_of(draws.ids[b * m + i]);
-      }
-    }
-    for (index_t k = 0; k < nnz; ++k) ws.slot[n_draws + k] = slot_of(indices[k]);
   }
   const index_t K = static_cast<index_t>(ws.keys.size());
   item_rows->assign(ws.keys.begin(), ws.keys.end());
@@ -375,24 +400,11 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
     }
     return item_grad->row(s);
   };
-  const bool want_bias = bias != nullptr && item_bias_grad != nullptr;
   if (want_bias) item_bias_grad->assign(K, 0.0f);
-  if (shared) {
-    for (index_t i = 0; i < m; ++i) {
-      const index_t s = ws.slot[i];
-      row(s) += ws.dvs.row(i);
-      if (want_bias) (*item_bias_grad)[s] += ws.dbs[i];
-    }
-  } else {
-    for (index_t b = 0; b < B; ++b) {
-      const float* g = ws.z.data() + b * m;
-      for (index_t i = 0; i < m; ++i) {
-        if (g[i] == 0.0f) continue;
-        const index_t s = ws.slot[b * m + i];
-        row(s) += g[i] * Psi.row(b);
-        if (want_bias) (*item_bias_grad)[s] += g[i];
-      }
-    }
+  for (index_t i = 0; i < m; ++i) {
+    const index_t s = ws.slot[i];
+    row(s) += ws.dvs.row(i);
+    if (want_bias) (*item_bias_grad)[s] += ws.dbs[i];
   }
   for (index_t b = 0; b < B; ++b) {
     for (index_t k = indptr[b]; k < indptr[b + 1]; ++k) {
@@ -402,17 +414,9 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
     }
   }
   if (!grav_w.empty()) {
-    // Gravity's item side: the draws of row 0 (shared: all draws), whose slots are known (per
-    // query: also when their dL/dz is zero, so looked up here).
-    for (index_t i = 0; i < m; ++i) {
-      row(shared ? ws.slot[i] : slot_of(draws.ids[i])) += ws.tmp.row(i);
-    }
+    for (index_t i = 0; i < m; ++i) row(ws.slot[i]) += ws.tmp.row(i);  // gravity's item side
   }
-  // Every key has a contribution (it is a draw or a target), except per-query draws whose dL/dz
-  // is exactly zero everywhere: their rows stay zero.
-  for (index_t s = 0; s < K; ++s) {
-    if (!ws.row_set[s]) item_grad->row(s).setZero();
-  }
+  // (Every key is a draw or a target entry, so every row has been set.)
   return total;
 }
 

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "fastsoftmax/common.h"
+#include "fastsoftmax/embedding.h"
 #include "fastsoftmax/negative_sampler.h"
 
 namespace fastsoftmax {
@@ -52,10 +53,11 @@ struct SampledSoftmaxWorkspace {
   std::vector<std::pair<index_t, index_t>> sorted;  // (id, column) of the shared draws
   RowMatrixXf dvs;                 // m x d item gradient of the shared draws
   std::vector<float> dbs;          // m
-  std::vector<index_t> keys;       // candidate ids, sorted unique
+  std::vector<index_t> keys;       // shared draws: candidate ids, sorted unique
   std::vector<index_t> slot;       // key slot of each draw, then of each target entry
   std::vector<std::pair<index_t, index_t>> pos_sorted;  // (id, entry) of the targets, sorted
   std::vector<char> row_set;       // per key: its gradient row has had a contribution
+  RowGradient pq_grad;             // per-query draws: the item gradient's rows
   RowMatrixXf gram_items, gram_queries, tmp, grav_dpsi;
   std::vector<Eigen::ArrayXf> exp_scratch;  // per thread slot, m entries
 };
@@ -67,8 +69,9 @@ struct SampledSoftmaxWorkspace {
 /// draws: from NegativeSampler::sample for this batch. pos_log_q: per target entry, log Q(j) of
 /// the positive under the row's proposal (read only when logq_correction and not
 /// remove_accidental_hits; may be nullptr otherwise).
-/// dpsi (B x d) and the row-sparse item gradient (item_rows sorted unique, item_grad rows
-/// [0, item_rows.size()), item_bias_grad when bias) are overwritten; dpsi == nullptr: forward only.
+/// dpsi (B x d) and the row-sparse item gradient (item_rows unique: sorted for shared draws, in
+/// first-touch order for per-query draws; item_grad rows [0, item_rows.size()), item_bias_grad
+/// when bias) are overwritten; dpsi == nullptr: forward only.
 double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, const float* items,
                                         const float* bias, index_t n_items, const index_t* indptr,
                                         const index_t* indices, const float* weights,
