@@ -173,11 +173,16 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
         Zb.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(ws.bs.data(), m);
       }
     } else {
-      for (index_t b = b0; b < b1; ++b) {
-        const index_t* ids = draws.ids.data() + b * m;
-        for (index_t i = 0; i < m; ++i) {
-          ws.z(b, i) = dot(psi + b * d, items + ids[i] * d, d) + (bias ? bias[ids[i]] : 0.0f);
+      // Random rows of the item table, fetched kAhead draws ahead (across rows).
+      constexpr index_t kAhead = 8;
+      const index_t* ids = draws.ids.data();
+      for (index_t t = b0 * m; t < b1 * m; ++t) {
+        if (t + kAhead < b1 * m) {
+          const float* ahead = items + ids[t + kAhead] * d;
+          for (index_t x = 0; x < d; x += 16) __builtin_prefetch(ahead + x);
         }
+        const index_t b = t / m;
+        ws.z.data()[t] = dot(psi + b * d, items + ids[t] * d, d) + (bias ? bias[ids[t]] : 0.0f);
       }
     }
     for (index_t b = b0; b < b1; ++b) {
