@@ -60,8 +60,8 @@ struct ItemGradient {
   // kDense: dense_weights is n_items x dim, dense_bias has n_items entries (empty without bias).
   RowMatrixXf dense_weights;
   std::vector<float> dense_bias;
-  // kRowSparse: rows[i] (sorted ascending, unique) has gradient row sparse_weights.row(i) and bias
-  // gradient sparse_bias[i]. Only the first rows.size() rows of sparse_weights are meaningful
+  // kRowSparse: rows[i] (unique, in no particular order) has gradient row sparse_weights.row(i)
+  // and bias gradient sparse_bias[i]. Only the first rows.size() rows of sparse_weights are meaningful
   // (the buffer may be larger so it can be reused across batches); every other item's gradient is 0.
   std::vector<index_t> rows;
   RowMatrixXf sparse_weights;
