@@ -232,10 +232,13 @@ def bench_full(data: dict, args: argparse.Namespace) -> dict:
 NUM_NEGATIVES = 256
 
 
-def make_torch_sampled(data: dict, args: argparse.Namespace) -> Callable[[], dict]:
+def make_torch_sampled(
+    data: dict, args: argparse.Namespace, share: bool = True
+) -> Callable[[], dict]:
     """PyTorch counterpart of loss="sampled": the same network, V as a sparse nn.Embedding (sparse
-    Adagrad rows, as ours), 256 shared uniform negatives per batch, logQ correction
-    (z - log(m / n)) and accidental-hit removal; positives uncorrected, as in ours."""
+    Adagrad rows, as ours), 256 uniform negatives shared by the batch (share=False: 256 per
+    query, a B x 256 gather and a batched product), logQ correction (z - log(m / n)) and
+    accidental-hit removal; positives uncorrected, as in ours."""
     import math
 
     import torch
@@ -276,11 +279,18 @@ def make_torch_sampled(data: dict, args: argparse.Namespace) -> Callable[[], dic
 
     def loss_fn(psi: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         b = len(y)
-        neg = torch.randint(n_items, (m,), generator=gen)
-        rows = net.items(torch.cat([y, neg]))
-        pos = (psi * rows[:b]).sum(1, keepdim=True)
-        logits_neg = psi @ rows[b:].T - log_mq
-        logits_neg = logits_neg.masked_fill(neg[None, :] == y[:, None], float("-inf"))
+        if share:
+            neg = torch.randint(n_items, (m,), generator=gen)
+            rows = net.items(torch.cat([y, neg]))
+            pos = (psi * rows[:b]).sum(1, keepdim=True)
+            logits_neg = psi @ rows[b:].T - log_mq
+            hits = neg[None, :] == y[:, None]
+        else:
+            neg = torch.randint(n_items, (b, m), generator=gen)
+            pos = (psi * net.items(y)).sum(1, keepdim=True)
+            logits_neg = torch.bmm(net.items(neg), psi[:, :, None])[:, :, 0] - log_mq
+            hits = neg == y[:, None]
+        logits_neg = logits_neg.masked_fill(hits, float("-inf"))
         logits = torch.cat([pos, logits_neg], 1)
         return nn.functional.cross_entropy(logits, torch.zeros(b, dtype=torch.long))
 
@@ -299,22 +309,39 @@ def make_torch_sampled(data: dict, args: argparse.Namespace) -> Callable[[], dic
     return _timed_epochs(epoch)
 
 
-def bench_sampled(data: dict, args: argparse.Namespace) -> dict:
-    """loss="sampled": 256 shared uniform negatives, logQ, accidental-hit removal; sparse V."""
+def _bench_sampled(data: dict, args: argparse.Namespace, share: bool) -> dict:
     ours, ref = alternate(
-        make_ours(data, args, loss="sampled", num_negatives=NUM_NEGATIVES, sampler="uniform"),
-        make_torch_sampled(data, args),
+        make_ours(
+            data,
+            args,
+            loss="sampled",
+            num_negatives=NUM_NEGATIVES,
+            sampler="uniform",
+            share_negatives=share,
+        ),
+        make_torch_sampled(data, args, share=share),
         args.repeats,
     )
     n = len(data["target"])
     return {
-        "config": "sampled",
+        "config": "sampled" if share else "sampled_per_query",
         "ours_ex_s": n / ours["seconds"],
         "torch_ex_s": n / ref["seconds"],
         "x_torch": ref["seconds"] / ours["seconds"],
         "ours_loss": ours["loss"],
         "torch_loss": ref["loss"],
     }
+
+
+def bench_sampled(data: dict, args: argparse.Namespace) -> dict:
+    """loss="sampled": 256 shared uniform negatives, logQ, accidental-hit removal; sparse V."""
+    return _bench_sampled(data, args, share=True)
+
+
+def bench_sampled_per_query(data: dict, args: argparse.Namespace) -> dict:
+    """loss="sampled", share_negatives=False: 256 uniform negatives per query (B x 256 distinct
+    rows per batch), logQ, accidental-hit removal; sparse V."""
+    return _bench_sampled(data, args, share=False)
 
 
 def score_sampler_throughput(n_items: int, args: argparse.Namespace) -> list[dict]:
@@ -543,7 +570,7 @@ def gradient_bias(args: argparse.Namespace) -> list[dict]:
     return out
 
 
-CONFIGS_SAMPLED = {"sampled": bench_sampled}
+CONFIGS_SAMPLED = {"sampled": bench_sampled, "sampled_per_query": bench_sampled_per_query}
 
 
 CONFIGS: dict[str, Callable[[dict, argparse.Namespace], dict]] = {
