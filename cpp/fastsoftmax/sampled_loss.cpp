@@ -77,13 +77,17 @@ double SampledSoftmaxLoss::forward_backward(const ConstMapRowMatrixXf& psi,
                   "' is built from the training targets; call fit first");
   }
   const bool backward = dpsi != nullptr && item_grad != nullptr;
-  if (backward) item_grad->kind = ItemGradient::Kind::kRowSparse;
+  if (backward) {
+    item_grad->kind = ItemGradient::Kind::kRowSparse;
+    item_grad->deferred = nullptr;
+  }
   return impl_->forward_backward(
       psi.data(), targets.rows, items.dim, items.weights, items.bias, targets.indptr,
       targets.indices, targets.weights, batch_seed(ctx.seed, ctx.batch_index), ctx.grad_scale,
       ctx.num_threads, backward ? dpsi->data() : nullptr, backward ? &item_grad->rows : nullptr,
       backward ? &item_grad->sparse_weights : nullptr,
-      backward ? &item_grad->sparse_bias : nullptr);
+      backward ? &item_grad->sparse_bias : nullptr,
+      backward && ctx.defer_item_rows ? &item_grad->deferred : nullptr);
 }
 
 GravityLoss::GravityLoss(std::unique_ptr<Loss> inner, double gamma, index_t num_samples)

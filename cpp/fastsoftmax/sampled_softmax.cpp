@@ -33,7 +33,8 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
                                         int num_threads, float* dpsi,
                                         std::vector<index_t>* item_rows, RowMatrixXf* item_grad,
                                         std::vector<float>* item_bias_grad,
-                                        SampledSoftmaxWorkspace& ws) {
+                                        SampledSoftmaxWorkspace& ws,
+                                        RowGradient** deferred_rows) {
   const index_t m = draws.m;
   const index_t R = draws.rows;
   if (R != 1 && R != B) throw_invalid("draws: expected 1 or ", B, " rows, got ", R);
@@ -363,12 +364,17 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
       // Gravity's item side: the draws of row 0.
       for (index_t i = 0; i < m; ++i) add(draws.ids[i], 1.0f, ws.tmp.data() + i * d, false);
     }
-    const index_t K = rg.size();
     item_rows->assign(rg.rows().begin(), rg.rows().end());
+    if (deferred_rows != nullptr) {
+      *deferred_rows = &rg;
+      return total;
+    }
+    const index_t K = rg.size();
     if (item_grad->rows() < K || item_grad->cols() != d) item_grad->resize(K, d);
     rg.sum_rows(item_grad->data(), num_threads);
     return total;
   }
+  if (deferred_rows != nullptr) *deferred_rows = nullptr;
 
   // ---- Shared draws: row-sparse item gradient over the sorted unique candidate ids (the
   // draws, already sorted by id, merged with the sorted target entries); contributions in a
@@ -440,7 +446,8 @@ double SampledSoftmax::forward_backward(const float* psi, index_t B, index_t d, 
                                         std::uint64_t seed, float grad_scale, int num_threads,
                                         float* dpsi, std::vector<index_t>* item_rows,
                                         RowMatrixXf* item_grad,
-                                        std::vector<float>* item_bias_grad) {
+                                        std::vector<float>* item_bias_grad,
+                                        RowGradient** deferred_rows) {
   SamplerBatch batch;
   batch.B = B;
   batch.dim = d;
@@ -477,7 +484,7 @@ double SampledSoftmax::forward_backward(const float* psi, index_t B, index_t d, 
   return sampled_softmax_forward_backward(psi, B, d, items, bias, sampler_.n_items(), indptr,
                                           indices, weights, draws_, pos_log_q, options_,
                                           grad_scale, num_threads, dpsi, item_rows, item_grad,
-                                          item_bias_grad, ws_);
+                                          item_bias_grad, ws_, deferred_rows);
 }
 
 double gravity_exact(const float* psi, index_t B, index_t d, const float* items, index_t n_items,

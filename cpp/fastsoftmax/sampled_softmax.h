@@ -71,7 +71,11 @@ struct SampledSoftmaxWorkspace {
 /// remove_accidental_hits; may be nullptr otherwise).
 /// dpsi (B x d) and the row-sparse item gradient (item_rows unique: sorted for shared draws, in
 /// first-touch order for per-query draws; item_grad rows [0, item_rows.size()), item_bias_grad
-/// when bias) are overwritten; dpsi == nullptr: forward only.
+/// when bias) are overwritten; dpsi == nullptr: forward only. deferred_rows != nullptr: per-query
+/// draws leave item_grad alone and set *deferred_rows to the rows' contributions instead (in
+/// ws, valid until the next call; each row's gradient is their sum, as RowGradient::sum_row;
+/// its rows() are item_rows), for an optimiser that sums each row as it steps it; otherwise
+/// (shared draws) *deferred_rows is set to nullptr.
 double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, const float* items,
                                         const float* bias, index_t n_items, const index_t* indptr,
                                         const index_t* indices, const float* weights,
@@ -80,7 +84,8 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
                                         int num_threads, float* dpsi,
                                         std::vector<index_t>* item_rows, RowMatrixXf* item_grad,
                                         std::vector<float>* item_bias_grad,
-                                        SampledSoftmaxWorkspace& ws);
+                                        SampledSoftmaxWorkspace& ws,
+                                        RowGradient** deferred_rows = nullptr);
 
 /// A sampler and the sampled-softmax options together: draws the batch's negatives (and the
 /// positives' log Q when needed), then calls sampled_softmax_forward_backward. Not thread-safe (it
@@ -99,7 +104,8 @@ class SampledSoftmax {
                           const float* bias, const index_t* indptr, const index_t* indices,
                           const float* weights, std::uint64_t seed, float grad_scale,
                           int num_threads, float* dpsi, std::vector<index_t>* item_rows,
-                          RowMatrixXf* item_grad, std::vector<float>* item_bias_grad);
+                          RowMatrixXf* item_grad, std::vector<float>* item_bias_grad,
+                          RowGradient** deferred_rows = nullptr);
 
  private:
   NegativeSampler sampler_;

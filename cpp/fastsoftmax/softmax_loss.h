@@ -53,6 +53,8 @@ struct ItemParamsView {
   const float* bias = nullptr;     // nullptr: no item bias
 };
 
+class RowGradient;  // embedding.h
+
 /// The gradient of the loss with respect to the item table (and bias).
 struct ItemGradient {
   enum class Kind { kDense, kRowSparse };
@@ -66,6 +68,10 @@ struct ItemGradient {
   std::vector<index_t> rows;
   RowMatrixXf sparse_weights;
   std::vector<float> sparse_bias;
+  // kRowSparse, only when the caller allowed it (LossContext::defer_item_rows): the rows'
+  // gradients as contributions (their rows() are `rows`; sparse_weights is not filled), for an
+  // optimiser that sums each row as it steps it. Owned by the loss, valid until its next call.
+  RowGradient* deferred = nullptr;
 };
 
 /// Per-call settings of a loss evaluation.
@@ -74,6 +80,7 @@ struct LossContext {
   std::uint64_t batch_index = 0;  // global batch counter (distinct per epoch and batch)
   int num_threads = 0;            // as passed to parallel_for (0 = all cores)
   float grad_scale = 1.0f;        // gradients are of grad_scale * sum of row losses
+  bool defer_item_rows = false;   // a row-sparse item gradient may come as ItemGradient::deferred
 };
 
 class Loss {

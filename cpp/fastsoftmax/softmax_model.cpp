@@ -301,8 +301,10 @@ double SoftmaxModel::fit_epoch(const FeaturesView& x, const TargetsView& targets
     const TargetsView tv = gather_targets(targets, rows, B);
     LossContext ctx{config_.seed, static_cast<std::uint64_t>(epoch * n_batches + bi), threads,
                     1.0f / static_cast<float>(B)};
+    ctx.defer_item_rows = true;  // the item rows' step below sums each row as it steps it
     const ConstMapRowMatrixXf psi(ws_.acts.back().data(), B, config_.dim);
     MapRowMatrixXf dpsi(ws_.grads.back().data(), B, config_.dim);
+    item_grad_.deferred = nullptr;
     total += loss_->forward_backward(psi, item_view(), tv, ctx, &dpsi, &item_grad_);
     backward_tower(x, rows, B, false);  // this batch's MLP gradients written over dW_ / db_
     // Optimiser steps of every parameter in one parallel region: the bag tables' parts (each
@@ -319,7 +321,9 @@ double SoftmaxModel::fit_epoch(const FeaturesView& x, const TargetsView& targets
     } else {
       const index_t k = static_cast<index_t>(item_grad_.rows.size());
       update_jobs_.push_back(
-          items_.rows_step(item_grad_.rows.data(), k, item_grad_.sparse_weights.data(), opt));
+          item_grad_.deferred != nullptr
+              ? items_.row_gradient_step(*item_grad_.deferred, opt)
+              : items_.rows_step(item_grad_.rows.data(), k, item_grad_.sparse_weights.data(), opt));
       if (config_.item_bias) {
         update_jobs_.push_back(
             item_bias_.rows_step(item_grad_.rows.data(), k, item_grad_.sparse_bias.data(), opt));
