@@ -122,11 +122,33 @@ def test_sir_bias_shrinks_with_the_pool(bias_setup):
     assert errs[1] < errs[0] and errs[1] < 0.1
 
 
-def test_gradients_is_one_sampled_estimate_used_by_fit():
-    """One SGD step over one batch == params - lr * gradients(seed=model seed)."""
+def repeated_row_problem(n_rows=24):
+    """make_problem's first row n_rows times: fit's shuffle of the batch changes nothing, so even
+    per-query draws (one stream per batch position) match between fit and gradients()."""
     feats, targets = make_problem()
+    rows = np.zeros(n_rows, dtype=np.int64)
+    return (
+        fs.QueryFeatures(dense=feats.dense[rows], categorical={"c": feats.categorical["c"][rows]}),
+        targets[rows],
+    )
+
+
+@pytest.mark.parametrize(
+    "extra", [dict(), dict(share_negatives=False, item_bias=True, problem=repeated_row_problem)]
+)
+def test_gradients_is_one_sampled_estimate_used_by_fit(extra):
+    """One SGD step over one batch == params - lr * gradients(seed=model seed). (Per-query draws:
+    fit hands the item rows' contributions to the optimiser unsummed; gradients() sums them.)"""
+    extra = dict(extra)
+    feats, targets = extra.pop("problem", make_problem)()
     kw = dict(
-        loss="sampled", num_negatives=16, optimizer="sgd", learning_rate=0.1, batch_size=64, seed=3
+        loss="sampled",
+        num_negatives=16,
+        optimizer="sgd",
+        learning_rate=0.1,
+        batch_size=64,
+        seed=3,
+        **extra,
     )
     model = build(feats, targets, **kw)
     before = {k: v.copy() for k, v in model.parameters.items()}
