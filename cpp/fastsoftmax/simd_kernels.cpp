@@ -202,6 +202,57 @@ FASTSOFTMAX_AVX2 void row_dots_avx2(const float* x, index_t rows, index_t cols, 
   }
 }
 
+// Rows [i0, i0 + R) of the 4-column panel [j0, j0 + 4) of a left-looking Cholesky:
+// A(i, c) -= sum_{k < j0} L(i, k) L(c, k), as R / 4 x 4 register tiles (column-major, lda n).
+template <int R>
+FASTSOFTMAX_AVX2 inline void cholesky_panel_tile(double* a, index_t n, index_t i0, index_t j0) {
+  constexpr int V = R / 4;
+  __m256d acc[4][V];
+  for (int c = 0; c < 4; ++c) {
+    for (int v = 0; v < V; ++v) acc[c][v] = _mm256_setzero_pd();
+  }
+  for (index_t k = 0; k < j0; ++k) {
+    const double* col = a + k * n;
+    __m256d l[V];
+    for (int v = 0; v < V; ++v) l[v] = _mm256_loadu_pd(col + i0 + 4 * v);
+    for (int c = 0; c < 4; ++c) {
+      const __m256d b = _mm256_broadcast_sd(col + j0 + c);
+      for (int v = 0; v < V; ++v) acc[c][v] = _mm256_fmadd_pd(l[v], b, acc[c][v]);
+    }
+  }
+  for (int c = 0; c < 4; ++c) {
+    double* out = a + (j0 + c) * n + i0;
+    for (int v = 0; v < V; ++v) {
+      _mm256_storeu_pd(out + 4 * v, _mm256_sub_pd(_mm256_loadu_pd(out + 4 * v), acc[c][v]));
+    }
+  }
+}
+
+FASTSOFTMAX_AVX2 bool cholesky_lower_avx2(double* a, index_t n) {
+  for (index_t j0 = 0; j0 < n; j0 += 4) {
+    // Update the panel's rows with every earlier column (8-row tiles, then a 4-row one)...
+    index_t i0 = j0;
+    for (; i0 + 8 <= n; i0 += 8) cholesky_panel_tile<8>(a, n, i0, j0);
+    for (; i0 + 4 <= n; i0 += 4) cholesky_panel_tile<4>(a, n, i0, j0);
+    // ...then factor it column by column.
+    for (index_t c = j0; c < j0 + 4; ++c) {
+      double* col = a + c * n;
+      const double pivot = col[c];
+      if (!(pivot > 0.0)) return false;  // also NaN
+      const double d = std::sqrt(pivot);
+      col[c] = d;
+      const double inv = 1.0 / d;
+      for (index_t i = c + 1; i < n; ++i) col[i] *= inv;
+      for (index_t c2 = c + 1; c2 < j0 + 4; ++c2) {
+        double* col2 = a + c2 * n;
+        const double f = col[c2];
+        for (index_t i = c2; i < n; ++i) col2[i] -= col[i] * f;
+      }
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 void online_exp_block(float* x, index_t rows, index_t cols, index_t stride, float* m, float* s,
@@ -221,6 +272,7 @@ void row_dots(const float* x, index_t rows, index_t cols, index_t stride, const 
               float* out) {
   row_dots_avx2(x, rows, cols, stride, f, out);
 }
+bool cholesky_lower(double* a, index_t n) { return cholesky_lower_avx2(a, n); }
 
 #else  // not x86: the callers never select these kernels.
 
@@ -241,6 +293,9 @@ void add_row_values(float*, index_t, index_t, index_t, const float*) {
   throw std::logic_error("simd kernels are not available on this platform");
 }
 void row_dots(const float*, index_t, index_t, index_t, const float*, float*) {
+  throw std::logic_error("simd kernels are not available on this platform");
+}
+bool cholesky_lower(double*, index_t) {
   throw std::logic_error("simd kernels are not available on this platform");
 }
 #endif
