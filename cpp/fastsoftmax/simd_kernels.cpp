@@ -202,38 +202,50 @@ FASTSOFTMAX_AVX2 void row_dots_avx2(const float* x, index_t rows, index_t cols, 
   }
 }
 
-// Rows [i0, i0 + R) of the 4-column panel [j0, j0 + 4) of a left-looking Cholesky:
-// A(i, c) -= sum_{k < j0} L(i, k) L(c, k), as R / 4 x 4 register tiles (column-major, lda n).
+// A (column-major, lda n) rows [i0, i0 + R), columns [j0, j0 + 4) += sign * sum_{k < K}
+// p[k * step + i] q[k * step + c], as R / 4 x 4 register tiles.
 template <int R>
-FASTSOFTMAX_AVX2 inline void cholesky_panel_tile(double* a, index_t n, index_t i0, index_t j0) {
+FASTSOFTMAX_AVX2 inline void rank_k_tile(double* a, index_t n, index_t i0, index_t j0,
+                                         const double* p, const double* q, index_t step,
+                                         index_t K, bool subtract) {
   constexpr int V = R / 4;
   __m256d acc[4][V];
   for (int c = 0; c < 4; ++c) {
     for (int v = 0; v < V; ++v) acc[c][v] = _mm256_setzero_pd();
   }
-  for (index_t k = 0; k < j0; ++k) {
-    const double* col = a + k * n;
+  for (index_t k = 0; k < K; ++k) {
     __m256d l[V];
-    for (int v = 0; v < V; ++v) l[v] = _mm256_loadu_pd(col + i0 + 4 * v);
+    for (int v = 0; v < V; ++v) l[v] = _mm256_loadu_pd(p + k * step + i0 + 4 * v);
     for (int c = 0; c < 4; ++c) {
-      const __m256d b = _mm256_broadcast_sd(col + j0 + c);
+      const __m256d b = _mm256_broadcast_sd(q + k * step + j0 + c);
       for (int v = 0; v < V; ++v) acc[c][v] = _mm256_fmadd_pd(l[v], b, acc[c][v]);
     }
   }
   for (int c = 0; c < 4; ++c) {
     double* out = a + (j0 + c) * n + i0;
     for (int v = 0; v < V; ++v) {
-      _mm256_storeu_pd(out + 4 * v, _mm256_sub_pd(_mm256_loadu_pd(out + 4 * v), acc[c][v]));
+      const __m256d old = _mm256_loadu_pd(out + 4 * v);
+      _mm256_storeu_pd(out + 4 * v, subtract ? _mm256_sub_pd(old, acc[c][v])
+                                             : _mm256_add_pd(old, acc[c][v]));
     }
   }
 }
 
+// Rows [i0, n) of the 4-column panel at j0: 8-row tiles, then a 4-row one (n - i0 is a
+// multiple of 4).
+FASTSOFTMAX_AVX2 inline void rank_k_panel(double* a, index_t n, index_t j0, const double* p,
+                                          const double* q, index_t step, index_t K,
+                                          bool subtract) {
+  index_t i0 = j0;
+  for (; i0 + 8 <= n; i0 += 8) rank_k_tile<8>(a, n, i0, j0, p, q, step, K, subtract);
+  for (; i0 + 4 <= n; i0 += 4) rank_k_tile<4>(a, n, i0, j0, p, q, step, K, subtract);
+}
+
 FASTSOFTMAX_AVX2 bool cholesky_lower_avx2(double* a, index_t n) {
   for (index_t j0 = 0; j0 < n; j0 += 4) {
-    // Update the panel's rows with every earlier column (8-row tiles, then a 4-row one)...
-    index_t i0 = j0;
-    for (; i0 + 8 <= n; i0 += 8) cholesky_panel_tile<8>(a, n, i0, j0);
-    for (; i0 + 4 <= n; i0 += 4) cholesky_panel_tile<4>(a, n, i0, j0);
+    // Update the panel's rows with every earlier column: A(i, c) -= sum_{k < j0} L(i, k) L(c, k)
+    // (column k of L is a + k n)...
+    rank_k_panel(a, n, j0, a, a, n, j0, true);
     // ...then factor it column by column.
     for (index_t c = j0; c < j0 + 4; ++c) {
       double* col = a + c * n;
@@ -273,6 +285,9 @@ void row_dots(const float* x, index_t rows, index_t cols, index_t stride, const 
   row_dots_avx2(x, rows, cols, stride, f, out);
 }
 bool cholesky_lower(double* a, index_t n) { return cholesky_lower_avx2(a, n); }
+void rank_k_update_lower(double* a, index_t n, const double* p, const double* q, index_t K) {
+  for (index_t j0 = 0; j0 < n; j0 += 4) rank_k_panel(a, n, j0, p, q, n, K, false);
+}
 
 #else  // not x86: the callers never select these kernels.
 
@@ -296,6 +311,9 @@ void row_dots(const float*, index_t, index_t, index_t, const float*, float*) {
   throw std::logic_error("simd kernels are not available on this platform");
 }
 bool cholesky_lower(double*, index_t) {
+  throw std::logic_error("simd kernels are not available on this platform");
+}
+void rank_k_update_lower(double*, index_t, const double*, const double*, index_t) {
   throw std::logic_error("simd kernels are not available on this platform");
 }
 #endif

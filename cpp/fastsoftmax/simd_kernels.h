@@ -83,4 +83,9 @@ void row_dots(const float* x, index_t rows, index_t cols, index_t stride, const 
 /// n = 64). Returns false (A partly overwritten) when A is not positive definite.
 bool cholesky_lower(double* a, index_t n);
 
+/// A += P^T Q on the lower triangle's 4-column blocks: A(i, c) += sum_k P(k, i) Q(k, c) for
+/// i >= 4 floor(c / 4), with P and Q row-major K x n (n a multiple of 4) and A as in
+/// cholesky_lower (entries above the diagonal inside a diagonal block also change: scratch).
+void rank_k_update_lower(double* a, index_t n, const double* p, const double* q, index_t K);
+
 }  // namespace fastsoftmax::simd

@@ -42,11 +42,20 @@ std::vector<index_t> row_chunks(const CsrView& a) {
 // Per-thread scratch memory, sized once per call: no heap allocation per row.
 struct Scratch {
   explicit Scratch(index_t dim)
-      : a(dim, dim), b(dim), xd(dim), gathered(kGatherRows, dim), scaled(kGatherRows, dim) {}
+      : a(dim, dim),
+        b(dim),
+        xd(dim),
+        gathered(kGatherRows, dim),
+        scaled(kGatherRows, dim),
+        gathered_rows(kGatherRows, dim),
+        scaled_rows(kGatherRows, dim) {}
   // Cholesky path (float64).
   MatrixXd a;
   VectorXd b, xd;
-  MatrixXd gathered, scaled;  // kGatherRows x dim: y_j and (w_ij - w0) y_j
+  // kGatherRows x dim: y_j and (w_ij - w0) y_j (column-major for Eigen's product, row-major
+  // for the AVX2 kernels').
+  MatrixXd gathered, scaled;
+  RowMatrixXd gathered_rows, scaled_rows;
 };
 
 // Prefetches the fixed-side rows that row `row` will read: issued one row ahead, the cache misses
@@ -99,7 +108,29 @@ void solve_row_cholesky(const CsrView& a, index_t row, const float* fixed, index
   const index_t end = a.indptr[row + 1];
   s.a = base;  // w0 G + lambda I (only the lower triangle is used)
   s.b.setZero();
-  for (index_t k0 = begin; k0 < end; k0 += kGatherRows) {
+  if (simd_llt) {
+    // A += sum_j (w_ij - w0) y_j y_j^T by the AVX2 rank-k kernel, kGatherRows entries at a time.
+    for (index_t k0 = begin; k0 < end; k0 += kGatherRows) {
+      const index_t count = std::min(kGatherRows, end - k0);
+      for (index_t t = 0; t < count; ++t) {
+        const index_t k = k0 + t;
+        if (k + kPrefetchAhead < end) prefetch_entry(a, k + kPrefetchAhead, end, fixed, dim);
+        const double w = weight_at(a, k);
+        const double wt = w * static_cast<double>(a.targets[k]);
+        const float* y = fixed + a.indices[k] * dim;
+        double* g = s.gathered_rows.data() + t * dim;
+        double* sc = s.scaled_rows.data() + t * dim;
+        for (index_t f = 0; f < dim; ++f) {
+          g[f] = y[f];
+          sc[f] = (w - w0) * g[f];
+          s.b[f] += wt * g[f];
+        }
+      }
+      simd::rank_k_update_lower(s.a.data(), dim, s.scaled_rows.data(), s.gathered_rows.data(),
+                                count);
+    }
+  }
+  for (index_t k0 = begin; k0 < end && !simd_llt; k0 += kGatherRows) {
     const index_t count = std::min(kGatherRows, end - k0);
     for (index_t t = 0; t < count; ++t) {
       const index_t k = k0 + t;
