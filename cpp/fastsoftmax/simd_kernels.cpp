@@ -202,32 +202,48 @@ FASTSOFTMAX_AVX2 void row_dots_avx2(const float* x, index_t rows, index_t cols, 
   }
 }
 
-// A (column-major, lda n) rows [i0, i0 + R), columns [j0, j0 + 4) += sign * sum_{k < K}
+// A (column-major, lda n) rows [i0, i0 + R), columns [j0, j0 + 4) += (subtract: -=) sum_{k < K}
 // p[k * step + i] q[k * step + c], as R / 4 x 4 register tiles.
 template <int R>
 FASTSOFTMAX_AVX2 inline void rank_k_tile(double* a, index_t n, index_t i0, index_t j0,
                                          const double* p, const double* q, index_t step,
                                          index_t K, bool subtract) {
-  constexpr int V = R / 4;
-  __m256d acc[4][V];
-  for (int c = 0; c < 4; ++c) {
-    for (int v = 0; v < V; ++v) acc[c][v] = _mm256_setzero_pd();
-  }
+  static_assert(R == 4 || R == 8, "4 or 8 rows");
+  // Named accumulators (an array was kept on the stack): column c, rows i0 + 4 v.
+  __m256d a00 = _mm256_setzero_pd(), a10 = a00, a20 = a00, a30 = a00;
+  __m256d a01 = a00, a11 = a00, a21 = a00, a31 = a00;
   for (index_t k = 0; k < K; ++k) {
-    __m256d l[V];
-    for (int v = 0; v < V; ++v) l[v] = _mm256_loadu_pd(p + k * step + i0 + 4 * v);
-    for (int c = 0; c < 4; ++c) {
-      const __m256d b = _mm256_broadcast_sd(q + k * step + j0 + c);
-      for (int v = 0; v < V; ++v) acc[c][v] = _mm256_fmadd_pd(l[v], b, acc[c][v]);
+    const double* pk = p + k * step + i0;
+    const double* qk = q + k * step + j0;
+    const __m256d l0 = _mm256_loadu_pd(pk);
+    const __m256d b0 = _mm256_broadcast_sd(qk), b1 = _mm256_broadcast_sd(qk + 1);
+    const __m256d b2 = _mm256_broadcast_sd(qk + 2), b3 = _mm256_broadcast_sd(qk + 3);
+    a00 = _mm256_fmadd_pd(l0, b0, a00);
+    a10 = _mm256_fmadd_pd(l0, b1, a10);
+    a20 = _mm256_fmadd_pd(l0, b2, a20);
+    a30 = _mm256_fmadd_pd(l0, b3, a30);
+    if constexpr (R == 8) {
+      const __m256d l1 = _mm256_loadu_pd(pk + 4);
+      a01 = _mm256_fmadd_pd(l1, b0, a01);
+      a11 = _mm256_fmadd_pd(l1, b1, a11);
+      a21 = _mm256_fmadd_pd(l1, b2, a21);
+      a31 = _mm256_fmadd_pd(l1, b3, a31);
     }
   }
-  for (int c = 0; c < 4; ++c) {
-    double* out = a + (j0 + c) * n + i0;
-    for (int v = 0; v < V; ++v) {
-      const __m256d old = _mm256_loadu_pd(out + 4 * v);
-      _mm256_storeu_pd(out + 4 * v, subtract ? _mm256_sub_pd(old, acc[c][v])
-                                             : _mm256_add_pd(old, acc[c][v]));
-    }
+  auto put = [&](index_t c, index_t v, __m256d acc) {
+    double* out = a + (j0 + c) * n + i0 + 4 * v;
+    const __m256d old = _mm256_loadu_pd(out);
+    _mm256_storeu_pd(out, subtract ? _mm256_sub_pd(old, acc) : _mm256_add_pd(old, acc));
+  };
+  put(0, 0, a00);
+  put(1, 0, a10);
+  put(2, 0, a20);
+  put(3, 0, a30);
+  if constexpr (R == 8) {
+    put(0, 1, a01);
+    put(1, 1, a11);
+    put(2, 1, a21);
+    put(3, 1, a31);
   }
 }
 
