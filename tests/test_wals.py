@@ -62,7 +62,7 @@ def snapshots(model_kwargs, a, w=None):
 
 
 @pytest.mark.parametrize("side", ["rows", "cols"])
-@pytest.mark.parametrize("d", [6, 8, 12, 64])  # 8, 12, 64: the AVX2 kernel's 4-column panels
+@pytest.mark.parametrize("d", [4, 6, 8, 12, 64])  # d % 4 == 0: the AVX2 kernels
 def test_cholesky_half_sweep_equals_dense_normal_equations(side, d):
     a, w = make_problem()
     if side == "cols":
