@@ -42,20 +42,11 @@ std::vector<index_t> row_chunks(const CsrView& a) {
 // Per-thread scratch memory, sized once per call: no heap allocation per row.
 struct Scratch {
   explicit Scratch(index_t dim)
-      : a(dim, dim),
-        b(dim),
-        xd(dim),
-        gathered(kGatherRows, dim),
-        scaled(kGatherRows, dim),
-        gathered_rows(kGatherRows, dim),
-        scaled_rows(kGatherRows, dim) {}
+      : a(dim, dim), b(dim), xd(dim), gathered(kGatherRows, dim), scaled(kGatherRows, dim) {}
   // Cholesky path (float64).
   MatrixXd a;
   VectorXd b, xd;
-  // kGatherRows x dim: y_j and (w_ij - w0) y_j (column-major for Eigen's product, row-major
-  // for the AVX2 kernels').
-  MatrixXd gathered, scaled;
-  RowMatrixXd gathered_rows, scaled_rows;
+  RowMatrixXd gathered, scaled;  // kGatherRows x dim: y_j and (w_ij - w0) y_j
 };
 
 // Prefetches the fixed-side rows that row `row` will read: issued one row ahead, the cache misses
@@ -108,40 +99,30 @@ void solve_row_cholesky(const CsrView& a, index_t row, const float* fixed, index
   const index_t end = a.indptr[row + 1];
   s.a = base;  // w0 G + lambda I (only the lower triangle is used)
   s.b.setZero();
-  if (simd_llt) {
-    // A += sum_j (w_ij - w0) y_j y_j^T by the AVX2 rank-k kernel, kGatherRows entries at a time.
-    for (index_t k0 = begin; k0 < end; k0 += kGatherRows) {
-      const index_t count = std::min(kGatherRows, end - k0);
-      for (index_t t = 0; t < count; ++t) {
-        const index_t k = k0 + t;
-        if (k + kPrefetchAhead < end) prefetch_entry(a, k + kPrefetchAhead, end, fixed, dim);
-        const double w = weight_at(a, k);
-        const double wt = w * static_cast<double>(a.targets[k]);
-        const float* y = fixed + a.indices[k] * dim;
-        double* g = s.gathered_rows.data() + t * dim;
-        double* sc = s.scaled_rows.data() + t * dim;
-        for (index_t f = 0; f < dim; ++f) {
-          g[f] = y[f];
-          sc[f] = (w - w0) * g[f];
-          s.b[f] += wt * g[f];
-        }
-      }
-      simd::rank_k_update_lower(s.a.data(), dim, s.scaled_rows.data(), s.gathered_rows.data(),
-                                count);
-    }
-  }
-  for (index_t k0 = begin; k0 < end && !simd_llt; k0 += kGatherRows) {
+  // A += sum_j (w_ij - w0) y_j y_j^T and b = sum_j w_ij a_ij y_j, kGatherRows entries at a time
+  // gathered (row-major) and added by the AVX2 rank-k kernel or Eigen's triangular product.
+  for (index_t k0 = begin; k0 < end; k0 += kGatherRows) {
     const index_t count = std::min(kGatherRows, end - k0);
     for (index_t t = 0; t < count; ++t) {
       const index_t k = k0 + t;
+      if (k + kPrefetchAhead < end) prefetch_entry(a, k + kPrefetchAhead, end, fixed, dim);
       const double w = weight_at(a, k);
+      const double wt = w * static_cast<double>(a.targets[k]);
       const float* y = fixed + a.indices[k] * dim;
-      for (index_t f = 0; f < dim; ++f) s.gathered(t, f) = y[f];
-      s.scaled.row(t) = (w - w0) * s.gathered.row(t);
-      s.b.noalias() += (w * static_cast<double>(a.targets[k])) * s.gathered.row(t).transpose();
+      double* g = s.gathered.data() + t * dim;
+      double* sc = s.scaled.data() + t * dim;
+      for (index_t f = 0; f < dim; ++f) {
+        g[f] = y[f];
+        sc[f] = (w - w0) * g[f];
+        s.b[f] += wt * g[f];
+      }
     }
-    s.a.triangularView<Eigen::Lower>() +=
-        s.gathered.topRows(count).transpose() * s.scaled.topRows(count);
+    if (simd_llt) {
+      simd::rank_k_update_lower(s.a.data(), dim, s.scaled.data(), s.gathered.data(), count);
+    } else {
+      s.a.triangularView<Eigen::Lower>() +=
+          s.gathered.topRows(count).transpose() * s.scaled.topRows(count);
+    }
   }
   bool factored;
   if (simd_llt) {
