@@ -53,11 +53,13 @@ struct SampledSoftmaxWorkspace {
   std::vector<std::pair<index_t, index_t>> sorted;  // (id, column) of the shared draws
   RowMatrixXf dvs;                 // m x d item gradient of the shared draws
   std::vector<float> dbs;          // m
-  std::vector<index_t> keys;       // shared draws: candidate ids, sorted unique
-  std::vector<index_t> slot;       // key slot of each draw, then of each target entry
-  std::vector<std::pair<index_t, index_t>> pos_sorted;  // (id, entry) of the targets, sorted
-  std::vector<char> row_set;       // per key: its gradient row has had a contribution
-  RowGradient pq_grad;             // per-query draws: the item gradient's rows
+  // Item gradient of shared draws: candidate ids (sorted unique), the key slot of each draw then
+  // of each target entry, the targets' (id, entry) sorted, and per key whether its row is set.
+  std::vector<index_t> keys;
+  std::vector<index_t> slot;
+  std::vector<std::pair<index_t, index_t>> pos_sorted;
+  std::vector<char> row_set;
+  RowGradient pq_grad;  // item gradient of per-query draws (a slot per item id)
   RowMatrixXf gram_items, gram_queries, tmp, grav_dpsi;
   std::vector<Eigen::ArrayXf> exp_scratch;  // per thread slot, m entries
 };
