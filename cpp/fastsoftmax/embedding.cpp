@@ -95,6 +95,10 @@ void advise_huge_pages(void* data, std::size_t bytes) {
 #endif
 }
 
+// Rows of 16 floats or a multiple of 16 then never straddle a cache line (see CMakeLists.txt).
+static_assert(EIGEN_DEFAULT_ALIGN_BYTES >= 64,
+              "build with EIGEN_MAX_ALIGN_BYTES=64: tables must start on a cache line");
+
 void allocate_zeroed(RowMatrixXf& m, index_t rows, index_t cols) {
   m.resize(rows, cols);
   advise_huge_pages(m.data(), static_cast<std::size_t>(m.size()) * sizeof(float));
