@@ -429,16 +429,18 @@ void BagGradient::begin(const BagsView& bags, const index_t* rows, index_t B, Po
 void BagGradient::stage(index_t b0, index_t b1) {
   // Each chunk of batch rows sorts its entries into the id classes, in entry order.
   for (index_t t = b0 / kChunkRows; t * kChunkRows < b1; ++t) {
-    std::vector<Entry>* out = staged_.data() + t * kParts;
-    for (int q = 0; q < kParts; ++q) out[q].clear();
+    Staged* out = staged_.data() + t * kParts;
+    for (int q = 0; q < kParts; ++q) out[q].n = 0;
     for_each_bag_entry(bags_, rows_, t * kChunkRows, std::min(batch_, (t + 1) * kChunkRows),
                        pooling_, dout_, dout_stride_,
                        [&](index_t, index_t, index_t id, float c, const float* g) {
                          // Fields stored in place (a pushed temporary went through the stack
-                         // and stalled on store forwarding).
-                         std::vector<Entry>& v = out[part_of(id)];
-                         v.resize(v.size() + 1);
-                         Entry& e = v.back();
+                         // and stalled on store forwarding); the buffer only grows in the
+                         // first batches (vector::resize per entry was an out-of-line call
+                         // that value-initialised the entry: 2% of the sampled step).
+                         Staged& v = out[part_of(id)];
+                         if (v.n == v.buf.size()) v.buf.resize(std::max<std::size_t>(64, 2 * v.n));
+                         Entry& e = v.buf[v.n++];
                          e.id = id;
                          e.coef = c;
                          e.g = g;
@@ -452,8 +454,9 @@ void BagGradient::collect(int q) {
   part.clear_slots();
   part.reset_shared(slots_.data(), cols_);
   for (index_t t = 0; t < n_chunks_; ++t) {
-    const std::vector<Entry>& in = staged_[static_cast<std::size_t>(t * kParts + q)];
-    const std::size_t n = in.size();
+    const Staged& staged = staged_[static_cast<std::size_t>(t * kParts + q)];
+    const Entry* in = staged.buf.data();
+    const std::size_t n = staged.n;
     for (std::size_t e = 0; e < n; ++e) {
       if (e + kPrefetchRows < n) part.prefetch(in[e + kPrefetchRows].id);
       part.add(in[e].id, in[e].coef, in[e].g);

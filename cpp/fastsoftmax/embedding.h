@@ -232,7 +232,11 @@ class BagGradient {
   };
   std::vector<std::int32_t> slots_;  // huge-page advised when large
   std::vector<RowGradient> parts_;
-  std::vector<std::vector<Entry>> staged_;  // chunk * kParts + part
+  struct Staged {
+    std::vector<Entry> buf;  // entries [0, n) are this batch's; the rest is reserve
+    std::size_t n = 0;
+  };
+  std::vector<Staged> staged_;  // chunk * kParts + part
   BagsView bags_;
   const index_t* rows_ = nullptr;
   index_t batch_ = 0, n_chunks_ = 0, cols_ = 0, dout_stride_ = 0;
