@@ -105,6 +105,24 @@ def test_wide_layers_match_reference(loss):
         np.testing.assert_allclose(g, ref_grads[name], atol=2e-5 * scale + 1e-9, err_msg=name)
 
 
+@pytest.mark.parametrize("width", [8, 16, 32, 64, 128])
+@pytest.mark.parametrize("pooling", ["mean", "sqrtn"])
+def test_bag_widths_match_reference(width, pooling):
+    """Bag tables 16, 32 and 64 wide pool their rows in registers, other widths through a
+    generic loop: both agree with the reference's pooled lookup (weighted bags, an empty bag)
+    and its gradient; 150 rows make several lookup tasks."""
+    feats, targets = make_problem(n_rows=150, seed=7)
+    model = build(feats, targets, embedding_dim={"c": 4, "h": width}, pooling=pooling, batch_size=150)
+    params = model.parameters
+    ref_loss, ref_grads = softmax_dnn(params, feats, targets, pooling=pooling)
+    assert model.loss(feats, targets) == pytest.approx(ref_loss, rel=1e-5)
+    grads = model.gradients(feats, targets)
+    for name in ("bags.h", "mlp.0.weight"):
+        scale = np.abs(ref_grads[name]).max()
+        assert scale > 0
+        np.testing.assert_allclose(grads[name], ref_grads[name], atol=2e-5 * scale, err_msg=name)
+
+
 @pytest.mark.parametrize("portable", [False, True])
 @pytest.mark.parametrize("buffer_bytes", [None, 0])
 @pytest.mark.parametrize(("n_rows", "dim"), [(10, 6), (37, 16)])

@@ -229,6 +229,26 @@ inline float bag_scale(const BagsView& bags, index_t row, Pooling pooling) {
 
 }  // namespace
 
+namespace {
+
+// dst[0..E) = sum over entries k in [k0, k1) of coef(k) * table row indices[k] (E floats wide),
+// accumulated in order from 0; prefetch() is called once before each entry.
+template <int E, typename Coef, typename Prefetch>
+void pool_in_registers(const float* table, const index_t* indices, index_t k0, index_t k1,
+                       const Coef& coef, Prefetch& prefetch, float* dst) {
+  float acc[E] = {};
+  for (index_t k = k0; k < k1; ++k) {
+    prefetch();
+    const float c = coef(k);
+    const float* src = table + indices[k] * E;
+#pragma GCC unroll 64
+    for (int j = 0; j < E; ++j) acc[j] += c * src[j];
+  }
+  std::copy(acc, acc + E, dst);
+}
+
+}  // namespace
+
 void embed_bags(const RowMatrixXf& table, const BagsView& bags, const index_t* rows, index_t B,
                 Pooling pooling, float* out, index_t out_stride, int num_threads) {
   const index_t e = table.cols();
@@ -252,13 +272,30 @@ void embed_bags(const RowMatrixXf& table, const BagsView& bags, const index_t* r
     for (index_t i = 0; i < kPrefetchRows; ++i) prefetch_next();
     for (index_t b = begin; b < end; ++b) {
       const index_t r = rows[b];
-      Eigen::Map<Eigen::VectorXf> dst(out + b * out_stride, e);
-      dst.setZero();
       const float scale = bag_scale(bags, r, pooling);
-      for (index_t k = bags.indptr[r]; k < bags.indptr[r + 1]; ++k) {
+      const index_t k0 = bags.indptr[r], k1 = bags.indptr[r + 1];
+      auto coef = [&](index_t k) { return (bags.weights ? bags.weights[k] : 1.0f) * scale; };
+      float* dst = out + b * out_stride;
+      // The common widths keep the sum in registers (the generic loop below stores and
+      // reloads dst after every entry: 2.5-5% of the sampled step at width 64). Same
+      // operations in the same order, so the same results.
+      if (e == 64) {
+        pool_in_registers<64>(data, bags.indices, k0, k1, coef, prefetch_next, dst);
+        continue;
+      }
+      if (e == 32) {
+        pool_in_registers<32>(data, bags.indices, k0, k1, coef, prefetch_next, dst);
+        continue;
+      }
+      if (e == 16) {
+        pool_in_registers<16>(data, bags.indices, k0, k1, coef, prefetch_next, dst);
+        continue;
+      }
+      Eigen::Map<Eigen::VectorXf> sum(dst, e);
+      sum.setZero();
+      for (index_t k = k0; k < k1; ++k) {
         prefetch_next();
-        const float c = (bags.weights ? bags.weights[k] : 1.0f) * scale;
-        dst += c * Eigen::Map<const Eigen::VectorXf>(data + bags.indices[k] * e, e);
+        sum += coef(k) * Eigen::Map<const Eigen::VectorXf>(data + bags.indices[k] * e, e);
       }
     }
   });
