@@ -28,6 +28,7 @@ CONFIGS, so other loss kinds (sampled softmax) add rows the same way.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 import warnings
 from collections.abc import Callable
@@ -402,7 +403,17 @@ def _recall(model: fs.SoftmaxModel, feats, train, test) -> float:
 # recall@10 of sampled vs full softmax (issue 6: "within 5%" after the same number of epochs).
 RECALL_TARGET = 0.95
 RECALL_NEGATIVES = (64, 256, 1024, 2048, 4096)
-RECALL_SAMPLERS = ("uniform", "popularity", "in_batch")
+RECALL_SAMPLERS = ("uniform", "popularity", "in_batch", "score", "score_mix")
+# Loss options of each sweep sampler: "score" = hard negatives by sampling-importance-resampling
+# from the default pool of 2048 uniform candidates; "score_mix" = half of them uniform instead.
+RECALL_SAMPLER_OPTIONS = {
+    "uniform": {"sampler": "uniform"},
+    "popularity": {"sampler": "popularity"},
+    "in_batch": {"sampler": "in_batch"},
+    "score": {"sampler": "score"},
+    "score_mix": {"sampler": "score", "hard_fraction": 0.5},
+}
+RECALL_HARD_POOL = 2048  # the score rows' num_negatives stop at the pool size
 
 
 def _recall_datasets(args: argparse.Namespace) -> list[dict]:
@@ -477,10 +488,20 @@ def recall_sampled_vs_full(args: argparse.Namespace) -> tuple[list[dict], list[d
                 {**base, "loss": "full", "m": "", "R@10": float(np.mean(full)), "R@10_seeds": full}
             )
             print(rows[-1], flush=True)
-            for sampler in args.recall_samplers:
-                grid = [0] if sampler == "in_batch" else args.recall_negatives
+            for sampler, share in itertools.product(args.recall_samplers, args.recall_share):
+                if sampler == "in_batch":
+                    if share == "per_query":
+                        continue  # in-batch negatives are the batch's: shared by definition
+                    grid = [0]
+                elif sampler.startswith("score"):
+                    grid = [m for m in args.recall_negatives if m <= RECALL_HARD_POOL]
+                else:
+                    grid = args.recall_negatives
+                if not grid:
+                    continue
                 for m in grid:
-                    opts = {"loss": "sampled", "sampler": sampler}
+                    opts = {"loss": "sampled", **RECALL_SAMPLER_OPTIONS[sampler]}
+                    opts["share_negatives"] = share == "shared"
                     if m:
                         opts["num_negatives"] = m
                     rec = [_fit_recall(ds, epochs, s, args, **opts) for s in seeds]
@@ -489,6 +510,7 @@ def recall_sampled_vs_full(args: argparse.Namespace) -> tuple[list[dict], list[d
                         {
                             **base,
                             "loss": sampler,
+                            "negatives": share,
                             "m": m or "batch",
                             "R@10": float(np.mean(rec)),
                             "R@10_seeds": rec,
@@ -506,6 +528,7 @@ def recall_sampled_vs_full(args: argparse.Namespace) -> tuple[list[dict], list[d
                         {
                             **base,
                             "sampler": sampler,
+                            "negatives": share,
                             "smallest_m_mean_ratio>=0.95": min(ok) if ok else "none tried",
                             "smallest_m_every_seed>=0.95": min(ok_all) if ok_all else "none tried",
                             "n_items": ds["train"].shape[1],
@@ -620,6 +643,13 @@ def main() -> None:
     rec.add_argument("--recall-negatives", type=int, nargs="+", default=list(RECALL_NEGATIVES))
     rec.add_argument(
         "--recall-samplers", nargs="+", default=list(RECALL_SAMPLERS), choices=list(RECALL_SAMPLERS)
+    )
+    rec.add_argument(
+        "--recall-share",
+        nargs="+",
+        default=["shared"],
+        choices=["shared", "per_query"],
+        help="negatives shared per batch and/or drawn per query (share_negatives=False)",
     )
     rec.add_argument("--recall-seeds", type=int, nargs="+", default=[0, 1, 2])
     rec.add_argument(
