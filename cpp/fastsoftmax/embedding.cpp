@@ -227,10 +227,6 @@ inline float bag_scale(const BagsView& bags, index_t row, Pooling pooling) {
   return acc > 0.0 ? static_cast<float>(1.0 / acc) : 0.0f;
 }
 
-}  // namespace
-
-namespace {
-
 // dst[0..E) = sum over entries k in [k0, k1) of coef(k) * table row indices[k] (E floats wide),
 // accumulated in order from 0; prefetch() is called once before each entry.
 template <int E, typename Coef, typename Prefetch>
@@ -279,17 +275,17 @@ void embed_bags(const RowMatrixXf& table, const BagsView& bags, const index_t* r
       // The common widths keep the sum in registers (the generic loop below stores and
       // reloads dst after every entry: 2.5-5% of the sampled step at width 64). Same
       // operations in the same order, so the same results.
-      if (e == 64) {
-        pool_in_registers<64>(data, bags.indices, k0, k1, coef, prefetch_next, dst);
-        continue;
-      }
-      if (e == 32) {
-        pool_in_registers<32>(data, bags.indices, k0, k1, coef, prefetch_next, dst);
-        continue;
-      }
-      if (e == 16) {
-        pool_in_registers<16>(data, bags.indices, k0, k1, coef, prefetch_next, dst);
-        continue;
+      switch (e) {
+        case 64:
+          pool_in_registers<64>(data, bags.indices, k0, k1, coef, prefetch_next, dst);
+          continue;
+        case 32:
+          pool_in_registers<32>(data, bags.indices, k0, k1, coef, prefetch_next, dst);
+          continue;
+        case 16:
+          pool_in_registers<16>(data, bags.indices, k0, k1, coef, prefetch_next, dst);
+          continue;
+        default: break;
       }
       Eigen::Map<Eigen::VectorXf> sum(dst, e);
       sum.setZero();
