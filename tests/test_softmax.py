@@ -173,6 +173,47 @@ def test_one_sgd_step_is_params_minus_lr_times_gradients(loss):
     assert changed == len(before)  # every group moved
 
 
+@pytest.mark.parametrize("loss", ["full", "sampled"])
+def test_sgd_step_on_rows_seen_once_and_several_times(loss):
+    """A bag vocabulary large enough that most touched rows get a single contribution in the
+    batch (applied without an intermediate gradient row) while some get several (summed first),
+    same for the categorical and item rows: each parameter moves by exactly -lr * gradient,
+    checked against the step's own size (a 0.1% error in either path fails)."""
+    rng = np.random.default_rng(11)
+    n_rows, vocab = 64, 400
+    hist = sp.random(n_rows, vocab, density=0.02, format="csr", random_state=12)
+    hist.data[:] = rng.random(hist.nnz) + 0.5
+    common = sp.csr_matrix(  # id 7 in every bag: a row with 64 contributions
+        (np.ones(n_rows), (np.arange(n_rows), np.full(n_rows, 7))), shape=(n_rows, vocab)
+    )
+    hist = sp.csr_matrix(hist + common)
+    feats = fs.QueryFeatures(
+        dense=rng.normal(size=(n_rows, 3)),
+        categorical={"c": rng.integers(0, 200, n_rows)},
+        bags={"h": hist},
+    )
+    targets = sp.csr_matrix(
+        (np.ones(n_rows), (np.arange(n_rows), rng.integers(0, 300, n_rows))), shape=(n_rows, 300)
+    )
+    counts = np.bincount(hist.indices, minlength=vocab)
+    assert (counts == 1).sum() > 100 and (counts > 1).sum() > 10  # both paths are exercised
+    lr = 0.5
+    opts = {"num_negatives": 40} if loss == "sampled" else {}
+    model = build(
+        feats, targets, loss=loss, optimizer="sgd", learning_rate=lr, batch_size=n_rows, seed=3,
+        **opts,
+    )
+    before = {k: v.copy() for k, v in model.parameters.items()}
+    grads = model.gradients(feats, targets, seed=3)  # the draws of fit's first step
+    model.epochs = 1
+    model.fit(feats, targets, show_progress=False)
+    for name in ("bags.h", "categorical.c", "item_embeddings"):
+        step = model.parameters[name].astype(np.float64) - before[name]
+        expected = -lr * grads[name].astype(np.float64)
+        assert np.abs(expected).max() > 0, name
+        np.testing.assert_allclose(step, expected, atol=1e-4 * np.abs(expected).max(), err_msg=name)
+
+
 @pytest.mark.parametrize("optimizer", ["adagrad", "adam"])
 def test_adaptive_optimisers_match_pytorch_formulas_for_one_step(optimizer):
     """First step of Adagrad (G = g^2) is -lr * g / (|g| + 1e-10); of Adam (bias-corrected) it is

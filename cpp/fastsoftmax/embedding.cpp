@@ -40,23 +40,24 @@ StepConstants step_constants(const OptimizerConfig& c, std::int64_t step) {
   return k;
 }
 
-// The element-wise update of `count` contiguous values.
-inline void update_span(OptimizerKind kind, const StepConstants& k, float* p, const float* g,
+// The element-wise update of `count` contiguous values with gradient element i = g(i).
+template <class Grad>
+inline void update_span(OptimizerKind kind, const StepConstants& k, float* p, const Grad& g,
                         float* s1, float* s2, index_t count) {
   switch (kind) {
     case OptimizerKind::kSgd:
-      for (index_t i = 0; i < count; ++i) p[i] -= k.lr * (g[i] + k.l2 * p[i]);
+      for (index_t i = 0; i < count; ++i) p[i] -= k.lr * (g(i) + k.l2 * p[i]);
       break;
     case OptimizerKind::kAdagrad:
       for (index_t i = 0; i < count; ++i) {
-        const float gi = g[i] + k.l2 * p[i];
+        const float gi = g(i) + k.l2 * p[i];
         s1[i] += gi * gi;
         p[i] -= k.lr * gi / (std::sqrt(s1[i]) + k.eps);
       }
       break;
     case OptimizerKind::kAdam:
       for (index_t i = 0; i < count; ++i) {
-        const float gi = g[i] + k.l2 * p[i];
+        const float gi = g(i) + k.l2 * p[i];
         s1[i] = k.b1 * s1[i] + (1.0f - k.b1) * gi;
         s2[i] = k.b2 * s2[i] + (1.0f - k.b2) * gi * gi;
         p[i] -= k.step_size * s1[i] / (std::sqrt(s2[i]) / k.bc2_sqrt + k.eps);
@@ -141,7 +142,14 @@ struct StepTarget {
   float* s2;
   // The element-wise update of elements [off, off + count) with gradient g[0..count).
   void update(index_t off, const float* g, index_t count) const {
-    update_span(kind, k, p + off, g, s1 ? s1 + off : nullptr, s2 ? s2 + off : nullptr, count);
+    update_span(kind, k, p + off, [g](index_t i) { return g[i]; }, s1 ? s1 + off : nullptr,
+                s2 ? s2 + off : nullptr, count);
+  }
+  // The same with gradient 0 + coef * g[0..count) (a row's single contribution, summed as
+  // RowGradient::sum_row would: the same values, without the intermediate row).
+  void update_scaled(index_t off, float coef, const float* g, index_t count) const {
+    update_span(kind, k, p + off, [coef, g](index_t i) { return 0.0f + coef * g[i]; },
+                s1 ? s1 + off : nullptr, s2 ? s2 + off : nullptr, count);
   }
   // Prefetches `count` elements from off (value and first state) for writing.
   void prefetch(index_t off, index_t count) const {
@@ -306,6 +314,8 @@ void RowGradient::reset(index_t vocab, index_t cols) {
   }
   rows_.clear();
   contrib_.clear();
+  first_.clear();
+  last_.clear();
   cols_ = cols;
 }
 
@@ -313,6 +323,8 @@ void RowGradient::reset_shared(std::int32_t* slots, index_t cols) {
   slot_ = slots;
   rows_.clear();
   contrib_.clear();
+  first_.clear();
+  last_.clear();
   cols_ = cols;
 }
 
@@ -321,41 +333,27 @@ void RowGradient::clear_slots() {
   for (const index_t r : rows_) slot_[r] = -1;
 }
 
-void RowGradient::group() {
-  const index_t k = size();
-  const std::size_t n = contrib_.size();
-  begin_.assign(static_cast<std::size_t>(k + 1), 0);
-  for (const Contribution& c : contrib_) ++begin_[c.slot + 1];
-  for (index_t i = 0; i < k; ++i) begin_[i + 1] += begin_[i];
-  coef_.resize(n);
-  src_.resize(n);
-  // Stable placement: begin_[s] walks forward while filling, then is shifted back.
-  for (const Contribution& c : contrib_) {
-    const index_t pos = begin_[c.slot]++;
-    coef_[pos] = c.coef;
-    src_[pos] = c.g;
-  }
-  for (index_t i = k; i > 0; --i) begin_[i] = begin_[i - 1];
-  begin_[0] = 0;
-}
-
 void RowGradient::sum_row(index_t i, float* out) const {
-  const index_t c0 = begin_[i], c1 = begin_[i + 1];
+  std::int32_t k = first_[static_cast<std::size_t>(i)];
   const index_t cols = cols_;
-  if (c1 == c0) {
+  if (k < 0) {
     std::fill_n(out, cols, 0.0f);
     return;
   }
   // The first contribution sets the row (its product equals 0 + product: no separate zeroing).
   {
-    const float coef = coef_[c0];
-    const float* g = src_[c0];
-    for (index_t c = 0; c < cols; ++c) out[c] = 0.0f + coef * g[c];
+    const Contribution& c = contrib_[static_cast<std::size_t>(k)];
+    const float coef = c.coef;
+    const float* g = c.g;
+    for (index_t j = 0; j < cols; ++j) out[j] = 0.0f + coef * g[j];
+    k = c.next;
   }
-  for (index_t k = c0 + 1; k < c1; ++k) {
-    const float coef = coef_[k];
-    const float* g = src_[k];
-    for (index_t c = 0; c < cols; ++c) out[c] += coef * g[c];
+  while (k >= 0) {
+    const Contribution& c = contrib_[static_cast<std::size_t>(k)];
+    const float coef = c.coef;
+    const float* g = c.g;
+    for (index_t j = 0; j < cols; ++j) out[j] += coef * g[j];
+    k = c.next;
   }
 }
 
@@ -365,7 +363,6 @@ void RowGradient::materialize(int num_threads) {
 }
 
 void RowGradient::sum_rows(float* out, int num_threads) {
-  group();
   const index_t k = size();
   const index_t n_tasks = (k + kRowsPerTask - 1) / kRowsPerTask;
   parallel_for(n_tasks, num_threads, [&](std::int64_t t, int) {
@@ -376,15 +373,22 @@ void RowGradient::sum_rows(float* out, int num_threads) {
 
 namespace {
 
-// Sums rows [begin, end) of the grouped `grad` one at a time into `g` (cols floats) and applies
-// the update to the table rows they belong to, prefetching the rows kPrefetchRows ahead.
+// Applies rows [begin, end) of `grad` to the table rows they belong to, prefetching the rows
+// kPrefetchRows ahead: a row with a single contribution directly (most rows of a bag table's
+// batch), any other summed into `g` (cols floats) first.
 void update_grouped_rows(const StepTarget& target, index_t c, const RowGradient& grad,
                          index_t begin, index_t end, float* g) {
   const index_t* rows = grad.rows().data();
   for (index_t i = begin; i < end; ++i) {
     if (i + kPrefetchRows < end) target.prefetch(rows[i + kPrefetchRows] * c, c);
-    grad.sum_row(i, g);
-    target.update(rows[i] * c, g, c);
+    float coef;
+    const float* src;
+    if (grad.single(i, &coef, &src)) {
+      target.update_scaled(rows[i] * c, coef, src, c);
+    } else {
+      grad.sum_row(i, g);
+      target.update(rows[i] * c, g, c);
+    }
   }
 }
 
@@ -399,8 +403,7 @@ UpdateJob Parameter::bag_gradient_step(BagGradient& grad, const OptimizerConfig&
   job.scratch_floats = c;
   job.run = [=](std::int64_t t, float* scratch) {
     g->collect(static_cast<int>(t));
-    RowGradient& part = g->part(static_cast<int>(t));
-    part.group();
+    const RowGradient& part = g->part(static_cast<int>(t));
     update_grouped_rows(target, c, part, 0, part.size(), scratch);
   };
   return job;
@@ -497,9 +500,8 @@ void BagGradient::collect(int q) {
   }
 }
 
-UpdateJob Parameter::row_gradient_step(RowGradient& grad, const OptimizerConfig& config) {
+UpdateJob Parameter::row_gradient_step(const RowGradient& grad, const OptimizerConfig& config) {
   const StepTarget target = begin_step(*this, config);
-  grad.group();
   const index_t c = cols();
   const index_t k_rows = grad.size();
   const RowGradient* g = &grad;

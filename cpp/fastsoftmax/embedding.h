@@ -85,11 +85,12 @@ class Parameter {
                       const OptimizerConfig& config);
 
   /// Same as materialising `grad` and a rows_step on its rows, without the intermediate gradient
-  /// buffer (each row is summed into the task's scratch, then updated). Groups `grad` now.
-  UpdateJob row_gradient_step(RowGradient& grad, const OptimizerConfig& config);
+  /// buffer (a row with one contribution is applied directly, any other summed into the task's
+  /// scratch first).
+  UpdateJob row_gradient_step(const RowGradient& grad, const OptimizerConfig& config);
 
-  /// The same for a BagGradient (after its rows are staged): one task per part, which collects,
-  /// groups and applies that part.
+  /// The same for a BagGradient (after its rows are staged): one task per part, which collects
+  /// and applies that part.
   UpdateJob bag_gradient_step(BagGradient& grad, const OptimizerConfig& config);
 
   RowMatrixXf value;
@@ -135,19 +136,27 @@ class RowGradient {
   void clear_slots();
   /// Records grad[id] += coef * g; returns the row's slot (its index in rows()).
   std::int32_t add(index_t id, float coef, const float* g) {
-    const std::int32_t s = touch(id);
-    contrib_.push_back(Contribution{s, coef, g});
+    if (contrib_.size() >= static_cast<std::size_t>(INT32_MAX)) {
+      throw_invalid("row gradient: expected fewer than 2^31 contributions in one batch");
+    }
+    const auto n = static_cast<std::int32_t>(contrib_.size());
+    contrib_.push_back(Contribution{coef, -1, g});
+    std::int32_t s = slot_[id];
+    if (s < 0) {
+      s = new_slot(id);
+      first_[static_cast<std::size_t>(s)] = n;
+    } else if (last_[static_cast<std::size_t>(s)] < 0) {
+      first_[static_cast<std::size_t>(s)] = n;
+    } else {
+      contrib_[static_cast<std::size_t>(last_[static_cast<std::size_t>(s)])].next = n;
+    }
+    last_[static_cast<std::size_t>(s)] = n;
     return s;
   }
   /// Makes id a touched row (its gradient 0 unless contributions follow); returns its slot.
   std::int32_t touch(index_t id) {
-    std::int32_t s = slot_[id];
-    if (s < 0) {
-      s = static_cast<std::int32_t>(rows_.size());
-      slot_[id] = s;
-      rows_.push_back(id);
-    }
-    return s;
+    const std::int32_t s = slot_[id];
+    return s < 0 ? new_slot(id) : s;
   }
   /// Hint: add(id, ...) follows soon (prefetches the row's slot entry).
   void prefetch(index_t id) const { __builtin_prefetch(slot_ + id); }
@@ -163,21 +172,35 @@ class RowGradient {
 
   /// Rows per parallel task when summing (fixed).
   static constexpr index_t kRowsPerTask = 256;
-  /// Groups the contributions by row (stable); then for row i its contributions are
-  /// order_coef()[order_begin()[i] .. order_begin()[i + 1]) with order_src() pointers.
-  void group();
-  const std::vector<index_t>& order_begin() const { return begin_; }
-  const std::vector<float>& order_coef() const { return coef_; }
-  const std::vector<const float*>& order_src() const { return src_; }
+  /// Row i's contribution when it has exactly one: true and (coef, g); false otherwise.
+  bool single(index_t i, float* coef, const float** g) const {
+    const std::int32_t k = first_[static_cast<std::size_t>(i)];
+    if (k < 0) return false;
+    const Contribution& c = contrib_[static_cast<std::size_t>(k)];
+    if (c.next >= 0) return false;
+    *coef = c.coef;
+    *g = c.g;
+    return true;
+  }
   /// out[0..cols) = sum of row i's contributions, in order.
   void sum_row(index_t i, float* out) const;
 
  private:
+  // Contributions in the order added; each row's form a list (first_ -> next -> ... -> -1), so
+  // a row's contributions are visited in the order they were added without sorting.
   struct Contribution {
-    std::int32_t slot;
     float coef;
+    std::int32_t next;  // the row's next contribution, -1 at the end
     const float* g;
   };
+  std::int32_t new_slot(index_t id) {
+    const auto s = static_cast<std::int32_t>(rows_.size());
+    slot_[id] = s;
+    rows_.push_back(id);
+    first_.push_back(-1);
+    last_.push_back(-1);
+    return s;
+  }
   index_t cols_ = 0;
   // Slot of each id: vocab entries, -1 when untouched (32-bit: a batch has far fewer than 2^31
   // distinct rows, and half the bytes of a random-access array as large as the vocabulary).
@@ -185,9 +208,7 @@ class RowGradient {
   std::int32_t* slot_ = nullptr;         // own_slots_.data() or the shared array
   std::vector<index_t> rows_;
   std::vector<Contribution> contrib_;
-  std::vector<index_t> begin_;  // size() + 1 offsets into coef_ / src_
-  std::vector<float> coef_;
-  std::vector<const float*> src_;
+  std::vector<std::int32_t> first_, last_;  // per slot: first and last contribution, -1 if none
   std::vector<float> grad_;
 };
 
