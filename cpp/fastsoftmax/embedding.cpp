@@ -309,6 +309,7 @@ void RowGradient::reset(index_t vocab, index_t cols) {
   if (slot_ != own_slots_.data() || static_cast<index_t>(own_slots_.size()) != vocab) {
     own_slots_.assign(static_cast<std::size_t>(vocab), -1);
     slot_ = own_slots_.data();
+    slots_clear_ = true;
   } else {
     clear_slots();
   }
@@ -321,6 +322,7 @@ void RowGradient::reset(index_t vocab, index_t cols) {
 
 void RowGradient::reset_shared(std::int32_t* slots, index_t cols) {
   slot_ = slots;
+  slots_clear_ = true;
   rows_.clear();
   contrib_.clear();
   first_.clear();
@@ -329,8 +331,9 @@ void RowGradient::reset_shared(std::int32_t* slots, index_t cols) {
 }
 
 void RowGradient::clear_slots() {
-  if (slot_ == nullptr) return;
+  if (slot_ == nullptr || slots_clear_) return;
   for (const index_t r : rows_) slot_[r] = -1;
+  slots_clear_ = true;
 }
 
 void RowGradient::sum_row(index_t i, float* out) const {
@@ -487,7 +490,7 @@ void BagGradient::stage(index_t b0, index_t b1) {
 void BagGradient::collect(int q) {
   // Part q takes its entries chunk by chunk: the serial order of contributions.
   RowGradient& part = parts_[static_cast<std::size_t>(q)];
-  part.clear_slots();
+  part.clear_slots();  // only after an exception interrupted the previous collect
   part.reset_shared(slots_.data(), cols_);
   for (index_t t = 0; t < n_chunks_; ++t) {
     const Staged& staged = staged_[static_cast<std::size_t>(t * kParts + q)];
@@ -498,6 +501,9 @@ void BagGradient::collect(int q) {
       part.add(in[e].id, in[e].coef, in[e].g);
     }
   }
+  // The slots are only needed while collecting: cleared now, while their lines are in cache
+  // (before the next batch they were cold misses, 1% of the sampled step).
+  part.clear_slots();
 }
 
 UpdateJob Parameter::row_gradient_step(const RowGradient& grad, const OptimizerConfig& config) {

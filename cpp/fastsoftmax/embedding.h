@@ -132,7 +132,8 @@ class RowGradient {
   /// array shared by several RowGradients that receive disjoint ids (see BagGradient). This
   /// instance's entries there must already be back at -1 (clear_slots()).
   void reset_shared(std::int32_t* slots, index_t cols);
-  /// Sets this instance's entries of its slot array back to -1.
+  /// Sets this instance's entries of its slot array back to -1 (a no-op when they already are).
+  /// The rows and contributions stay: afterwards only further add()/touch() calls are invalid.
   void clear_slots();
   /// Records grad[id] += coef * g; returns the row's slot (its index in rows()).
   std::int32_t add(index_t id, float coef, const float* g) {
@@ -141,22 +142,21 @@ class RowGradient {
     }
     const auto n = static_cast<std::int32_t>(contrib_.size());
     contrib_.push_back(Contribution{coef, -1, g});
-    std::int32_t s = slot_[id];
-    if (s < 0) {
-      s = new_slot(id);
-      first_[static_cast<std::size_t>(s)] = n;
-    } else if (last_[static_cast<std::size_t>(s)] < 0) {
-      first_[static_cast<std::size_t>(s)] = n;
+    const std::int32_t s = slot_[id];
+    if (s < 0) return new_slot(id, n);
+    const auto i = static_cast<std::size_t>(s);
+    if (last_[i] < 0) {
+      first_[i] = n;
     } else {
-      contrib_[static_cast<std::size_t>(last_[static_cast<std::size_t>(s)])].next = n;
+      contrib_[static_cast<std::size_t>(last_[i])].next = n;
     }
-    last_[static_cast<std::size_t>(s)] = n;
+    last_[i] = n;
     return s;
   }
   /// Makes id a touched row (its gradient 0 unless contributions follow); returns its slot.
   std::int32_t touch(index_t id) {
     const std::int32_t s = slot_[id];
-    return s < 0 ? new_slot(id) : s;
+    return s < 0 ? new_slot(id, -1) : s;
   }
   /// Hint: add(id, ...) follows soon (prefetches the row's slot entry).
   void prefetch(index_t id) const { __builtin_prefetch(slot_ + id); }
@@ -193,12 +193,14 @@ class RowGradient {
     std::int32_t next;  // the row's next contribution, -1 at the end
     const float* g;
   };
-  std::int32_t new_slot(index_t id) {
+  // A new row for id whose first and last contribution is `contribution` (-1: none yet).
+  std::int32_t new_slot(index_t id, std::int32_t contribution) {
     const auto s = static_cast<std::int32_t>(rows_.size());
     slot_[id] = s;
+    slots_clear_ = false;
     rows_.push_back(id);
-    first_.push_back(-1);
-    last_.push_back(-1);
+    first_.push_back(contribution);
+    last_.push_back(contribution);
     return s;
   }
   index_t cols_ = 0;
@@ -206,6 +208,7 @@ class RowGradient {
   // distinct rows, and half the bytes of a random-access array as large as the vocabulary).
   std::vector<std::int32_t> own_slots_;  // unless shared
   std::int32_t* slot_ = nullptr;         // own_slots_.data() or the shared array
+  bool slots_clear_ = true;              // no entry of slot_ refers to this instance's rows
   std::vector<index_t> rows_;
   std::vector<Contribution> contrib_;
   std::vector<std::int32_t> first_, last_;  // per slot: first and last contribution, -1 if none
