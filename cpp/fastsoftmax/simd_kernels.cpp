@@ -1,6 +1,7 @@
 #include "fastsoftmax/simd_kernels.h"
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -340,7 +341,10 @@ void pack_panels(const float* src, index_t rows, index_t cols, index_t row_strid
     float* out = dst + p * rows * kPanel;
     const float* in = src + p * kPanel * col_stride;
     if (col_stride == 1) {  // each row's 16 values are contiguous: one block copy per row
-      for (index_t r = 0; r < rows; ++r) std::copy_n(in + r * row_stride, kPanel, out + r * kPanel);
+      // memcpy of a constant 64 bytes is inlined (std::copy_n became a memmove call per row).
+      for (index_t r = 0; r < rows; ++r) {
+        std::memcpy(out + r * kPanel, in + r * row_stride, kPanel * sizeof(float));
+      }
     } else if (row_stride == 1) {  // a transpose: read each source column sequentially
       for (index_t l = 0; l < kPanel; ++l) {
         const float* column = in + l * col_stride;
