@@ -8,8 +8,9 @@ vocabulary with a 64-d table, mean pooling; one categorical feature of 1000 valu
 features; hidden (256, 128); dim 64; Adagrad lr 0.05; 2 threads (``torch.set_num_threads``).
 Both train on the same synthetic rows, in the same run: after one warm-up epoch each, timed
 epochs of ours and of PyTorch alternate (``--repeats`` each, so a noisy spell on a shared machine
-hits both); the fastest epoch of each gives examples/s, and the first timed epoch's mean training
-loss is reported (same number of examples seen).
+hits both); the fastest epoch of each gives examples/s and x_torch, and the first timed epoch's
+mean training loss is reported (same number of examples seen). x_pair_median (min, max) is the
+ratio of the two epochs of each alternation: on a busy machine it is the steadier figure.
 
 Full softmax is bound by three B x n x d products (logits, dL/dpsi, dL/dV): the table also shows
 the rate they imply (3 * 2 B n d flop per step / step time) next to numpy's sgemm on the same
@@ -110,16 +111,35 @@ def make_ours(data: dict, args: argparse.Namespace, **model_options) -> Callable
 def alternate(ours: Callable[[], dict], ref: Callable[[], dict], repeats: int) -> tuple[dict, dict]:
     """Timed epochs of both, alternated `repeats` times (so a noisy spell on the shared machine
     hits both); the fastest epoch of each, with the loss of its first timed epoch (the same
-    number of examples seen by both)."""
+    number of examples seen by both). Each also carries "pair_ratios": the reference's epoch
+    time over ours, per alternation (their median is a second, noise-robust view of the ratio)."""
     a_runs, b_runs = [], []
     for _ in range(repeats):
         a_runs.append(ours())
         b_runs.append(ref())
 
+    ratios = [b["seconds"] / a["seconds"] for a, b in zip(a_runs, b_runs)]
+
     def best(runs: list[dict]) -> dict:
-        return {"seconds": min(r["seconds"] for r in runs), "loss": runs[0]["loss"]}
+        return {
+            "seconds": min(r["seconds"] for r in runs),
+            "loss": runs[0]["loss"],
+            "pair_ratios": ratios,
+        }
 
     return best(a_runs), best(b_runs)
+
+
+def ratio_columns(ours: dict, ref: dict) -> dict:
+    """The row's speed-up columns: x_torch (fastest epoch each) and the median and range of the
+    per-alternation ratios."""
+    r = ours["pair_ratios"]
+    return {
+        "x_torch": ref["seconds"] / ours["seconds"],
+        "x_pair_median": float(np.median(r)),
+        "x_pair_min": min(r),
+        "x_pair_max": max(r),
+    }
 
 
 def make_torch(
@@ -221,7 +241,7 @@ def bench_full(data: dict, args: argparse.Namespace) -> dict:
         "config": "full",
         "ours_ex_s": n / ours["seconds"],
         "torch_ex_s": n / ref["seconds"],
-        "x_torch": ref["seconds"] / ours["seconds"],
+        **ratio_columns(ours, ref),
         "ours_GFLOPs": flops / ours["seconds"] / 1e9,
         "torch_GFLOPs": flops / ref["seconds"] / 1e9,
         "ours_loss": ours["loss"],
@@ -328,7 +348,7 @@ def _bench_sampled(data: dict, args: argparse.Namespace, share: bool) -> dict:
         "config": "sampled" if share else "sampled_per_query",
         "ours_ex_s": n / ours["seconds"],
         "torch_ex_s": n / ref["seconds"],
-        "x_torch": ref["seconds"] / ours["seconds"],
+        **ratio_columns(ours, ref),
         "ours_loss": ours["loss"],
         "torch_loss": ref["loss"],
     }
