@@ -1,8 +1,8 @@
 #include "fastsoftmax/simd_kernels.h"
 
 #include <algorithm>
-#include <cstring>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <stdexcept>
 
