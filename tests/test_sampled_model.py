@@ -122,25 +122,21 @@ def test_sir_bias_shrinks_with_the_pool(bias_setup):
     assert errs[1] < errs[0] and errs[1] < 0.1
 
 
-def repeated_row_problem(n_rows=24):
-    """make_problem's first row n_rows times: fit's shuffle of the batch changes nothing, so even
-    per-query draws (one stream per batch position) match between fit and gradients()."""
-    feats, targets = make_problem()
-    rows = np.zeros(n_rows, dtype=np.int64)
-    return (
-        fs.QueryFeatures(dense=feats.dense[rows], categorical={"c": feats.categorical["c"][rows]}),
-        targets[rows],
-    )
-
-
 @pytest.mark.parametrize(
-    "extra", [dict(), dict(share_negatives=False, item_bias=True, problem=repeated_row_problem)]
+    "extra",
+    [
+        dict(),
+        dict(share_negatives=False, item_bias=True),
+        dict(share_negatives=False, sampler="score", hard_pool=32),
+        dict(share_negatives=False, sampler="score", hard_pool=None, hard_fraction=0.5),
+    ],
 )
 def test_gradients_is_one_sampled_estimate_used_by_fit(extra):
-    """One SGD step over one batch == params - lr * gradients(seed=model seed). (Per-query draws:
-    fit hands the item rows' contributions to the optimiser unsummed; gradients() sums them.)"""
-    extra = dict(extra)
-    feats, targets = extra.pop("problem", make_problem)()
+    """One SGD step over one batch == params - lr * gradients(seed=model seed). Per-query draws
+    come from one stream per data row, so fit's shuffle of the batch does not change a row's
+    negatives (uniform, SIR and exact hard negatives); fit hands the item rows' contributions to
+    the optimiser unsummed, gradients() sums them."""
+    feats, targets = make_problem()
     kw = dict(
         loss="sampled",
         num_negatives=16,

@@ -16,6 +16,11 @@ constexpr index_t kItemsPerTask = 2048;  // items per task (exact scoring)
 constexpr std::uint64_t kStreamShared = 0, kStreamUniform = 1, kStreamResample = 2,
                         kStreamRow0 = 3;
 
+// The stream of batch row b's own draws (per-query sampling).
+std::uint64_t row_stream(const SamplerBatch& batch, index_t b) {
+  return kStreamRow0 + static_cast<std::uint64_t>(batch.row_keys ? batch.row_keys[b] : b);
+}
+
 index_t n_tasks(index_t n, index_t per_task) { return (n + per_task - 1) / per_task; }
 
 // Logits of the items `rows` (count x dim, row-major, ids for the bias) for all B queries into
@@ -197,7 +202,7 @@ void NegativeSampler::sample(const SamplerBatch& batch, std::uint64_t seed, int 
       const float log_uniform = static_cast<float>(-std::log(static_cast<double>(n_)));
       const bool uniform = options_.kind == SamplerKind::kUniform;
       parallel_for(out.rows, num_threads, [&](std::int64_t r, int) {
-        Rng rng(seed, options_.share ? kStreamShared : kStreamRow0 + r);
+        Rng rng(seed, options_.share ? kStreamShared : row_stream(batch, r));
         index_t* ids = out.ids.data() + r * m;
         float* lq = out.log_q.data() + r * m;
         for (index_t i = 0; i < m; ++i) {
@@ -299,7 +304,7 @@ void NegativeSampler::sample_score(const SamplerBatch& batch, std::uint64_t seed
         const float* zb = Z + b * n_;
         const double ln = out.log_norm[b];
         const double acc = exp_cdf(zb, n_, inv_t, nullptr, ln, exp_scratch[slot], cdf);
-        Rng rng(seed, kStreamRow0 + b);
+        Rng rng(seed, row_stream(batch, b));
         index_t* ids = out.ids.data() + b * m;
         float* lq = out.log_q.data() + b * m;
         for (index_t i = 0; i < m_h; ++i) ids[i] = search_cdf(cdf, n_, rng.uniform() * acc);
@@ -377,7 +382,7 @@ void NegativeSampler::sample_score(const SamplerBatch& batch, std::uint64_t seed
     // Resampling weights exp(z / T) / Q0, shifted by their maximum.
     // Shifted by log M Zhat_b: the weights exp(z / T) / Q0 then sum to 1 (up to rounding).
     const double acc = exp_cdf(zb, M, inv_t, log_q0.data(), ln + log_m, exp_scratch[slot], cdf);
-    Rng rng(seed, kStreamRow0 + b);
+    Rng rng(seed, row_stream(batch, b));
     index_t* ids = out.ids.data() + b * m;
     float* lq = out.log_q.data() + b * m;
     for (index_t k = 0; k < m_h; ++k) {

@@ -82,6 +82,10 @@ struct SamplerBatch {
   const float* bias = nullptr;     // n or nullptr
   const index_t* indptr = nullptr;   // B + 1 (kInBatch)
   const index_t* indices = nullptr;  // indptr[B] (kInBatch)
+  // Per-query draws: row b draws from the stream of key row_keys[b] (B entries, e.g. the rows'
+  // indices in the training data, so a row's negatives do not depend on where a shuffle put
+  // it), or of key b when nullptr.
+  const index_t* row_keys = nullptr;
 };
 
 class NegativeSampler {

@@ -87,7 +87,7 @@ double SampledSoftmaxLoss::forward_backward(const ConstMapRowMatrixXf& psi,
       ctx.num_threads, backward ? dpsi->data() : nullptr, backward ? &item_grad->rows : nullptr,
       backward ? &item_grad->sparse_weights : nullptr,
       backward ? &item_grad->sparse_bias : nullptr,
-      backward && ctx.defer_item_rows ? &item_grad->deferred : nullptr);
+      backward && ctx.defer_item_rows ? &item_grad->deferred : nullptr, ctx.rows);
 }
 
 GravityLoss::GravityLoss(std::unique_ptr<Loss> inner, double gamma, index_t num_samples)

@@ -447,7 +447,7 @@ double SampledSoftmax::forward_backward(const float* psi, index_t B, index_t d, 
                                         float* dpsi, std::vector<index_t>* item_rows,
                                         RowMatrixXf* item_grad,
                                         std::vector<float>* item_bias_grad,
-                                        RowGradient** deferred_rows) {
+                                        RowGradient** deferred_rows, const index_t* row_keys) {
   SamplerBatch batch;
   batch.B = B;
   batch.dim = d;
@@ -456,6 +456,7 @@ double SampledSoftmax::forward_backward(const float* psi, index_t B, index_t d, 
   batch.bias = bias;
   batch.indptr = indptr;
   batch.indices = indices;
+  batch.row_keys = row_keys;
   sampler_.sample(batch, seed, num_threads, draws_);
   const index_t nnz = indptr[B];
   const float* pos_log_q = nullptr;

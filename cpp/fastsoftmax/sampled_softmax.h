@@ -101,13 +101,15 @@ class SampledSoftmax {
   const SampledSoftmaxOptions& options() const { return options_; }
   const NegativeDraws& last_draws() const { return draws_; }
 
-  /// As sampled_softmax_forward_backward, with the negatives drawn from Rng streams of `seed`.
+  /// As sampled_softmax_forward_backward, with the negatives drawn from Rng streams of `seed`
+  /// (per-query draws: row b's stream keyed by row_keys[b], or by b when nullptr).
   double forward_backward(const float* psi, index_t B, index_t d, const float* items,
                           const float* bias, const index_t* indptr, const index_t* indices,
                           const float* weights, std::uint64_t seed, float grad_scale,
                           int num_threads, float* dpsi, std::vector<index_t>* item_rows,
                           RowMatrixXf* item_grad, std::vector<float>* item_bias_grad,
-                          RowGradient** deferred_rows = nullptr);
+                          RowGradient** deferred_rows = nullptr,
+                          const index_t* row_keys = nullptr);
 
  private:
   NegativeSampler sampler_;

@@ -81,6 +81,9 @@ struct LossContext {
   int num_threads = 0;            // as passed to parallel_for (0 = all cores)
   float grad_scale = 1.0f;        // gradients are of grad_scale * sum of row losses
   bool defer_item_rows = false;   // a row-sparse item gradient may come as ItemGradient::deferred
+  // The batch's rows in the training data (B entries, or nullptr): per-query negatives are drawn
+  // per data row, so they do not depend on the row's place in a shuffled batch.
+  const index_t* rows = nullptr;
 };
 
 class Loss {

@@ -302,6 +302,7 @@ double SoftmaxModel::fit_epoch(const FeaturesView& x, const TargetsView& targets
     LossContext ctx{config_.seed, static_cast<std::uint64_t>(epoch * n_batches + bi), threads,
                     1.0f / static_cast<float>(B)};
     ctx.defer_item_rows = true;  // the item rows' step below sums each row as it steps it
+    ctx.rows = rows;
     const ConstMapRowMatrixXf psi(ws_.acts.back().data(), B, config_.dim);
     MapRowMatrixXf dpsi(ws_.grads.back().data(), B, config_.dim);
     item_grad_.deferred = nullptr;
@@ -382,6 +383,7 @@ double SoftmaxModel::evaluate(const FeaturesView& x, const TargetsView& targets,
     forward_tower(x, rows.data(), B, gradients != nullptr);
     const TargetsView tv = gather_targets(targets, rows.data(), B);
     LossContext ctx{seed, static_cast<std::uint64_t>(bi), config_.num_threads, scale};
+    ctx.rows = rows.data();
     const ConstMapRowMatrixXf psi(ws_.acts.back().data(), B, config_.dim);
     if (!gradients) {
       total += loss_->forward_backward(psi, item_view(), tv, ctx, nullptr, nullptr);

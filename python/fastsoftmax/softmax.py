@@ -264,7 +264,9 @@ class SoftmaxModel:
         the candidate pool (uniform otherwise).
     share_negatives : bool, default True
         One set of negatives per batch (their logits are one B x m GEMM) or one per row. The shared
-        score proposal is the batch mixture ``mean_b Q_b``.
+        score proposal is the batch mixture ``mean_b Q_b``. Per-row draws come from a random
+        stream of the row's index in the data (and of the step), so where a shuffle puts a row
+        in its batch does not change its negatives.
     hard_pool : int or None, default 2048
         ``sampler="score"``: ``None`` samples exactly from all n scores (a full forward pass: the
         reference mode); an int M resamples m of M pool candidates with weights
@@ -658,7 +660,10 @@ class SoftmaxModel:
         feats, targets
             As for :meth:`loss`.
         seed : int, default 0
-            Seed of the loss's randomness (sampled losses); deterministic losses ignore it.
+            Seed of the loss's randomness (sampled losses); deterministic losses ignore it. With
+            the model's ``seed`` and all N rows in one batch, this is the gradient of ``fit``'s
+            first step on an untrained model (per-row negatives are keyed by the row's index, not
+            its batch position).
 
         Returns
         -------
