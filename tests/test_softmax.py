@@ -214,6 +214,39 @@ def test_sgd_step_on_rows_seen_once_and_several_times(loss):
         np.testing.assert_allclose(step, expected, atol=1e-4 * np.abs(expected).max(), err_msg=name)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "adam"])
+def test_batches_within_an_epoch_equal_one_batch_epochs(optimizer):
+    """Each optimiser step also packs the new MLP weights for the next batch's kernels (the first
+    batch of a fit packs them itself). Two batches in one epoch must give exactly the parameters
+    of two one-batch epochs: the rows are identical copies, so the shuffle does not matter. The
+    widths make the packing cut panels across tasks and leave rows for its scalar path (input
+    3 dense + 6 + 40 = 49 columns, hidden 256 and 48)."""
+    rng = np.random.default_rng(21)
+    n = 16
+    one = sp.csr_matrix((rng.random(7) + 0.5, (np.zeros(7, int), rng.choice(90, 7, replace=False))),
+                        shape=(1, 90))
+    target = sp.csr_matrix(([1.0, 2.0], ([0, 0], [5, 17])), shape=(1, 60))
+
+    def data(copies):
+        feats = fs.QueryFeatures(
+            dense=np.tile(rng_dense, (copies, 1)),
+            categorical={"c": np.full(copies, 4)},
+            bags={"h": sp.vstack([one] * copies, format="csr")},
+        )
+        return feats, sp.vstack([target] * copies, format="csr")
+
+    rng_dense = rng.normal(size=(1, 3))
+    opts = dict(hidden=(256, 48), dim=16, embedding_dim={"c": 6, "h": 40}, optimizer=optimizer,
+                learning_rate=0.05, num_threads=2, seed=5, batch_size=n, loss="full")
+    a = fs.SoftmaxModel(60, epochs=1, **opts).fit(*data(2 * n), show_progress=False)
+    b = fs.SoftmaxModel(60, epochs=2, **opts).fit(*data(n), show_progress=False)
+    moved = fs.SoftmaxModel(60, epochs=1, **opts).fit(*data(n), show_progress=False)
+    for name, value in a.parameters.items():
+        np.testing.assert_array_equal(value, b.parameters[name], err_msg=name)
+        if name.startswith("mlp"):  # the second step moved every layer
+            assert not np.array_equal(value, moved.parameters[name]), name
+
+
 @pytest.mark.parametrize("optimizer", ["adagrad", "adam"])
 def test_adaptive_optimisers_match_pytorch_formulas_for_one_step(optimizer):
     """First step of Adagrad (G = g^2) is -lr * g / (|g| + 1e-10); of Adam (bias-corrected) it is

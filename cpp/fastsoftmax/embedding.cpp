@@ -174,14 +174,26 @@ StepTarget begin_step(Parameter& param, const OptimizerConfig& config) {
 
 }  // namespace
 
-UpdateJob Parameter::dense_step(const float* grad, const OptimizerConfig& config) {
+UpdateJob Parameter::dense_step(const float* grad, const OptimizerConfig& config,
+                                index_t rows_per_task,
+                                std::function<void(index_t r0, index_t r1)> after) {
   const StepTarget target = begin_step(*this, config);
   const index_t total = value.size();
   UpdateJob job;
-  job.n_tasks = (total + kUpdateChunk - 1) / kUpdateChunk;
-  job.run = [=](std::int64_t t, float*) {
-    const index_t begin = t * kUpdateChunk;
-    target.update(begin, grad + begin, std::min(kUpdateChunk, total - begin));
+  if (rows_per_task <= 0) {
+    job.n_tasks = (total + kUpdateChunk - 1) / kUpdateChunk;
+    job.run = [=](std::int64_t t, float*) {
+      const index_t begin = t * kUpdateChunk;
+      target.update(begin, grad + begin, std::min(kUpdateChunk, total - begin));
+    };
+    return job;
+  }
+  const index_t n_rows = rows(), c = cols();
+  job.n_tasks = (n_rows + rows_per_task - 1) / rows_per_task;
+  job.run = [=, after = std::move(after)](std::int64_t t, float*) {
+    const index_t r0 = t * rows_per_task, r1 = std::min(n_rows, r0 + rows_per_task);
+    target.update(r0 * c, grad + r0 * c, (r1 - r0) * c);
+    if (after) after(r0, r1);
   };
   return job;
 }

@@ -76,8 +76,12 @@ class Parameter {
   /// Allocates (zeroed) optimiser state for `config` and resets the step counter.
   void reset_state(const OptimizerConfig& config);
 
-  /// One step with a dense gradient of the same shape as value (row-major, contiguous).
-  UpdateJob dense_step(const float* grad, const OptimizerConfig& config);
+  /// One step with a dense gradient of the same shape as value (row-major, contiguous). With
+  /// `rows_per_task` > 0, each task updates that many whole rows (else fixed element chunks) and
+  /// then, with `after`, calls after(r0, r1) for its rows [r0, r1) (their new values final).
+  UpdateJob dense_step(const float* grad, const OptimizerConfig& config,
+                       index_t rows_per_task = 0,
+                       std::function<void(index_t r0, index_t r1)> after = nullptr);
 
   /// One lazy step on rows[0..k) with gradient rows grad[i * cols .. (i+1) * cols) (row ids
   /// unique). Other rows and their state are untouched.

@@ -1,6 +1,8 @@
 #include "fastsoftmax/mlp.h"
 
 #include <algorithm>
+#include <cstring>
+#include <stdexcept>
 
 #include "fastsoftmax/simd_kernels.h"
 #include "fastsoftmax/thread_pool.h"
@@ -63,7 +65,6 @@ void Mlp::forward(Workspace& ws, int num_threads, const RowRange& fill_input,
   // backward its input-gradient W^T too: one panel per task.
   ws.packed_w.resize(static_cast<std::size_t>(L));
   ws.packed_wt.resize(static_cast<std::size_t>(L));
-  ws.packed_wt_from = backward_from;
   ws.pack_tasks.clear();
   for (index_t l = 0; l < L; ++l) {
     const RowMatrixXf& W = weights[l].value;
@@ -78,11 +79,16 @@ void Mlp::forward(Workspace& ws, int num_threads, const RowRange& fill_input,
       for (index_t p = 0; p < count / simd::kPanel; ++p) ws.pack_tasks.push_back({l, 1, p});
     }
   }
-  parallel_for(static_cast<std::int64_t>(ws.pack_tasks.size()), num_threads,
-               [&](std::int64_t t, int) {
-                 const auto& [l, transposed, p] = ws.pack_tasks[static_cast<std::size_t>(t)];
-                 pack_panel(ws, l, transposed != 0, p, backward_from);
-               });
+  // Packs written by the last optimiser step (step_and_pack) are used as they are.
+  const bool packed = ws.packs_current && (backward_from < 0 || ws.packed_wt_from == backward_from);
+  if (!packed) {
+    ws.packed_wt_from = backward_from;
+    parallel_for(static_cast<std::int64_t>(ws.pack_tasks.size()), num_threads,
+                 [&](std::int64_t t, int) {
+                   const auto& [l, transposed, p] = ws.pack_tasks[static_cast<std::size_t>(t)];
+                   pack_panel(ws, l, transposed != 0, p, backward_from);
+                 });
+  }
   // Rows are independent: each task takes its chunk of rows through all the layers.
   const index_t n_tasks = (B + kForwardRows - 1) / kForwardRows;
   parallel_for(n_tasks, num_threads, [&](std::int64_t t, int) {
@@ -105,6 +111,48 @@ void Mlp::forward(Workspace& ws, int num_threads, const RowRange& fill_input,
       if (l + 1 < L) o = o.cwiseMax(0.0f);
     }
   });
+}
+
+UpdateJob Mlp::step_and_pack(index_t l, const float* dW, const OptimizerConfig& config,
+                             Workspace& ws, index_t input_grad_from) {
+  Parameter& W = weights[static_cast<std::size_t>(l)];
+  const index_t in = W.rows(), out = W.cols();
+  const auto i = static_cast<std::size_t>(l);
+  const bool pack_w = simd::avx2_fma_available() && out % simd::kPanel == 0;
+  const InputGradColumns cols =
+      input_grad_from >= 0 ? input_grad_columns(l, input_grad_from) : InputGradColumns{0, 0};
+  if ((pack_w && (ws.packed_w.size() <= i || ws.packed_w[i].size() != static_cast<std::size_t>(in * out))) ||
+      (cols.count > 0 && (ws.packed_wt.size() <= i ||
+                          ws.packed_wt[i].size() != static_cast<std::size_t>(out * cols.count)))) {
+    throw std::logic_error("Mlp::step_and_pack: the workspace holds no packs of this layer");
+  }
+  float* pw = pack_w ? ws.packed_w[i].data() : nullptr;
+  float* pwt = cols.count > 0 ? ws.packed_wt[i].data() : nullptr;
+  ws.packed_wt_from = input_grad_from;
+  const float* value = W.value.data();
+  const index_t first = cols.first, end_t = cols.first + cols.count;
+  // Whole rows per task, a multiple of 16 (about the element chunk of a plain dense step).
+  const index_t rows_per_task = std::max<index_t>(16, 8192 / std::max<index_t>(out, 1) / 16 * 16);
+  auto pack_rows = [=](index_t r0, index_t r1) {
+    if (pw != nullptr) {  // row r's 16-float segment of every panel of W
+      for (index_t p = 0; p < out / simd::kPanel; ++p) {
+        float* dst = pw + p * in * simd::kPanel;
+        for (index_t r = r0; r < r1; ++r) {
+          std::memcpy(dst + r * simd::kPanel, value + r * out + p * simd::kPanel,
+                      simd::kPanel * sizeof(float));
+        }
+      }
+    }
+    // Row c of W is lane (c - first) % 16 of panel (c - first) / 16 of W^T's packing.
+    for (index_t c = std::max(r0, first); c < std::min(r1, end_t);) {
+      const index_t p = (c - first) / simd::kPanel, lane = (c - first) % simd::kPanel;
+      const index_t n = std::min({r1, end_t, first + (p + 1) * simd::kPanel}) - c;
+      simd::pack_rows_transposed(value + c * out, n, out, out,
+                                 pwt + p * out * simd::kPanel + lane);
+      c += n;
+    }
+  };
+  return W.dense_step(dW, config, rows_per_task, pack_rows);
 }
 
 void Mlp::backward(Workspace& ws, std::vector<RowMatrixXf>& dW, std::vector<RowMatrixXf>& db,

@@ -36,6 +36,10 @@ class Mlp {
     std::vector<std::vector<float>> packed_w;   // every layer's W in panel order (forward)
     std::vector<std::vector<float>> packed_wt;  // every layer's input-gradient W^T (backward)
     index_t packed_wt_from = -1;  // input_grad_from of packed_wt (-1: not packed)
+    /// True when packed_w (and packed_wt, for packed_wt_from) hold the current weights: set by
+    /// the caller after the steps of step_and_pack have run; whoever may change the weights
+    /// otherwise must clear it (the next forward then packs them itself).
+    bool packs_current = false;
     std::vector<float> packed_dh[2];  // scratch: output gradients in panel order (backward)
     std::vector<std::array<index_t, 3>> pack_tasks;  // scratch: (layer, transposed, panel)
   };
@@ -61,6 +65,15 @@ class Mlp {
   void backward(Workspace& ws, std::vector<RowMatrixXf>& dW, std::vector<RowMatrixXf>& db,
                 int num_threads, index_t input_grad_from = 0,
                 const RowRange& input_grad_ready = nullptr, bool accumulate = true) const;
+
+  /// The optimiser step of layer l's weights with gradient dW (in x out), as Parameter::
+  /// dense_step, whose tasks also write their updated rows into ws.packed_w and, for a
+  /// backward with input_grad_from, ws.packed_wt (while the rows are in cache). ws must hold
+  /// this layer's packs from a forward with the same input_grad_from. After every step of a
+  /// batch has run, the caller sets ws.packs_current: the next forward and backward then use
+  /// these packs instead of packing (a parallel region per batch, and the weights read again).
+  UpdateJob step_and_pack(index_t l, const float* dW, const OptimizerConfig& config,
+                          Workspace& ws, index_t input_grad_from);
 
   /// Rows per task of the forward and of the input gradient.
   static constexpr index_t kForwardRows = 64;

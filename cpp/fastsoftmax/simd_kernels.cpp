@@ -288,6 +288,54 @@ void online_exp_block(float* x, index_t rows, index_t cols, index_t stride, floa
                       float* alpha) {
   online_exp_block_avx2(x, rows, cols, stride, m, s, alpha);
 }
+namespace {
+// dst[j * 16 + i] = src[i * src_stride + j] for i < 8, j < len (len a multiple of 8): 8 x 8
+// blocks transposed in registers (only moves: the values are copied exactly).
+FASTSOFTMAX_AVX2 void transpose_8_rows_avx2(const float* src, index_t len, index_t src_stride,
+                                            float* dst) {
+  for (index_t j = 0; j < len; j += 8) {
+    __m256 r0 = _mm256_loadu_ps(src + 0 * src_stride + j);
+    __m256 r1 = _mm256_loadu_ps(src + 1 * src_stride + j);
+    __m256 r2 = _mm256_loadu_ps(src + 2 * src_stride + j);
+    __m256 r3 = _mm256_loadu_ps(src + 3 * src_stride + j);
+    __m256 r4 = _mm256_loadu_ps(src + 4 * src_stride + j);
+    __m256 r5 = _mm256_loadu_ps(src + 5 * src_stride + j);
+    __m256 r6 = _mm256_loadu_ps(src + 6 * src_stride + j);
+    __m256 r7 = _mm256_loadu_ps(src + 7 * src_stride + j);
+    const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r0 = _mm256_permute2f128_ps(u0, u4, 0x20);
+    r1 = _mm256_permute2f128_ps(u1, u5, 0x20);
+    r2 = _mm256_permute2f128_ps(u2, u6, 0x20);
+    r3 = _mm256_permute2f128_ps(u3, u7, 0x20);
+    r4 = _mm256_permute2f128_ps(u0, u4, 0x31);
+    r5 = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r6 = _mm256_permute2f128_ps(u2, u6, 0x31);
+    r7 = _mm256_permute2f128_ps(u3, u7, 0x31);
+    float* d = dst + j * kPanel;
+    _mm256_storeu_ps(d + 0 * kPanel, r0);
+    _mm256_storeu_ps(d + 1 * kPanel, r1);
+    _mm256_storeu_ps(d + 2 * kPanel, r2);
+    _mm256_storeu_ps(d + 3 * kPanel, r3);
+    _mm256_storeu_ps(d + 4 * kPanel, r4);
+    _mm256_storeu_ps(d + 5 * kPanel, r5);
+    _mm256_storeu_ps(d + 6 * kPanel, r6);
+    _mm256_storeu_ps(d + 7 * kPanel, r7);
+  }
+}
+}  // namespace
+
+bool transpose_8_rows(const float* src, index_t len, index_t src_stride, float* dst) {
+  if (len % 8 != 0 || !avx2_fma_available()) return false;
+  transpose_8_rows_avx2(src, len, src_stride, dst);
+  return true;
+}
 void exp_shifted(float* x, index_t rows, index_t cols, index_t stride, const float* shift) {
   exp_shifted_avx2(x, rows, cols, stride, shift);
 }
@@ -309,6 +357,7 @@ void rank_k_update_lower(double* a, index_t n, const double* p, const double* q,
 #else  // not x86: the callers never select these kernels.
 
 bool avx2_fma_available() { return false; }
+bool transpose_8_rows(const float*, index_t, index_t, float*) { return false; }
 void gemm(index_t, index_t, index_t, const Operand&, const Operand&, const Output&, bool) {
   throw std::logic_error("simd::gemm: AVX2 kernels are not available on this platform");
 }
@@ -345,11 +394,8 @@ void pack_panels(const float* src, index_t rows, index_t cols, index_t row_strid
       for (index_t r = 0; r < rows; ++r) {
         std::memcpy(out + r * kPanel, in + r * row_stride, kPanel * sizeof(float));
       }
-    } else if (row_stride == 1) {  // a transpose: read each source column sequentially
-      for (index_t l = 0; l < kPanel; ++l) {
-        const float* column = in + l * col_stride;
-        for (index_t r = 0; r < rows; ++r) out[r * kPanel + l] = column[r];
-      }
+    } else if (row_stride == 1) {  // a transpose: the panel's 16 source columns are rows
+      pack_rows_transposed(in, kPanel, rows, col_stride, out);
     } else {
       for (index_t r = 0; r < rows; ++r) {
         for (index_t l = 0; l < kPanel; ++l) {
@@ -357,6 +403,18 @@ void pack_panels(const float* src, index_t rows, index_t cols, index_t row_strid
         }
       }
     }
+  }
+}
+
+void pack_rows_transposed(const float* src, index_t n, index_t len, index_t src_stride,
+                          float* dst) {
+  index_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    if (!transpose_8_rows(src + i * src_stride, len, src_stride, dst + i)) break;
+  }
+  for (; i < n; ++i) {
+    const float* row = src + i * src_stride;
+    for (index_t j = 0; j < len; ++j) dst[j * kPanel + i] = row[j];
   }
 }
 

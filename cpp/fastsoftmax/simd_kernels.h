@@ -45,6 +45,17 @@ struct Output {
 void pack_panels(const float* src, index_t rows, index_t cols, index_t row_stride,
                  index_t col_stride, float* dst);
 
+/// Writes n <= 16 rows of a matrix (row i: src[i * src_stride .. + len)) as lanes 0..n-1 of a
+/// panel: dst[j * 16 + i] = src[i * src_stride + j] (a panel of the transpose, or part of one
+/// when dst points at a later lane). Exact copies; AVX2 8 x 8 transposes when available and len
+/// is a multiple of 8. Portable.
+void pack_rows_transposed(const float* src, index_t n, index_t len, index_t src_stride,
+                          float* dst);
+
+/// The AVX2 part of pack_rows_transposed for n = 8: false (nothing written) when AVX2 is not
+/// available or len is not a multiple of 8.
+bool transpose_8_rows(const float* src, index_t len, index_t src_stride, float* dst);
+
 /// The Operand of a rows x cols matrix packed by pack_panels.
 inline Operand panel_operand(const float* packed, index_t rows) {
   return Operand{packed, kPanel, 1, rows * kPanel};

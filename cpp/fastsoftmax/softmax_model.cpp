@@ -292,6 +292,14 @@ double SoftmaxModel::fit_epoch(const FeaturesView& x, const TargetsView& targets
       db_.emplace_back(1, mlp_.weights[l].cols());
     }
   }
+  // The optimiser steps below also pack the MLP's new weights for the next batch (see
+  // Mlp::step_and_pack); outside this loop the weights may change (parameters are numpy views),
+  // so the first forward here packs them itself and the packs are stale once this returns.
+  ws_.packs_current = false;
+  struct StalePacks {
+    Mlp::Workspace& ws;
+    ~StalePacks() { ws.packs_current = false; }
+  } stale_packs{ws_};
   double total = 0.0;
   for (index_t bi = 0; bi < n_batches; ++bi) {
     check_interrupt();
@@ -331,13 +339,15 @@ double SoftmaxModel::fit_epoch(const FeaturesView& x, const TargetsView& targets
       }
     }
     for (index_t l = 0; l < mlp_.num_layers(); ++l) {
-      update_jobs_.push_back(mlp_.weights[l].dense_step(dW_[l].data(), opt));
+      update_jobs_.push_back(mlp_.step_and_pack(l, dW_[l].data(), opt, ws_, config_.features.n_dense));
       update_jobs_.push_back(mlp_.biases[l].dense_step(db_[l].data(), opt));
     }
     for (std::size_t i = 0; i < categorical_tables_.size(); ++i) {
       update_jobs_.push_back(categorical_tables_[i].row_gradient_step(cat_grads_[i], opt));
     }
+    ws_.packs_current = false;  // until every step has run
     run_update_jobs(update_jobs_, threads);
+    ws_.packs_current = true;
     ++steps_;
   }
   return N > 0 ? total / static_cast<double>(N) : 0.0;
