@@ -361,6 +361,16 @@ void RowGradient::reset(index_t vocab, index_t cols) {
   cols_ = cols;
 }
 
+void RowGradient::reset_sequential(index_t cols) {
+  clear_slots();
+  slot_ = nullptr;  // (reset() makes its own slot array again)
+  rows_.clear();
+  contrib_.clear();
+  first_.clear();
+  last_.clear();
+  cols_ = cols;
+}
+
 void RowGradient::reset_shared(std::int32_t* slots, index_t cols) {
   slot_ = slots;
   slots_clear_ = true;

@@ -136,6 +136,31 @@ class RowGradient {
   /// array shared by several RowGradients that receive disjoint ids (see BagGradient). This
   /// instance's entries there must already be back at -1 (clear_slots()).
   void reset_shared(std::int32_t* slots, index_t cols);
+  /// Starts a gradient built row by row, without a slot array: append_row(id) starts the next
+  /// row (ids unique: the caller's guarantee), add_to_last(c, g) records grad[that row] += c * g.
+  /// add() and touch() are invalid until the next reset().
+  void reset_sequential(index_t cols);
+  std::int32_t append_row(index_t id) {
+    const auto s = static_cast<std::int32_t>(rows_.size());
+    rows_.push_back(id);
+    first_.push_back(-1);
+    last_.push_back(-1);
+    return s;
+  }
+  void add_to_last(float coef, const float* g) {
+    if (contrib_.size() >= static_cast<std::size_t>(INT32_MAX)) {
+      throw_invalid("row gradient: expected fewer than 2^31 contributions in one batch");
+    }
+    const auto n = static_cast<std::int32_t>(contrib_.size());
+    contrib_.push_back(Contribution{coef, -1, g});
+    const std::size_t i = rows_.size() - 1;
+    if (last_[i] < 0) {
+      first_[i] = n;
+    } else {
+      contrib_[static_cast<std::size_t>(last_[i])].next = n;
+    }
+    last_[i] = n;
+  }
   /// Sets this instance's entries of its slot array back to -1 (a no-op when they already are).
   /// The rows and contributions stay: afterwards only further add()/touch() calls are invalid.
   void clear_slots();

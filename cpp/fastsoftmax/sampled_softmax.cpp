@@ -161,6 +161,11 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
   parallel_for(n_tasks(B, kRowsPerTask), num_threads, [&](std::int64_t task, int slot) {
     const index_t b0 = task * kRowsPerTask, nb = std::min(kRowsPerTask, B - b0);
     const index_t b1 = b0 + nb;
+    // The chunk's positives are random rows of the item table: fetch them during the products.
+    for (index_t k = indptr[b0]; k < indptr[b1]; ++k) {
+      const float* row = items + indices[k] * d;
+      for (index_t x = 0; x < d; x += 16) __builtin_prefetch(row + x);
+    }
     if (shared) {
       auto Zb = ws.z.middleRows(b0, nb);
       if (fast) {
@@ -374,18 +379,54 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
     rg.sum_rows(item_grad->data(), num_threads);
     return total;
   }
-  if (deferred_rows != nullptr) *deferred_rows = nullptr;
-
   // ---- Shared draws: row-sparse item gradient over the sorted unique candidate ids (the
   // draws, already sorted by id, merged with the sorted target entries); contributions in a
   // fixed order (draws by column, then target entries, then gravity), each row zeroed at its
   // first one.
   const index_t n_draws = static_cast<index_t>(draws.ids.size());
-  ws.slot.resize(static_cast<std::size_t>(n_draws + nnz));  // draws' slots, then the targets'
-  ws.keys.clear();
   ws.pos_sorted.resize(static_cast<std::size_t>(nnz));
   for (index_t k = 0; k < nnz; ++k) ws.pos_sorted[k] = {indices[k], k};
   std::sort(ws.pos_sorted.begin(), ws.pos_sorted.end());
+  if (deferred_rows != nullptr) {
+    // Deferred: each key's contributions recorded in that order (the merge visits a key's draws,
+    // then its target entries), summed by the optimiser as it steps the row.
+    ws.pos_row.resize(static_cast<std::size_t>(nnz));
+    for (index_t b = 0; b < B; ++b) {
+      for (index_t k = indptr[b]; k < indptr[b + 1]; ++k) ws.pos_row[k] = b;
+    }
+    RowGradient& rg = ws.shared_grad;
+    rg.reset_sequential(d);
+    item_rows->clear();
+    if (want_bias) item_bias_grad->clear();
+    index_t i = 0, k = 0;
+    while (i < m || k < nnz) {
+      const index_t id = k == nnz || (i < m && ws.sorted[i].first <= ws.pos_sorted[k].first)
+                             ? ws.sorted[i].first
+                             : ws.pos_sorted[k].first;
+      rg.append_row(id);
+      item_rows->push_back(id);
+      float bias_grad = 0.0f;
+      const index_t i0 = i;
+      for (; i < m && ws.sorted[i].first == id; ++i) {
+        const index_t col = ws.sorted[i].second;
+        rg.add_to_last(1.0f, ws.dvs.data() + col * d);
+        if (want_bias) bias_grad += ws.dbs[col];
+      }
+      for (; k < nnz && ws.pos_sorted[k].first == id; ++k) {
+        const index_t e = ws.pos_sorted[k].second;
+        rg.add_to_last(ws.pos_z[e], psi + ws.pos_row[e] * d);
+        if (want_bias) bias_grad += ws.pos_z[e];
+      }
+      if (!grav_w.empty()) {  // gravity's item side
+        for (index_t t = i0; t < i; ++t) rg.add_to_last(1.0f, ws.tmp.data() + ws.sorted[t].second * d);
+      }
+      if (want_bias) item_bias_grad->push_back(bias_grad);
+    }
+    *deferred_rows = &rg;
+    return total;
+  }
+  ws.slot.resize(static_cast<std::size_t>(n_draws + nnz));  // draws' slots, then the targets'
+  ws.keys.clear();
   {
     index_t i = 0, k = 0;
     while (i < m || k < nnz) {

@@ -60,6 +60,8 @@ struct SampledSoftmaxWorkspace {
   std::vector<std::pair<index_t, index_t>> pos_sorted;
   std::vector<char> row_set;
   RowGradient pq_grad;  // item gradient of per-query draws (a slot per item id)
+  RowGradient shared_grad;  // deferred item gradient of shared draws (rows in key order)
+  std::vector<index_t> pos_row;  // batch row of each target entry
   RowMatrixXf gram_items, gram_queries, tmp, grav_dpsi;
   std::vector<Eigen::ArrayXf> exp_scratch;  // per thread slot, m entries
 };
@@ -73,11 +75,10 @@ struct SampledSoftmaxWorkspace {
 /// remove_accidental_hits; may be nullptr otherwise).
 /// dpsi (B x d) and the row-sparse item gradient (item_rows unique: sorted for shared draws, in
 /// first-touch order for per-query draws; item_grad rows [0, item_rows.size()), item_bias_grad
-/// when bias) are overwritten; dpsi == nullptr: forward only. deferred_rows != nullptr: per-query
-/// draws leave item_grad alone and set *deferred_rows to the rows' contributions instead (in
-/// ws, valid until the next call; each row's gradient is their sum, as RowGradient::sum_row;
-/// its rows() are item_rows), for an optimiser that sums each row as it steps it; otherwise
-/// (shared draws) *deferred_rows is set to nullptr.
+/// when bias) are overwritten; dpsi == nullptr: forward only. deferred_rows != nullptr (with
+/// dpsi): item_grad is left alone and *deferred_rows is set to the rows' contributions instead
+/// (in ws, valid until the next call; each row's gradient is their sum, as RowGradient::sum_row;
+/// its rows() are item_rows), for an optimiser that sums each row as it steps it.
 double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, const float* items,
                                         const float* bias, index_t n_items, const index_t* indptr,
                                         const index_t* indices, const float* weights,
