@@ -126,6 +126,8 @@ def test_sir_bias_shrinks_with_the_pool(bias_setup):
     "extra",
     [
         dict(),
+        dict(item_bias=True, gravity=0.5),
+        dict(item_bias=True, remove_accidental_hits=False, sampler="popularity"),
         dict(share_negatives=False, item_bias=True),
         dict(share_negatives=False, sampler="score", hard_pool=32),
         dict(share_negatives=False, sampler="score", hard_pool=None, hard_fraction=0.5),
@@ -134,8 +136,8 @@ def test_sir_bias_shrinks_with_the_pool(bias_setup):
 def test_gradients_is_one_sampled_estimate_used_by_fit(extra):
     """One SGD step over one batch == params - lr * gradients(seed=model seed). Per-query draws
     come from one stream per data row, so fit's shuffle of the batch does not change a row's
-    negatives (uniform, SIR and exact hard negatives); fit hands the item rows' contributions to
-    the optimiser unsummed, gradients() sums them."""
+    negatives (uniform, SIR and exact hard negatives); fit hands the item rows' contributions
+    (draws, positives, gravity) to the optimiser unsummed, gradients() sums them."""
     feats, targets = make_problem()
     kw = dict(
         loss="sampled",
