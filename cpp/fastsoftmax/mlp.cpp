@@ -56,7 +56,7 @@ void Mlp::pack_panel(Workspace& ws, index_t l, bool transposed, index_t p, index
 }
 
 void Mlp::forward(Workspace& ws, int num_threads, const RowRange& fill_input,
-                  index_t backward_from) const {
+                  index_t backward_from, const std::function<void()>& side_task) const {
   const index_t B = ws.rows;
   const index_t L = num_layers();
   const bool avx = simd::avx2_fma_available();
@@ -89,9 +89,14 @@ void Mlp::forward(Workspace& ws, int num_threads, const RowRange& fill_input,
                    pack_panel(ws, l, transposed != 0, p, backward_from);
                  });
   }
-  // Rows are independent: each task takes its chunk of rows through all the layers.
+  // Rows are independent: each task takes its chunk of rows through all the layers. The side
+  // task comes last (taken by the first thread to run out of rows).
   const index_t n_tasks = (B + kForwardRows - 1) / kForwardRows;
-  parallel_for(n_tasks, num_threads, [&](std::int64_t t, int) {
+  parallel_for(n_tasks + (side_task ? 1 : 0), num_threads, [&](std::int64_t t, int) {
+    if (t == n_tasks) {
+      side_task();
+      return;
+    }
     const index_t r0 = t * kForwardRows, n = std::min(kForwardRows, B - r0);
     if (fill_input) fill_input(r0, n);
     for (index_t l = 0; l < L; ++l) {

@@ -52,8 +52,11 @@ class Mlp {
   /// acts[0] by calling it (so the input lookups share the forward's parallel region). With
   /// `backward_from` >= 0, the weights are also packed for a backward with that input_grad_from
   /// (in the same parallel region as the forward's own packing; valid until the weights change).
+  /// `side_task`, when given, runs once as one more task of the forward's region (work of the
+  /// caller's that does not touch the workspace, e.g. gathering the batch's targets).
   void forward(Workspace& ws, int num_threads, const RowRange& fill_input = nullptr,
-               index_t backward_from = -1) const;
+               index_t backward_from = -1,
+               const std::function<void()>& side_task = nullptr) const;
 
   /// Given dL/dpsi in ws.grads[L], back-propagates: writes columns [input_grad_from, input_dim)
   /// of ws.grads[0] (dL/dinput; the others are left as they are: inputs without parameters need

@@ -312,11 +312,59 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
     ws.tmp.noalias() = (static_cast<float>(2.0 * gamma) * scale) * (w.asDiagonal() * ((*Vs) * ws.gram_queries));
   }
 
+  const bool want_bias = bias != nullptr && item_bias_grad != nullptr;
+  // Shared draws, fit: each key's contributions recorded in that order (the merge visits a key's
+  // draws, then its target entries), summed by the optimiser as it steps the row. Only addresses
+  // are recorded: without bias sums this runs as one more task of the dV region below.
+  auto build_shared_deferred = [&]() {
+    ws.pos_sorted.resize(static_cast<std::size_t>(nnz));
+    for (index_t k = 0; k < nnz; ++k) ws.pos_sorted[k] = {indices[k], k};
+    std::sort(ws.pos_sorted.begin(), ws.pos_sorted.end());
+    ws.pos_row.resize(static_cast<std::size_t>(nnz));
+    for (index_t b = 0; b < B; ++b) {
+      for (index_t k = indptr[b]; k < indptr[b + 1]; ++k) ws.pos_row[k] = b;
+    }
+    RowGradient& rg = ws.shared_grad;
+    rg.reset_sequential(d);
+    item_rows->clear();
+    if (want_bias) item_bias_grad->clear();
+    index_t i = 0, k = 0;
+    while (i < m || k < nnz) {
+      const index_t id = k == nnz || (i < m && ws.sorted[i].first <= ws.pos_sorted[k].first)
+                             ? ws.sorted[i].first
+                             : ws.pos_sorted[k].first;
+      rg.append_row(id);
+      item_rows->push_back(id);
+      float bias_grad = 0.0f;
+      const index_t i0 = i;
+      for (; i < m && ws.sorted[i].first == id; ++i) {
+        const index_t col = ws.sorted[i].second;
+        rg.add_to_last(1.0f, ws.dvs.data() + col * d);
+        if (want_bias) bias_grad += ws.dbs[col];
+      }
+      for (; k < nnz && ws.pos_sorted[k].first == id; ++k) {
+        const index_t e = ws.pos_sorted[k].second;
+        rg.add_to_last(ws.pos_z[e], psi + ws.pos_row[e] * d);
+        if (want_bias) bias_grad += ws.pos_z[e];
+      }
+      if (!grav_w.empty()) {  // gravity's item side
+        for (index_t t = i0; t < i; ++t) rg.add_to_last(1.0f, ws.tmp.data() + ws.sorted[t].second * d);
+      }
+      if (want_bias) item_bias_grad->push_back(bias_grad);
+    }
+  };
+  const bool build_in_region = shared && deferred_rows != nullptr && !want_bias && m > 0;
+
   // ---- Shared draws: dV_S = G^T Psi, bias: column sums of G.
   if (shared && m > 0) {
     ws.dvs.resize(m, d);
     ws.dbs.assign(m, 0.0f);
-    parallel_for(n_tasks(m, kColsPerTask), num_threads, [&](std::int64_t task, int) {
+    const index_t col_tasks = n_tasks(m, kColsPerTask);
+    parallel_for(col_tasks + (build_in_region ? 1 : 0), num_threads, [&](std::int64_t task, int) {
+      if (task == col_tasks) {
+        build_shared_deferred();
+        return;
+      }
       const index_t i0 = task * kColsPerTask, ni = std::min(kColsPerTask, m - i0);
       if (fast) {
         // dV_S rows i0.. = Z[:, i0..]^T Psi, Z^T read through strides.
@@ -335,7 +383,6 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
     });
   }
 
-  const bool want_bias = bias != nullptr && item_bias_grad != nullptr;
   if (!shared) {
     // ---- Per-query draws: a RowGradient over the item ids (rows in first-touch order). Each
     // row's contributions in a fixed order (draws by row and column, then target entries, then
@@ -383,48 +430,15 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
   // draws, already sorted by id, merged with the sorted target entries); contributions in a
   // fixed order (draws by column, then target entries, then gravity), each row zeroed at its
   // first one.
+  if (deferred_rows != nullptr) {
+    if (!build_in_region) build_shared_deferred();
+    *deferred_rows = &ws.shared_grad;
+    return total;
+  }
   const index_t n_draws = static_cast<index_t>(draws.ids.size());
   ws.pos_sorted.resize(static_cast<std::size_t>(nnz));
   for (index_t k = 0; k < nnz; ++k) ws.pos_sorted[k] = {indices[k], k};
   std::sort(ws.pos_sorted.begin(), ws.pos_sorted.end());
-  if (deferred_rows != nullptr) {
-    // Deferred: each key's contributions recorded in that order (the merge visits a key's draws,
-    // then its target entries), summed by the optimiser as it steps the row.
-    ws.pos_row.resize(static_cast<std::size_t>(nnz));
-    for (index_t b = 0; b < B; ++b) {
-      for (index_t k = indptr[b]; k < indptr[b + 1]; ++k) ws.pos_row[k] = b;
-    }
-    RowGradient& rg = ws.shared_grad;
-    rg.reset_sequential(d);
-    item_rows->clear();
-    if (want_bias) item_bias_grad->clear();
-    index_t i = 0, k = 0;
-    while (i < m || k < nnz) {
-      const index_t id = k == nnz || (i < m && ws.sorted[i].first <= ws.pos_sorted[k].first)
-                             ? ws.sorted[i].first
-                             : ws.pos_sorted[k].first;
-      rg.append_row(id);
-      item_rows->push_back(id);
-      float bias_grad = 0.0f;
-      const index_t i0 = i;
-      for (; i < m && ws.sorted[i].first == id; ++i) {
-        const index_t col = ws.sorted[i].second;
-        rg.add_to_last(1.0f, ws.dvs.data() + col * d);
-        if (want_bias) bias_grad += ws.dbs[col];
-      }
-      for (; k < nnz && ws.pos_sorted[k].first == id; ++k) {
-        const index_t e = ws.pos_sorted[k].second;
-        rg.add_to_last(ws.pos_z[e], psi + ws.pos_row[e] * d);
-        if (want_bias) bias_grad += ws.pos_z[e];
-      }
-      if (!grav_w.empty()) {  // gravity's item side
-        for (index_t t = i0; t < i; ++t) rg.add_to_last(1.0f, ws.tmp.data() + ws.sorted[t].second * d);
-      }
-      if (want_bias) item_bias_grad->push_back(bias_grad);
-    }
-    *deferred_rows = &rg;
-    return total;
-  }
   ws.slot.resize(static_cast<std::size_t>(n_draws + nnz));  // draws' slots, then the targets'
   ws.keys.clear();
   {

@@ -195,7 +195,7 @@ void SoftmaxModel::prepare_loss(const TargetsView& targets) {
 }
 
 void SoftmaxModel::forward_tower(const FeaturesView& x, const index_t* rows, index_t B,
-                                 bool for_backward) {
+                                 bool for_backward, const std::function<void()>& side_task) {
   ws_.resize(mlp_, B);
   RowMatrixXf& X = ws_.acts[0];
   const index_t stride = X.cols();
@@ -214,7 +214,7 @@ void SoftmaxModel::forward_tower(const FeaturesView& x, const index_t* rows, ind
       embed_bags(bag_tables_[i].value, x.bags[i], rows + r0, n, config_.pooling,
                  out + offsets_bag_[i], stride, 1);
     }
-  }, for_backward ? config_.features.n_dense : -1);
+  }, for_backward ? config_.features.n_dense : -1, side_task);
 }
 
 TargetsView SoftmaxModel::gather_targets(const TargetsView& t, const index_t* rows, index_t B) {
@@ -305,8 +305,9 @@ double SoftmaxModel::fit_epoch(const FeaturesView& x, const TargetsView& targets
     check_interrupt();
     const index_t* rows = perm_.data() + bi * bs;
     const index_t B = std::min(bs, N - bi * bs);
-    forward_tower(x, rows, B, true);
-    const TargetsView tv = gather_targets(targets, rows, B);
+    // The batch's targets are gathered by a task of the forward's region.
+    TargetsView tv;
+    forward_tower(x, rows, B, true, [&] { tv = gather_targets(targets, rows, B); });
     LossContext ctx{config_.seed, static_cast<std::uint64_t>(epoch * n_batches + bi), threads,
                     1.0f / static_cast<float>(B)};
     ctx.defer_item_rows = true;  // the item rows' step below sums each row as it steps it
@@ -390,8 +391,9 @@ double SoftmaxModel::evaluate(const FeaturesView& x, const TargetsView& targets,
     check_interrupt();
     const index_t B = std::min(bs, N - r0);
     std::iota(rows.begin(), rows.begin() + B, r0);
-    forward_tower(x, rows.data(), B, gradients != nullptr);
-    const TargetsView tv = gather_targets(targets, rows.data(), B);
+    TargetsView tv;
+    forward_tower(x, rows.data(), B, gradients != nullptr,
+                  [&] { tv = gather_targets(targets, rows.data(), B); });
     LossContext ctx{seed, static_cast<std::uint64_t>(bi), config_.num_threads, scale};
     ctx.rows = rows.data();
     const ConstMapRowMatrixXf psi(ws_.acts.back().data(), B, config_.dim);

@@ -107,8 +107,10 @@ class SoftmaxModel {
  private:
   // Forward through the tower for rows[0..B); psi ends up in ws_.acts.back(). `for_backward`:
   // a backward_tower follows (its weight packing is done in the forward's parallel region).
+  // `side_task`: independent work run as one more task of the forward's region.
   void forward_tower(const FeaturesView& features, const index_t* rows, index_t B,
-                     bool for_backward = false);
+                     bool for_backward = false,
+                     const std::function<void()>& side_task = nullptr);
   // Gathers the targets of rows[0..B) into the batch CSR with normalised weights.
   TargetsView gather_targets(const TargetsView& targets, const index_t* rows, index_t B);
   // Back-propagates dL/dpsi (in ws_.grads.back()) into the MLP gradients (added to dW_ / db_
