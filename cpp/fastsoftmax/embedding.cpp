@@ -175,12 +175,12 @@ StepTarget begin_step(Parameter& param, const OptimizerConfig& config) {
 }  // namespace
 
 UpdateJob Parameter::dense_step(const float* grad, const OptimizerConfig& config,
-                                index_t rows_per_task,
-                                std::function<void(index_t r0, index_t r1)> after) {
+                                std::function<void(index_t r0, index_t r1)> after,
+                                index_t row_multiple) {
   const StepTarget target = begin_step(*this, config);
   const index_t total = value.size();
   UpdateJob job;
-  if (rows_per_task <= 0) {
+  if (!after) {
     job.n_tasks = (total + kUpdateChunk - 1) / kUpdateChunk;
     job.run = [=](std::int64_t t, float*) {
       const index_t begin = t * kUpdateChunk;
@@ -189,11 +189,14 @@ UpdateJob Parameter::dense_step(const float* grad, const OptimizerConfig& config
     return job;
   }
   const index_t n_rows = rows(), c = cols();
+  const index_t multiple = std::max<index_t>(1, row_multiple);
+  const index_t rows_per_task =
+      std::max<index_t>(multiple, kUpdateChunk / std::max<index_t>(c, 1) / multiple * multiple);
   job.n_tasks = (n_rows + rows_per_task - 1) / rows_per_task;
   job.run = [=, after = std::move(after)](std::int64_t t, float*) {
     const index_t r0 = t * rows_per_task, r1 = std::min(n_rows, r0 + rows_per_task);
     target.update(r0 * c, grad + r0 * c, (r1 - r0) * c);
-    if (after) after(r0, r1);
+    after(r0, r1);
   };
   return job;
 }

@@ -77,11 +77,12 @@ class Parameter {
   void reset_state(const OptimizerConfig& config);
 
   /// One step with a dense gradient of the same shape as value (row-major, contiguous). With
-  /// `rows_per_task` > 0, each task updates that many whole rows (else fixed element chunks) and
-  /// then, with `after`, calls after(r0, r1) for its rows [r0, r1) (their new values final).
+  /// `after`, each task updates whole rows (a multiple of `row_multiple`, about the same number
+  /// of elements as otherwise) and then calls after(r0, r1) for its rows [r0, r1), their new
+  /// values final.
   UpdateJob dense_step(const float* grad, const OptimizerConfig& config,
-                       index_t rows_per_task = 0,
-                       std::function<void(index_t r0, index_t r1)> after = nullptr);
+                       std::function<void(index_t r0, index_t r1)> after = nullptr,
+                       index_t row_multiple = 1);
 
   /// One lazy step on rows[0..k) with gradient rows grad[i * cols .. (i+1) * cols) (row ids
   /// unique). Other rows and their state are untouched.

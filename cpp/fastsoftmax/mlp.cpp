@@ -62,26 +62,26 @@ void Mlp::forward(Workspace& ws, int num_threads, const RowRange& fill_input,
   const bool avx = simd::avx2_fma_available();
   auto fast = [&](index_t l) { return avx && sizes_[l + 1] % simd::kPanel == 0; };
   // Every layer's weights in panel order first (the B operand of all row chunks), and for a
-  // backward its input-gradient W^T too: one panel per task.
-  ws.packed_w.resize(static_cast<std::size_t>(L));
-  ws.packed_wt.resize(static_cast<std::size_t>(L));
-  ws.pack_tasks.clear();
-  for (index_t l = 0; l < L; ++l) {
-    const RowMatrixXf& W = weights[l].value;
-    const auto i = static_cast<std::size_t>(l);
-    if (fast(l)) {
-      ws.packed_w[i].resize(static_cast<std::size_t>(W.size()));
-      for (index_t p = 0; p < W.cols() / simd::kPanel; ++p) ws.pack_tasks.push_back({l, 0, p});
-    }
-    if (backward_from >= 0) {
-      const index_t count = input_grad_columns(l, backward_from).count;
-      ws.packed_wt[i].resize(static_cast<std::size_t>(W.cols() * count));
-      for (index_t p = 0; p < count / simd::kPanel; ++p) ws.pack_tasks.push_back({l, 1, p});
-    }
-  }
-  // Packs written by the last optimiser step (step_and_pack) are used as they are.
+  // backward its input-gradient W^T too: one panel per task. Packs written by the last optimiser
+  // step (step_and_pack) are used as they are.
   const bool packed = ws.packs_current && (backward_from < 0 || ws.packed_wt_from == backward_from);
   if (!packed) {
+    ws.packed_w.resize(static_cast<std::size_t>(L));
+    ws.packed_wt.resize(static_cast<std::size_t>(L));
+    ws.pack_tasks.clear();
+    for (index_t l = 0; l < L; ++l) {
+      const RowMatrixXf& W = weights[l].value;
+      const auto i = static_cast<std::size_t>(l);
+      if (fast(l)) {
+        ws.packed_w[i].resize(static_cast<std::size_t>(W.size()));
+        for (index_t p = 0; p < W.cols() / simd::kPanel; ++p) ws.pack_tasks.push_back({l, 0, p});
+      }
+      if (backward_from >= 0) {
+        const index_t count = input_grad_columns(l, backward_from).count;
+        ws.packed_wt[i].resize(static_cast<std::size_t>(W.cols() * count));
+        for (index_t p = 0; p < count / simd::kPanel; ++p) ws.pack_tasks.push_back({l, 1, p});
+      }
+    }
     ws.packed_wt_from = backward_from;
     parallel_for(static_cast<std::int64_t>(ws.pack_tasks.size()), num_threads,
                  [&](std::int64_t t, int) {
@@ -136,8 +136,6 @@ UpdateJob Mlp::step_and_pack(index_t l, const float* dW, const OptimizerConfig& 
   ws.packed_wt_from = input_grad_from;
   const float* value = W.value.data();
   const index_t first = cols.first, end_t = cols.first + cols.count;
-  // Whole rows per task, a multiple of 16 (about the element chunk of a plain dense step).
-  const index_t rows_per_task = std::max<index_t>(16, 8192 / std::max<index_t>(out, 1) / 16 * 16);
   auto pack_rows = [=](index_t r0, index_t r1) {
     if (pw != nullptr) {  // row r's 16-float segment of every panel of W
       for (index_t p = 0; p < out / simd::kPanel; ++p) {
@@ -157,7 +155,8 @@ UpdateJob Mlp::step_and_pack(index_t l, const float* dW, const OptimizerConfig& 
       c += n;
     }
   };
-  return W.dense_step(dW, config, rows_per_task, pack_rows);
+  // Tasks of whole rows, a multiple of 16 (whole W^T panels when its columns start at one).
+  return W.dense_step(dW, config, pack_rows, simd::kPanel);
 }
 
 void Mlp::backward(Workspace& ws, std::vector<RowMatrixXf>& dW, std::vector<RowMatrixXf>& db,
