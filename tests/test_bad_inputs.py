@@ -469,6 +469,35 @@ def test_wals_objective_bad_inputs(wals):
         fs.WALS(2).fold_in(A)
 
 
+@pytest.mark.parametrize("where", [0, 37, -1])
+def test_bag_entries_changed_after_construction_are_caught_by_the_core(where):
+    """QueryFeatures checks its bags when built; arrays the user mutates afterwards are checked
+    again by the core before any step (every entry, wherever the bad one is: a vectorised pass
+    over all entries, then a search for the culprit)."""
+    rng = np.random.default_rng(0)
+    bag = sp.random(30, 40, density=0.3, format="csr", random_state=rng, dtype=np.float32)
+    feats = fs.QueryFeatures(bags={"b": bag})
+    targets = sp.csr_matrix(
+        (np.ones(30, np.float32), (np.arange(30), np.arange(30) % 5)), shape=(30, 5)
+    )
+    model = fs.SoftmaxModel(5, hidden=(), dim=2, vocab_sizes={"b": 40}, epochs=1)
+    model.fit(feats, targets, show_progress=False)
+    indptr, indices, weights = feats.bags["b"]
+    before = model.parameters["bags.b"].copy()
+    for bad_id, exc in ((40, IndexError), (-1, IndexError)):
+        indices[where] = bad_id
+        with pytest.raises(exc, match=f"bags 'b': expected ids in \\[0, 40\\), got {bad_id}"):
+            model.fit(feats, targets, show_progress=False)
+        indices[where] = 3
+    for bad_w in (np.nan, np.inf, -np.inf):
+        weights[where] = bad_w
+        with pytest.raises(ValueError, match="bags 'b': expected finite weights"):
+            model.fit(feats, targets, show_progress=False)
+        weights[where] = 1.0
+    np.testing.assert_array_equal(model.parameters["bags.b"], before)  # no step was taken
+    model.fit(feats, targets, show_progress=False)  # valid again
+
+
 def test_softmax_predict_bad_inputs(softmax):
     with pytest.raises(ValueError, match="feats"):
         softmax.query_embeddings(fs.QueryFeatures(dense=np.zeros((2, 3))))  # missing features
