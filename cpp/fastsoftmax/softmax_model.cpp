@@ -19,8 +19,8 @@ void fill_uniform(RowMatrixXf& m, float a, std::uint64_t seed, std::uint64_t str
 }
 
 // Whether every id is in [0, bound) and every weight (if any) finite: one pass without early
-// exits, which the compiler vectorises (the checking loop with its throws ran at ~1 ns per id,
-// most of fit's per-call validation); callers search for the offending entry only when false.
+// exits, which the compiler vectorises (the loop with its throws is not); callers search for the
+// offending entry only when false.
 bool bag_entries_valid(const index_t* ids, const float* weights, index_t n, index_t bound) {
   const auto ubound = static_cast<std::uint64_t>(bound);
   std::uint64_t bad = 0;
