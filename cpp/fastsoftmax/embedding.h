@@ -149,38 +149,17 @@ class RowGradient {
     return s;
   }
   void add_to_last(float coef, const float* g) {
-    if (contrib_.size() >= static_cast<std::size_t>(INT32_MAX)) {
-      throw_invalid("row gradient: expected fewer than 2^31 contributions in one batch");
-    }
-    const auto n = static_cast<std::int32_t>(contrib_.size());
-    contrib_.push_back(Contribution{coef, -1, g});
-    const std::size_t i = rows_.size() - 1;
-    if (last_[i] < 0) {
-      first_[i] = n;
-    } else {
-      contrib_[static_cast<std::size_t>(last_[i])].next = n;
-    }
-    last_[i] = n;
+    link(rows_.size() - 1, push_contribution(coef, g));
   }
   /// Sets this instance's entries of its slot array back to -1 (a no-op when they already are).
   /// The rows and contributions stay: afterwards only further add()/touch() calls are invalid.
   void clear_slots();
   /// Records grad[id] += coef * g; returns the row's slot (its index in rows()).
   std::int32_t add(index_t id, float coef, const float* g) {
-    if (contrib_.size() >= static_cast<std::size_t>(INT32_MAX)) {
-      throw_invalid("row gradient: expected fewer than 2^31 contributions in one batch");
-    }
-    const auto n = static_cast<std::int32_t>(contrib_.size());
-    contrib_.push_back(Contribution{coef, -1, g});
+    const std::int32_t n = push_contribution(coef, g);
     const std::int32_t s = slot_[id];
     if (s < 0) return new_slot(id, n);
-    const auto i = static_cast<std::size_t>(s);
-    if (last_[i] < 0) {
-      first_[i] = n;
-    } else {
-      contrib_[static_cast<std::size_t>(last_[i])].next = n;
-    }
-    last_[i] = n;
+    link(static_cast<std::size_t>(s), n);
     return s;
   }
   /// Makes id a touched row (its gradient 0 unless contributions follow); returns its slot.
@@ -223,6 +202,24 @@ class RowGradient {
     std::int32_t next;  // the row's next contribution, -1 at the end
     const float* g;
   };
+  // Appends a contribution (not yet in any row's list); returns its index.
+  std::int32_t push_contribution(float coef, const float* g) {
+    if (contrib_.size() >= static_cast<std::size_t>(INT32_MAX)) {
+      throw_invalid("row gradient: expected fewer than 2^31 contributions in one batch");
+    }
+    const auto n = static_cast<std::int32_t>(contrib_.size());
+    contrib_.push_back(Contribution{coef, -1, g});
+    return n;
+  }
+  // Makes contribution n the last of slot i's list.
+  void link(std::size_t i, std::int32_t n) {
+    if (last_[i] < 0) {
+      first_[i] = n;
+    } else {
+      contrib_[static_cast<std::size_t>(last_[i])].next = n;
+    }
+    last_[i] = n;
+  }
   // A new row for id whose first and last contribution is `contribution` (-1: none yet).
   std::int32_t new_slot(index_t id, std::int32_t contribution) {
     const auto s = static_cast<std::int32_t>(rows_.size());

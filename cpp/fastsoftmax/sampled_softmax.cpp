@@ -316,10 +316,14 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
   // Shared draws, fit: each key's contributions recorded in that order (the merge visits a key's
   // draws, then its target entries), summed by the optimiser as it steps the row. Only addresses
   // are recorded: without bias sums this runs as one more task of the dV region below.
-  auto build_shared_deferred = [&]() {
+  // The batch's target entries as (item id, entry) sorted by id: merged with the sorted draws.
+  auto sort_positives = [&]() {
     ws.pos_sorted.resize(static_cast<std::size_t>(nnz));
     for (index_t k = 0; k < nnz; ++k) ws.pos_sorted[k] = {indices[k], k};
     std::sort(ws.pos_sorted.begin(), ws.pos_sorted.end());
+  };
+  auto build_shared_deferred = [&]() {
+    sort_positives();
     ws.pos_row.resize(static_cast<std::size_t>(nnz));
     for (index_t b = 0; b < B; ++b) {
       for (index_t k = indptr[b]; k < indptr[b + 1]; ++k) ws.pos_row[k] = b;
@@ -436,9 +440,7 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
     return total;
   }
   const index_t n_draws = static_cast<index_t>(draws.ids.size());
-  ws.pos_sorted.resize(static_cast<std::size_t>(nnz));
-  for (index_t k = 0; k < nnz; ++k) ws.pos_sorted[k] = {indices[k], k};
-  std::sort(ws.pos_sorted.begin(), ws.pos_sorted.end());
+  sort_positives();
   ws.slot.resize(static_cast<std::size_t>(n_draws + nnz));  // draws' slots, then the targets'
   ws.keys.clear();
   {
