@@ -111,7 +111,7 @@ def test_ctrl_c_during_softmax_fit():
     finally:
         timer.cancel()
     assert latency < MAX_LATENCY
-    assert len(model.history) == len(epochs)
+    assert len(model.training_log) == len(epochs)
     for name, value in model.parameters.items():
         assert np.isfinite(value).all(), name
     ids, scores = model.recommend(data.features.take(np.arange(5)), k=5)

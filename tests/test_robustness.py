@@ -79,7 +79,7 @@ def test_softmax_bit_identical_across_runs(data, options):
         assert pa.keys() == pb.keys()
         for name in pa:
             np.testing.assert_array_equal(pa[name], pb[name], err_msg=name)
-        assert a.history == b.history
+        assert a.training_log == b.training_log
         np.testing.assert_array_equal(
             a.query_embeddings(data.features), b.query_embeddings(data.features)
         )

@@ -390,7 +390,7 @@ def test_training_lowers_the_loss_and_callback_can_stop():
         return epoch == 19
 
     model.fit(feats, targets, show_progress=False, callback=callback)
-    assert len(seen) == 20 and model.history[-1]["loss"] == seen[-1]
+    assert len(seen) == 20 and model.training_log[-1]["loss"] == seen[-1]
     assert model.loss(feats, targets) < start - 0.5  # (the floor is the targets' entropy)
 
 
@@ -550,7 +550,7 @@ def test_validation_reports_recall_at_10(categories):
         validation=(held_out, data.interactions[2500:]),
         show_progress=False,
     )
-    recalls = [logs["recall@10"] for logs in model.history]
+    recalls = [logs["recall@10"] for logs in model.training_log]
     assert len(recalls) == 3 and recalls[-1] > 0.3  # cold-start queries, features only
     ids, scores = model.recommend(held_out, k=10, exclude=data.interactions[2500:])
     assert ids.shape == (500, 10) and scores.dtype == np.float32
@@ -574,4 +574,4 @@ def test_diverging_training_raises_instead_of_returning_nan_parameters():
     # A sane learning rate on the same data trains to a finite loss.
     ok = fs.SoftmaxModel(40, hidden=(16,), dim=8, embedding_dim=4, optimizer="sgd", epochs=3)
     ok.fit(feats, targets, show_progress=False)
-    assert all(np.isfinite(h["loss"]) for h in ok.history)
+    assert all(np.isfinite(h["loss"]) for h in ok.training_log)

@@ -74,6 +74,14 @@ SoftmaxModel::SoftmaxModel(const SoftmaxModelConfig& config, std::unique_ptr<Los
     input += f.bag_dim[i];
   }
   if (input < 1) throw_invalid("features: expected at least one feature column, got none");
+  const HistoryConfig& h = config_.history;
+  if (h.bag < -1 || h.bag >= static_cast<index_t>(f.bag_dim.size())) {
+    throw_invalid("history: expected the index of a bag feature in [0, ", f.bag_dim.size(),
+                  ") or -1, got ", h.bag);
+  }
+  if (!(h.dropout >= 0.0f && h.dropout < 1.0f)) {
+    throw_invalid("history_dropout: expected a number in [0, 1), got ", h.dropout);
+  }
   std::vector<index_t> sizes{input};
   for (const index_t h : config_.hidden) {
     if (h < 1) throw_invalid("hidden: expected layer sizes >= 1, got ", h);
@@ -216,6 +224,22 @@ void SoftmaxModel::prepare_loss(const TargetsView& targets) {
   loss_->prepare(targets, item_view());
 }
 
+const index_t* SoftmaxModel::bag_rows(const FeaturesView& x, std::size_t i,
+                                      const index_t* rows) const {
+  return static_cast<index_t>(i) == x.by_position_bag ? positions_.data() : rows;
+}
+
+void SoftmaxModel::history_kept(const FeaturesView& x, std::int64_t epoch,
+                                std::uint8_t* keep) const {
+  const HistoryConfig& h = config_.history;
+  if (h.bag < 0) throw_invalid("history: the model has no history feature");
+  const BagsView& bag = x.bags[static_cast<std::size_t>(h.bag)];
+  for (index_t r = 0; r < x.rows; ++r) {
+    HistoryCorruption::draw(config_.seed, epoch, r, h.dropout, bag.indptr[r + 1] - bag.indptr[r],
+                            keep + bag.indptr[r]);
+  }
+}
+
 void SoftmaxModel::forward_tower(const FeaturesView& x, const index_t* rows, index_t B,
                                  bool for_backward, const std::function<void()>& side_task) {
   ws_.resize(mlp_, B);
@@ -233,7 +257,7 @@ void SoftmaxModel::forward_tower(const FeaturesView& x, const index_t* rows, ind
                         out + offsets_cat_[i], stride, 1);
     }
     for (std::size_t i = 0; i < bag_tables_.size(); ++i) {
-      embed_bags(bag_tables_[i].value, x.bags[i], rows + r0, n, config_.pooling,
+      embed_bags(bag_tables_[i].value, x.bags[i], bag_rows(x, i, rows) + r0, n, config_.pooling,
                  out + offsets_bag_[i], stride, 1);
     }
   }, for_backward ? config_.features.n_dense : -1, side_task);
@@ -272,8 +296,9 @@ void SoftmaxModel::backward_tower(const FeaturesView& x, const index_t* rows, in
                                   bool accumulate) {
   const RowMatrixXf& dX = ws_.grads[0];
   for (std::size_t i = 0; i < bag_tables_.size(); ++i) {
-    bag_grads_[i].begin(x.bags[i], rows, B, config_.pooling, dX.data() + offsets_bag_[i],
-                        dX.cols(), bag_tables_[i].rows(), bag_tables_[i].cols());
+    bag_grads_[i].begin(x.bags[i], bag_rows(x, i, rows), B, config_.pooling,
+                        dX.data() + offsets_bag_[i], dX.cols(), bag_tables_[i].rows(),
+                        bag_tables_[i].cols());
   }
   // Dense features come first in the input and have no parameters: no gradient for them. The
   // bag gradients stage their entries as soon as the tasks have their rows of dX (whole chunks).
@@ -322,14 +347,39 @@ double SoftmaxModel::fit_epoch(const FeaturesView& x, const TargetsView& targets
     Mlp::Workspace& ws;
     ~StalePacks() { ws.packs_current = false; }
   } stale_packs{ws_};
+  // With a history feature, each batch reads its corrupted history from history_ (by position).
+  const HistoryConfig& hist = config_.history;
+  FeaturesView xh = x;
+  if (hist.bag >= 0) {
+    xh.by_position_bag = hist.bag;
+    if (static_cast<index_t>(positions_.size()) < bs) {
+      positions_.resize(static_cast<std::size_t>(bs));
+      std::iota(positions_.begin(), positions_.end(), index_t{0});
+    }
+  }
   double total = 0.0;
+  index_t rows_seen = 0;
   for (index_t bi = 0; bi < n_batches; ++bi) {
     check_interrupt();
     const index_t* rows = perm_.data() + bi * bs;
-    const index_t B = std::min(bs, N - bi * bs);
-    // The batch's targets are gathered by a task of the forward's region.
+    index_t B = std::min(bs, N - bi * bs);
     TargetsView tv;
-    forward_tower(x, rows, B, true, [&] { tv = gather_targets(targets, rows, B); });
+    bool gather = true;  // by a task of the forward's region
+    if (hist.bag >= 0) {
+      B = history_.corrupt(hist, config_.pooling, x.bags[static_cast<std::size_t>(hist.bag)],
+                           targets, rows, B, config_.seed, epoch);
+      if (B == 0) continue;
+      rows = history_.rows();
+      xh.bags[static_cast<std::size_t>(hist.bag)] = history_.bag();
+      if (hist.target == HistoryTarget::kDropped) {
+        tv = history_.targets();
+        gather = false;
+      }
+    }
+    rows_seen += B;
+    forward_tower(xh, rows, B, true, [&] {
+      if (gather) tv = gather_targets(targets, rows, B);
+    });
     LossContext ctx{config_.seed, static_cast<std::uint64_t>(epoch * n_batches + bi), threads,
                     1.0f / static_cast<float>(B)};
     ctx.defer_item_rows = true;  // the item rows' step below sums each row as it steps it
@@ -338,7 +388,7 @@ double SoftmaxModel::fit_epoch(const FeaturesView& x, const TargetsView& targets
     MapRowMatrixXf dpsi(ws_.grads.back().data(), B, config_.dim);
     item_grad_.deferred = nullptr;
     total += loss_->forward_backward(psi, item_view(), tv, ctx, &dpsi, &item_grad_);
-    backward_tower(x, rows, B, false);  // this batch's MLP gradients written over dW_ / db_
+    backward_tower(xh, rows, B, false);  // this batch's MLP gradients written over dW_ / db_
     // Optimiser steps of every parameter in one parallel region: the bag tables' parts (each
     // collects its staged gradient first) and the item rows, then the smaller ones.
     update_jobs_.clear();
@@ -373,7 +423,7 @@ double SoftmaxModel::fit_epoch(const FeaturesView& x, const TargetsView& targets
     ws_.packs_current = true;
     ++steps_;
   }
-  return N > 0 ? total / static_cast<double>(N) : 0.0;
+  return rows_seen > 0 ? total / static_cast<double>(rows_seen) : 0.0;
 }
 
 void SoftmaxModel::query_embeddings(const FeaturesView& x, float* out) {

@@ -25,6 +25,7 @@
 
 #include "fastsoftmax/common.h"
 #include "fastsoftmax/embedding.h"
+#include "fastsoftmax/history.h"
 #include "fastsoftmax/mlp.h"
 #include "fastsoftmax/softmax_loss.h"
 
@@ -45,6 +46,9 @@ struct FeaturesView {
   const float* dense = nullptr;                // rows x n_dense, row-major
   std::vector<const index_t*> categorical;     // each: rows ids
   std::vector<BagsView> bags;                  // each: CSR with rows rows
+  // A bag whose CSR rows are the batch positions 0..B-1 rather than data rows (the corrupted
+  // history of a training batch); -1: none.
+  index_t by_position_bag = -1;
 };
 
 struct SoftmaxModelConfig {
@@ -53,6 +57,7 @@ struct SoftmaxModelConfig {
   std::vector<index_t> hidden;
   FeatureSchema features;
   Pooling pooling = Pooling::kMean;
+  HistoryConfig history;  // training-time corruption of a history bag (history.h)
   bool item_bias = false;
   OptimizerConfig optimizer;
   index_t batch_size = 256;
@@ -82,6 +87,11 @@ class SoftmaxModel {
   /// One epoch over all rows (targets with raw weights; normalised per row here). Returns the
   /// mean loss over the epoch's batches (each at the parameters before its step).
   double fit_epoch(const FeaturesView& features, const TargetsView& targets, std::int64_t epoch);
+
+  /// keep[k] for every entry k of the history bag: whether fit's epoch `epoch` keeps it (the
+  /// corruption's draws, for inspection; with HistoryTarget::kDropped a row whose targets are all
+  /// kept sits that epoch out). Requires a history feature.
+  void history_kept(const FeaturesView& features, std::int64_t epoch, std::uint8_t* keep) const;
 
   /// psi for every row into out (rows x dim).
   void query_embeddings(const FeaturesView& features, float* out);
@@ -118,6 +128,9 @@ class SoftmaxModel {
   void backward_tower(const FeaturesView& features, const index_t* rows, index_t B,
                       bool accumulate);
   ItemParamsView item_view() const;
+  // The rows of bag i's CSR for a batch of data rows `rows` (batch positions for a by-position
+  // bag).
+  const index_t* bag_rows(const FeaturesView& x, std::size_t i, const index_t* rows) const;
 
   SoftmaxModelConfig config_;
   std::unique_ptr<Loss> loss_;
@@ -140,6 +153,8 @@ class SoftmaxModel {
   std::vector<index_t> perm_;
   std::vector<index_t> batch_indptr_, batch_indices_;
   std::vector<float> batch_weights_;
+  HistoryCorruption history_;
+  std::vector<index_t> positions_;  // 0, 1, 2, ...: the rows of a by-position bag
 };
 
 }  // namespace fastsoftmax

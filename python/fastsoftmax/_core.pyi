@@ -43,6 +43,9 @@ class SoftmaxModel:
         bag_vocab: list[int],
         bag_dim: list[int],
         pooling: str,
+        history_bag: int,
+        history_dropout: float,
+        history_target: str,
         item_bias: bool,
         loss: str,
         loss_options: dict[str, object],
@@ -62,6 +65,7 @@ class SoftmaxModel:
         targets: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
     ) -> SoftmaxData: ...
     def fit_epoch(self, data: SoftmaxData, epoch: int) -> float: ...
+    def history_kept(self, data: SoftmaxData, epoch: int) -> np.ndarray: ...
     def query_embeddings(self, data: SoftmaxData) -> np.ndarray: ...
     def evaluate(
         self, data: SoftmaxData, seed: int, with_gradients: bool

@@ -34,6 +34,7 @@ __all__ = ["QueryFeatures", "SoftmaxModel"]
 _LOSSES = ("full", "positives", "sampled")
 _OPTIMIZERS = ("sgd", "adagrad", "adam")
 _POOLINGS = ("mean", "sum", "sqrtn")
+_HISTORY_TARGETS = ("all", "dropped")
 _MODEL_TYPE = "SoftmaxModel"
 
 
@@ -222,6 +223,21 @@ class SoftmaxModel:
     pooling : {"mean", "sum", "sqrtn"}, default "mean"
         How a bag's embeddings are combined, with per-id weights w: ``sum_k w_k e_k`` divided by
         ``sum_k w_k`` (mean), 1 (sum) or ``sqrt(sum_k w_k^2)`` (sqrtn). An empty bag gives 0.
+    history : str, optional
+        Name of the bag feature that holds each query's past items (e.g. the user's training
+        interactions), trained the denoising way: at every step each of a row's history entries
+        is dropped independently with probability ``history_dropout`` and the bag is pooled
+        over the kept ones (sum pooling scales the kept weights by ``1 / (1 - p)``). Without it
+        a history that equals the targets teaches the network to copy its input. The draws come
+        from a random stream of (seed, epoch, row): they do not depend on the thread count or
+        the batch. Prediction (:meth:`recommend`, :meth:`query_embeddings`, :meth:`loss`,
+        :meth:`gradients`) always uses the whole history.
+    history_dropout : float, default 0.5
+        Probability p in [0, 1) of dropping a history entry at a step (with ``history`` set).
+    history_target : {"all", "dropped"}, default "all"
+        ``"all"``: the targets are all the row's positives (Mult-DAE). ``"dropped"``: only the
+        row's positives that are not among its kept history items (predict what was hidden); a
+        row with none sits that step out.
     loss : {"full", "positives", "sampled"}, default "full"
         ``"full"``: exact softmax over all n items (gradient touches every item).
         ``"positives"``: softmax restricted to each row's positives (positives-only training:
@@ -314,6 +330,9 @@ class SoftmaxModel:
         dim: int = 64,
         embedding_dim: int | Mapping[str, int] = 32,
         pooling: str = "mean",
+        history: str | None = None,
+        history_dropout: float = 0.5,
+        history_target: str = "all",
         loss: str = "full",
         optimizer: str = "adagrad",
         learning_rate: float = 0.05,
@@ -349,6 +368,15 @@ class SoftmaxModel:
         else:
             self.embedding_dim = check_int(embedding_dim, "embedding_dim", minimum=1)
         self.pooling = check_choice(pooling, "pooling", _POOLINGS)
+        if history is not None and (not isinstance(history, str) or not history):
+            raise TypeError(f"history: expected the name of a bag feature, got {history!r}")
+        self.history = history
+        self.history_dropout = _check_float(history_dropout, "history_dropout")
+        if self.history_dropout >= 1:
+            raise ValueError(
+                f"history_dropout: expected a number in [0, 1), got {history_dropout!r}"
+            )
+        self.history_target = check_choice(history_target, "history_target", _HISTORY_TARGETS)
         self.loss_kind = check_choice(loss, "loss", _LOSSES)
         self.optimizer = check_choice(optimizer, "optimizer", _OPTIMIZERS)
         self.learning_rate = _check_float(learning_rate, "learning_rate", positive=True)
@@ -381,7 +409,8 @@ class SoftmaxModel:
         self._impl: Any = None
         self._schema: dict[str, Any] | None = None
         self._epoch = 0
-        self.history: list[dict[str, float]] = []
+        self.training_log: list[dict[str, float]] = []
+        self.best_epoch: int | None = None
 
     # -- building --------------------------------------------------------------------------------
     def _loss_options(self) -> dict[str, Any]:
@@ -404,6 +433,11 @@ class SoftmaxModel:
                     f"categorical '{name}': id {seen - 1} is outside vocab_sizes['{name}'] = {v}"
                 )
             cat_vocab.append(v)
+        if self.history is not None and self.history not in feats.bags:
+            raise ValueError(
+                f"history: expected the name of a bag feature of feats, got {self.history!r} "
+                f"(bag features: {list(feats.bags)})"
+            )
         bag_vocab = []
         for name in feats.bags:
             seen = feats.bag_vocab[name]
@@ -432,6 +466,9 @@ class SoftmaxModel:
             hidden=list(self.hidden),
             **schema,
             pooling=self.pooling,
+            history_bag=-1 if self.history is None else schema["bag_names"].index(self.history),
+            history_dropout=self.history_dropout,
+            history_target=self.history_target,
             item_bias=self.item_bias,
             loss=self.loss_kind,
             loss_options=self._loss_options(),
@@ -483,7 +520,9 @@ class SoftmaxModel:
         feats: QueryFeatures,
         targets: Any,
         *,
-        validation: tuple[QueryFeatures, Any] | None = None,
+        validation: tuple | None = None,
+        early_stopping: int | None = None,
+        metric: str = "recall@10",
         show_progress: bool = True,
         callback: Callable[[int, SoftmaxModel, dict[str, float]], Any] | None = None,
     ) -> SoftmaxModel:
@@ -496,8 +535,20 @@ class SoftmaxModel:
         targets : scipy.sparse matrix, shape (N, n_items)
             Non-negative target weights; row b is normalised to the distribution p_b. Every row
             needs at least one positive weight.
-        validation : (QueryFeatures, scipy.sparse matrix), optional
-            Held-out queries and their items: ``logs["recall@10"]`` is reported every epoch.
+        validation : (QueryFeatures, scipy.sparse matrix[, scipy.sparse matrix]), optional
+            ``(features, relevant)`` or ``(features, relevant, exclude)`` of V held-out queries:
+            ``relevant`` (V x n_items) are their held-out items, ``exclude`` (V x n_items) the
+            items not to recommend to them. Without ``exclude``, a model with a ``history``
+            feature excludes each validation query's history items (when the history bag has
+            n_items columns), as :func:`fastsoftmax.evaluate` excludes the training items.
+            ``logs[metric]`` is reported every epoch.
+        early_stopping : int, optional
+            Patience: stop when ``metric`` on ``validation`` has not improved for this many
+            epochs, and restore the parameters of the best epoch (``self.best_epoch``; the
+            optimiser state stays that of the last epoch). Requires ``validation``.
+        metric : str, default "recall@10"
+            ``"<name>@<k>"`` with name one of precision, recall, ndcg, map, hit_rate
+            (:mod:`fastsoftmax.metrics`): the validation metric, higher is better.
         show_progress : bool, default True
             Show a tqdm progress bar over epochs.
         callback : callable, optional
@@ -506,14 +557,16 @@ class SoftmaxModel:
         Returns
         -------
         SoftmaxModel
-            self. ``self.history`` gets one ``logs`` dict per epoch (``"loss"``: mean training
-            loss over the epoch, ``"recall@10"`` with validation).
+            self. ``self.training_log`` gets one ``logs`` dict per epoch (``"loss"``: mean
+            training loss over the epoch; ``metric`` with validation).
 
         Raises
         ------
         TypeError, ValueError, IndexError
-            For malformed features or targets (wrong types, shapes, N mismatch, no rows,
-            negative or non-finite targets, a row without positives, ids outside their tables).
+            For malformed features, targets or validation data (wrong types, shapes, N
+            mismatch, no rows, negative or non-finite targets, a row without positives, ids
+            outside their tables), an unknown metric, or ``early_stopping`` without
+            ``validation``.
         FloatingPointError
             When an epoch's mean training loss is not finite (training diverged, e.g. with a
             learning rate far too large); the model's parameters are then not finite either:
@@ -521,8 +574,8 @@ class SoftmaxModel:
         KeyboardInterrupt
             On Ctrl-C, noticed between batches (and inside long batches) within ~50 ms. The
             model keeps the parameters of the last completed optimiser step (a consistent state:
-            every step is applied whole) and ``history`` lists the completed epochs only; it
-            predicts, saves and can continue training.
+            every step is applied whole) and ``training_log`` lists the completed epochs only;
+            it predicts, saves and can continue training.
 
         Notes
         -----
@@ -533,55 +586,110 @@ class SoftmaxModel:
         feats = _as_query_features(feats)
         if feats.n_rows == 0:
             raise ValueError("feats: expected at least one row to fit on, got 0")
+        metric_name, metric_k = _parse_metric(metric)
+        if early_stopping is not None:
+            early_stopping = check_int(early_stopping, "early_stopping", minimum=1)
+            if validation is None:
+                raise ValueError("early_stopping: requires validation=(features, relevant)")
         if self._impl is None:
             # Check the targets before building (their errors should not depend on build order).
             _targets_arrays(targets, feats.n_rows, self.n_items)
             self._build(feats)
         data = self._data(feats, targets)
+        val = None if validation is None else self._validation_set(validation)
         self._impl.prepare_loss(data)  # e.g. the popularity proposal of loss="sampled"
-        val = None
-        if validation is not None:
-            if not isinstance(validation, tuple) or len(validation) != 2:
-                raise TypeError("validation: expected a tuple (QueryFeatures, targets)")
-            val_targets = _as_csr(validation[1], "validation targets")
-            val_feats = _as_query_features(validation[0], "validation features")
-            self._data(val_feats, None, name="validation features")
-            val = (val_feats, val_targets)
-        epochs = range(self.epochs)
+        stopper = _BestEpoch(self, early_stopping)
         bar = None
         if show_progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.epochs, desc="fit", unit="epoch")
         try:
-            for epoch in epochs:
-                loss = self._impl.fit_epoch(data, self._epoch)
-                self._epoch += 1
-                if not math.isfinite(loss):
-                    raise FloatingPointError(
-                        f"fit: the mean training loss of epoch {self._epoch - 1} is {loss}: "
-                        "training diverged (the parameters are no longer finite); lower "
-                        "learning_rate, add l2, or check the features for huge values"
-                    )
-                logs = {"loss": float(loss)}
+            for epoch in range(self.epochs):
+                logs = {"loss": self._fit_epoch(data)}
                 if val is not None:
-                    logs["recall@10"] = self._recall_at_10(*val)
-                self.history.append(logs)
+                    logs[metric] = self._score(val, metric_name, metric_k)
+                self.training_log.append(logs)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(logs)
+                if stopper.update(logs.get(metric)):
+                    break
                 if callback is not None and callback(epoch, self, logs) is True:
                     break
         finally:
             if bar is not None:
                 bar.close()
+        stopper.restore()
         return self
 
-    def _recall_at_10(self, feats: QueryFeatures, targets: Any) -> float:
-        from .metrics import recall_at_k
+    def _fit_epoch(self, data: Any) -> float:
+        loss = self._impl.fit_epoch(data, self._epoch)
+        self._epoch += 1
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"fit: the mean training loss of epoch {self._epoch - 1} is {loss}: "
+                "training diverged (the parameters are no longer finite); lower "
+                "learning_rate, add l2, or check the features for huge values"
+            )
+        return float(loss)
 
-        ids, _ = self.recommend(feats, k=10)
-        return float(recall_at_k(ids, targets, k=10))
+    def _validation_set(self, validation: object) -> tuple[QueryFeatures, Any, Any]:
+        """(features, relevant, exclude) of a validation argument, checked."""
+        if not isinstance(validation, tuple) or len(validation) not in (2, 3):
+            raise TypeError(
+                "validation: expected a tuple (features, relevant) or (features, relevant, "
+                "exclude)"
+            )
+        val_feats = _as_query_features(validation[0], "validation features")
+        self._data(val_feats, None, name="validation features")
+        shape = (val_feats.n_rows, self.n_items)
+        relevant = _as_csr(validation[1], "validation relevant")
+        if relevant.shape != shape:
+            raise ValueError(f"validation relevant: expected shape {shape}, got {relevant.shape}")
+        exclude = validation[2] if len(validation) == 3 else self._history_matrix(val_feats)
+        if exclude is not None:
+            exclude = _as_csr(exclude, "validation exclude")
+            if exclude.shape != shape:
+                raise ValueError(
+                    f"validation exclude: expected shape {shape}, got {exclude.shape}"
+                )
+        return val_feats, relevant, exclude
+
+    def _history_matrix(self, feats: QueryFeatures) -> sp.csr_matrix | None:
+        """The history bag of feats as an (N, n_items) CSR, if the model has one of that width."""
+        if self.history is None or feats.bag_vocab[self.history] != self.n_items:
+            return None
+        indptr, indices, data = feats.bags[self.history]
+        return sp.csr_matrix((data, indices, indptr), shape=(feats.n_rows, self.n_items))
+
+    def _score(self, val: tuple[QueryFeatures, Any, Any], name: str, k: int) -> float:
+        from .metrics import ranking_metrics
+
+        feats, relevant, exclude = val
+        ids, _ = self.recommend(feats, k=k, exclude=exclude)
+        return float(ranking_metrics(ids, relevant, k)[name])
+
+    def history_kept(self, feats: QueryFeatures, epoch: int) -> np.ndarray:
+        """Which history entries the corruption of training epoch ``epoch`` keeps.
+
+        Parameters
+        ----------
+        feats : QueryFeatures or fastsoftmax.datasets.Features
+            N queries, with the history bag; row r's draws are those of data row r.
+        epoch : int
+            Epoch number (``fit`` counts epochs over all its calls, from 0).
+
+        Returns
+        -------
+        numpy.ndarray, bool, shape (nnz,)
+            One flag per stored entry of the history bag, in CSR order.
+        """
+        self._require_built()
+        if self.history is None:
+            raise ValueError("history: the model has no history feature")
+        epoch = check_int(epoch, "epoch", minimum=0)
+        return self._impl.history_kept(self._data(feats), epoch)
 
     # -- prediction ------------------------------------------------------------------------------
     def query_embeddings(self, feats: QueryFeatures) -> np.ndarray:
@@ -693,6 +801,9 @@ class SoftmaxModel:
             "dim": self.dim,
             "embedding_dim": self.embedding_dim,
             "pooling": self.pooling,
+            "history": self.history,
+            "history_dropout": self.history_dropout,
+            "history_target": self.history_target,
             "loss": self.loss_kind,
             "optimizer": self.optimizer,
             "learning_rate": self.learning_rate,
@@ -749,6 +860,47 @@ class SoftmaxModel:
             f"SoftmaxModel(n_items={self.n_items}, hidden={self.hidden}, dim={self.dim}, "
             f"loss={self.loss_kind!r}, optimizer={self.optimizer!r})"
         )
+
+
+def _parse_metric(metric: object) -> tuple[str, int]:
+    """("recall", 10) from "recall@10"; a ValueError naming `metric` for anything else."""
+    from .metrics import METRIC_NAMES
+
+    name, _, k = str(metric).partition("@") if isinstance(metric, str) else ("", "", "")
+    if name not in METRIC_NAMES or not k.isdigit() or int(k) < 1:
+        raise ValueError(
+            f"metric: expected '<name>@<k>' with name in {list(METRIC_NAMES)} and k >= 1, "
+            f"got {metric!r}"
+        )
+    return name, int(k)
+
+
+class _BestEpoch:
+    """Early stopping: remembers the best epoch's parameters and restores them at the end."""
+
+    def __init__(self, model: SoftmaxModel, patience: int | None) -> None:
+        self.model, self.patience = model, patience
+        self.best: float = -math.inf
+        self.best_params: dict[str, np.ndarray] | None = None
+        self.since_best = 0
+
+    def update(self, score: float | None) -> bool:
+        """Record an epoch's validation score; True when training should stop."""
+        if self.patience is None or score is None:
+            return False
+        if score > self.best:
+            self.best, self.since_best = score, 0
+            self.best_params = {k: v.copy() for k, v in self.model.parameters.items()}
+            self.model.best_epoch = self.model._epoch - 1
+            return False
+        self.since_best += 1
+        return self.since_best >= self.patience
+
+    def restore(self) -> None:
+        if self.best_params is None:
+            return
+        for name, view in self.model.parameters.items():
+            view[...] = self.best_params[name]
 
 
 def _check_float(value: object, name: str, *, positive: bool = False) -> float:

@@ -157,7 +157,9 @@ void bind_softmax_model(pyb::module_& m) {
                         std::vector<index_t> categorical_vocab,
                         std::vector<index_t> categorical_dim, std::vector<std::string> bag_names,
                         std::vector<index_t> bag_vocab, std::vector<index_t> bag_dim,
-                        const std::string& pooling, bool item_bias, const std::string& loss,
+                        const std::string& pooling, index_t history_bag,
+                        float history_dropout, const std::string& history_target,
+                        bool item_bias, const std::string& loss,
                         const pyb::dict& loss_options, const std::string& optimizer,
                         float learning_rate, float l2, index_t batch_size, std::uint64_t seed,
                         int num_threads) {
@@ -170,6 +172,8 @@ void bind_softmax_model(pyb::module_& m) {
                                         std::move(bag_names),         std::move(bag_vocab),
                                         std::move(bag_dim)};
              c.pooling = parse_pooling(pooling);
+             c.history = HistoryConfig{history_bag, history_dropout,
+                                       parse_history_target(history_target)};
              c.item_bias = item_bias;
              c.optimizer.kind = parse_optimizer(optimizer);
              c.optimizer.learning_rate = learning_rate;
@@ -185,7 +189,9 @@ void bind_softmax_model(pyb::module_& m) {
            pyb::arg("n_items"), pyb::arg("dim"), pyb::arg("hidden"), pyb::arg("n_dense"),
            pyb::arg("categorical_names"), pyb::arg("categorical_vocab"),
            pyb::arg("categorical_dim"), pyb::arg("bag_names"), pyb::arg("bag_vocab"),
-           pyb::arg("bag_dim"), pyb::arg("pooling"), pyb::arg("item_bias"), pyb::arg("loss"),
+           pyb::arg("bag_dim"), pyb::arg("pooling"), pyb::arg("history_bag"),
+           pyb::arg("history_dropout"), pyb::arg("history_target"), pyb::arg("item_bias"),
+           pyb::arg("loss"),
            pyb::arg("loss_options"), pyb::arg("optimizer"), pyb::arg("learning_rate"),
            pyb::arg("l2"), pyb::arg("batch_size"), pyb::arg("seed"), pyb::arg("num_threads"))
       .def(
@@ -204,6 +210,23 @@ void bind_softmax_model(pyb::module_& m) {
             return self.fit_epoch(d.features, d.targets, epoch);
           },
           pyb::arg("data"), pyb::arg("epoch"))
+      .def(
+          "history_kept",
+          [](const SoftmaxModel& self, const SoftmaxData& d, std::int64_t epoch) {
+            const index_t h = self.config().history.bag;
+            if (h < 0) throw std::invalid_argument("history: the model has no history feature");
+            const index_t nnz = d.features.bags[static_cast<std::size_t>(h)].indptr[d.features.rows];
+            pyb::array_t<bool> out(static_cast<pyb::ssize_t>(nnz));
+            static_assert(sizeof(bool) == sizeof(std::uint8_t));
+            auto* p = reinterpret_cast<std::uint8_t*>(out.mutable_data());
+            {
+              ReleaseGil release;
+              self.history_kept(d.features, epoch, p);
+            }
+            return out;
+          },
+          pyb::arg("data"), pyb::arg("epoch"),
+          "Whether each history entry survives the corruption of epoch `epoch` (bool, nnz).")
       .def(
           "query_embeddings",
           [](SoftmaxModel& self, const SoftmaxData& d) {
