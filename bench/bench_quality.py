@@ -54,6 +54,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse
 import itertools
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -146,10 +147,8 @@ def as_input(m: sp.csr_matrix, kind: str) -> sp.csr_matrix:
 
 
 # -- models ---------------------------------------------------------------------------------------
-# Each model is a Spec: a grid of hyperparameter dicts, fit(train, params, seed, threads, val)
-# -> (state, params), and recommend(state, queries, k) -> ids (B, k). ``val`` (the tuning stage's
-# Queries, None in the final fit) is for models that stop early; fit may return updated params
-# (e.g. the epoch count found by early stopping) that the final fit then uses.
+# Each model is a Spec: a grid of hyperparameter dicts, fit(train, params, seed, threads)
+# -> (state, params), and recommend(state, queries, k) -> ids (B, k).
 
 
 @dataclass
@@ -164,7 +163,7 @@ def grid(**values: list) -> list[dict[str, Any]]:
     return [dict(zip(values, combo, strict=True)) for combo in itertools.product(*values.values())]
 
 
-def fit_popularity(train, params, seed, threads, val=None):
+def fit_popularity(train, params, seed, threads):
     return fs.Popularity(num_threads=threads).fit(train), params
 
 
@@ -183,7 +182,7 @@ class Ease:
     threads: int
 
 
-def fit_ease(train, params, seed, threads, val=None):
+def fit_ease(train, params, seed, threads):
     """EASE (Steck 2019): B = I - P / diag(P) column-wise, P = (X^T X + lam I)^-1, diag(B) = 0.
 
     Computed exactly through the Woodbury identity P = (I - X^T M) / lam with
@@ -212,7 +211,7 @@ def recommend_ease(model, queries, k):
     return ids
 
 
-def fit_implicit(train, params, seed, threads, val=None):
+def fit_implicit(train, params, seed, threads):
     from implicit.cpu.als import AlternatingLeastSquares
 
     model = AlternatingLeastSquares(
@@ -237,7 +236,7 @@ def recommend_implicit(state, queries, k):
     return ids
 
 
-def fit_wals(train, params, seed, threads, val=None):
+def fit_wals(train, params, seed, threads):
     """Targets 1 on the observed entries, weights 1 (binary) or the rating."""
     model = fs.WALS(
         params["dim"],
@@ -261,44 +260,35 @@ def recommend_wals(state, queries, k):
     return ids
 
 
-# -- softmax DNNs (to be filled in) ---------------------------------------------------------------
-# fs.SoftmaxModel with the history bag trained the denoising way (history=, history_dropout=,
-# history_target=). Each (name, kwargs) of softmax_configs is one row of the tables; its epoch
-# count is chosen by early stopping on the validation users' recall@10.
+# -- softmax DNNs ---------------------------------------------------------------------------------
+# fs.SoftmaxModel with the history bag trained the denoising way. Each (name, kwargs) of
+# softmax_configs is one row of the tables, fitted with fs.SoftmaxModel's defaults (its recipe:
+# nothing is tuned, a user who changes nothing gets these numbers) plus the row's kwargs and
+# --softmax's options.
 
-SOFTMAX_PATIENCE = 5
+SOFTMAX_OPTIONS: dict[str, Any] = {}  # from --softmax
 
 
 def softmax_configs() -> list[tuple[str, dict[str, Any]]]:
     """The softmax models to compare: (row name, fs.SoftmaxModel keyword arguments)."""
-    return [
-        ("softmax", {"loss": "full", "epochs": 100}),  # TODO: the configurations to compare
-    ]
+    sampled = [("softmax in-batch", {"loss": "sampled", "sampler": "in_batch"})]
+    for m in (256, 1024):
+        for sampler in ("uniform", "popularity", "score"):
+            kw = {"loss": "sampled", "sampler": sampler, "num_negatives": m}
+            sampled.append((f"softmax {sampler} m={m}", kw))
+    return [("softmax (defaults)", {}), *sampled]
 
 
 def _history_features(history: sp.csr_matrix) -> Any:
     return fs.QueryFeatures(bags={"history": history})
 
 
-def fit_softmax(train, params, seed, threads, val=None):
-    """Train on the training users' rows (the history bag, also the targets: history_target
-    "all" with history_dropout); with ``val``, stop early on its recall@10 (history items
-    excluded) and return the best epoch count for the final fit."""
-    model = fs.SoftmaxModel(
-        train.shape[1], history="history", history_dropout=0.5, history_target="all",
-        num_threads=threads, seed=seed, **params,
-    )  # fmt: skip
-    if val is None:
-        model.fit(_history_features(train), train, show_progress=False)
-        return model, params
-    model.fit(
-        _history_features(train),
-        train,
-        validation=(_history_features(val.history), val.targets, val.history),
-        early_stopping=SOFTMAX_PATIENCE,
-        show_progress=False,
-    )
-    return model, {**params, "epochs": model.best_epoch + 1}
+def fit_softmax(train, params, seed, threads):
+    """The training users' rows are both the history bag and the targets."""
+    model = fs.SoftmaxModel(train.shape[1], history="history", num_threads=threads, seed=seed,
+                            **{**SOFTMAX_OPTIONS, **params})  # fmt: skip
+    model.fit(_history_features(train), train, show_progress=False)
+    return model, params
 
 
 def recommend_softmax(model, queries, k):
@@ -356,10 +346,13 @@ def scores(ids: np.ndarray, targets: sp.csr_matrix) -> dict[str, float]:
 
 
 def tune(spec: Spec, stage: Stage, seed: int, threads: int) -> tuple[dict, list[dict]]:
-    """The configuration with the best validation recall@10, and every configuration's score."""
+    """The configuration with the best validation recall@10, and every configuration's score
+    (nothing to tune with a single configuration)."""
+    if len(spec.grid) == 1:
+        return spec.grid[0], []
     results = []
     for params in spec.grid:
-        model, fitted = spec.fit(stage.train, params, seed, threads, stage.queries)
+        model, fitted = spec.fit(stage.train, params, seed, threads)
         ids = spec.recommend(model, stage.queries, 10)
         recall = fs.metrics.recall_at_k(ids, stage.queries.targets, 10)
         results.append({"params": fitted, "recall@10": recall})
@@ -399,8 +392,11 @@ def main() -> None:
     ap.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--softmax", type=json.loads, default={}, metavar="JSON",
+                    help="fs.SoftmaxModel options for every softmax row, over its defaults")  # fmt: skip
     ap.add_argument("--json", default=None, help="output path (default bench/results/quality.json)")
     args = ap.parse_args()
+    SOFTMAX_OPTIONS.update(args.softmax)
 
     t_start = time.perf_counter()
     x = load(Path(args.data))

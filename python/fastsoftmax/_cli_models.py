@@ -9,6 +9,7 @@ user's history features) and the user features.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,95 @@ def _features(ds_features: Any, history: sp.csr_matrix, rows: np.ndarray | None 
                          bags={"history": sp.csr_matrix(history)})  # fmt: skip
 
 
+# Defaults of `fastsoftmax train` where they differ from the estimators' own: WALS with its best
+# hyperparameters on MovieLens ml-latest-small (bench/bench_quality.py tunes them on validation
+# data: binary targets, dim 128, w0 0.03, lambda 3); the softmax DNN uses SoftmaxModel's
+# defaults, which are its recipe, with the user's training items as its history feature.
+WALS_DEFAULTS: dict[str, Any] = {"dim": 128, "unobserved_weight": 0.03, "regularization": 3.0,
+                                 "iterations": 15}  # fmt: skip
+# --tune: the grids searched on a validation split carved from the training part (the softmax
+# DNN's epochs by early stopping on the same split).
+WALS_GRID: dict[str, list[Any]] = {"dim": [64, 128], "unobserved_weight": [0.01, 0.03, 0.1, 0.3],
+                                   "regularization": [0.3, 1.0, 3.0, 10.0]}  # fmt: skip
+SOFTMAX_GRID: dict[str, list[Any]] = {"history_dropout": [0.5, 0.75, 0.9],
+                                      "learning_rate": [0.05, 0.1]}  # fmt: skip
+TUNE_PATIENCE = 20
+_SOFTMAX_FLAGS = ("dim", "hidden", "embedding_dim", "loss", "sampler", "num_negatives",
+                  "batch_size", "learning_rate", "epochs", "history_dropout", "history_target")  # fmt: skip
+
+
+def _binary(m: sp.csr_matrix) -> sp.csr_matrix:
+    out = sp.csr_matrix(m, dtype=np.float32, copy=True)
+    out.data[:] = 1.0
+    return out
+
+
+def _wals(args: argparse.Namespace, **params: Any) -> WALS:
+    opts = {k: getattr(args, k) for k in WALS_DEFAULTS if getattr(args, k) is not None}
+    opts = {**WALS_DEFAULTS, **opts, **params}
+    return WALS(opts.pop("dim"), num_threads=args.threads, seed=args.seed, **opts)
+
+
+def _softmax(args: argparse.Namespace, n_items: int, **params: Any) -> SoftmaxModel:
+    opts = {k: getattr(args, k) for k in _SOFTMAX_FLAGS if getattr(args, k) is not None}
+    opts.update(params)
+    return SoftmaxModel(n_items, history="history", num_threads=args.threads, seed=args.seed,
+                        **opts)  # fmt: skip
+
+
+def _carve(train_m: sp.csr_matrix, seed: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """A validation split from the training part: 10% of every user's training items."""
+    return datasets.train_test_split(train_m, test_fraction=0.1, seed=seed + 1)
+
+
+def _early_stopped(args: argparse.Namespace, ds: datasets.Dataset, part: sp.csr_matrix,
+                   val: sp.csr_matrix, params: dict[str, Any], patience: int,
+                   show: bool) -> tuple[float, int]:  # fmt: skip
+    """(best validation recall@10, its epoch count) of a softmax model fitted on part."""
+    model = _softmax(args, ds.n_items, **params)
+    feats = _features(ds.features, part)
+    model.fit(feats, part, validation=(feats, val), early_stopping=patience, show_progress=show)
+    return max(log["recall@10"] for log in model.training_log), model.best_epoch + 1
+
+
+def _fit(args: argparse.Namespace, ds: datasets.Dataset, train_m: sp.csr_matrix,
+         params: dict[str, Any], *, show: bool) -> Any:  # fmt: skip
+    """A model of args.model with these parameters, fitted on train_m. With --early-stopping,
+    the softmax epochs are chosen on a split carved from train_m, then the model is refitted on
+    all of train_m for that many epochs."""
+    if args.model == "wals":
+        return _wals(args, **params).fit(_binary(train_m), show_progress=show)
+    if args.early_stopping is not None and "epochs" not in params:
+        recall, epochs = _early_stopped(args, ds, *_carve(train_m, args.seed), params,
+                                        args.early_stopping, show)  # fmt: skip
+        print(f"early stopping: {epochs} epochs (validation recall@10 {recall:.4f})")
+        params = {**params, "epochs": epochs}
+    model = _softmax(args, ds.n_items, **params)
+    return model.fit(_features(ds.features, train_m), train_m, show_progress=show)
+
+
+def _tune(args: argparse.Namespace, ds: datasets.Dataset, train_m: sp.csr_matrix) -> dict:
+    """The grid point with the best recall@10 on a validation split carved from train_m (for the
+    softmax DNN each point's epochs are chosen by early stopping there)."""
+    grid = WALS_GRID if args.model == "wals" else SOFTMAX_GRID
+    part, val = _carve(train_m, args.seed)
+    best, best_params = -1.0, {}
+    for values in itertools.product(*grid.values()):
+        params = dict(zip(grid, values, strict=True))
+        if args.model == "wals":
+            model = _wals(args, **params).fit(_binary(part), show_progress=False)
+            recall = evaluate_model(model, part, val, k=10)["recall"]
+        else:
+            patience = args.early_stopping or TUNE_PATIENCE
+            recall, epochs = _early_stopped(args, ds, part, val, params, patience, False)
+            params["epochs"] = epochs
+        print(f"tune: {params} validation recall@10 {recall:.4f}")
+        if recall > best:
+            best, best_params = recall, params
+    print(f"tune: chose {best_params}")
+    return best_params
+
+
 def train(args: argparse.Namespace) -> int:
     """``fastsoftmax train``: fit WALS or the softmax DNN, report held-out metrics, save."""
     ds = _load_data(args)
@@ -68,23 +158,11 @@ def train(args: argparse.Namespace) -> int:
                                                     seed=args.seed)  # fmt: skip
     show = not args.no_progress
     t0 = time.perf_counter()
-    feats = None
-    if args.model == "wals":
-        model: Any = WALS(args.dim, unobserved_weight=args.unobserved_weight,
-                          regularization=args.regularization, iterations=args.iterations,
-                          num_threads=args.threads, seed=args.seed)  # fmt: skip
-        model.fit(train_m, show_progress=show)
-    else:
-        feats = _features(ds.features, train_m)
-        opts: dict[str, Any] = {"loss": args.loss}
-        if args.loss == "sampled":
-            opts["num_negatives"] = args.num_negatives
-        model = SoftmaxModel(ds.n_items, dim=args.dim, epochs=args.epochs,
-                             learning_rate=args.learning_rate, l2=0.0, num_threads=args.threads,
-                             seed=args.seed, **opts)  # fmt: skip
-        model.fit(feats, train_m, show_progress=show)
+    params = _tune(args, ds, train_m) if args.tune else {}
+    model = _fit(args, ds, train_m, params, show=show)
     print(f"trained {args.model} in {time.perf_counter() - t0:.1f} s")
     if test_m is not None:
+        feats = _features(ds.features, train_m) if args.model == "softmax" else None
         scores = evaluate_model(model, train_m, test_m, k=10, queries=feats)
         print("held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     _save(args.out, model, ds, train_m)

@@ -63,6 +63,11 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _layer_sizes(text: str) -> tuple[int, ...]:
+    parts = [t for t in text.replace(" ", "").split(",") if t]
+    return tuple(_positive_int(t) for t in parts)
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="PATH",
                    help="a MovieLens folder (ml-100k or ml-latest layout) or a CSV file")  # fmt: skip
@@ -99,15 +104,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(train)
     train.add_argument("--model", choices=("wals", "softmax"), default="wals")
     train.add_argument("--out", default="model.npz", help="model file (.npz)")
-    train.add_argument("--dim", type=_positive_int, default=64)
-    train.add_argument("--iterations", type=_positive_int, default=15, help="WALS sweeps")
-    train.add_argument("--unobserved-weight", type=_non_negative_float, default=0.1, help="WALS w0")
-    train.add_argument("--regularization", type=_non_negative_float, default=0.05)
-    train.add_argument("--epochs", type=_positive_int, default=40, help="softmax epochs")
-    train.add_argument("--loss", choices=("full", "sampled", "positives"), default="sampled",
-                       help="softmax loss")  # fmt: skip
-    train.add_argument("--num-negatives", type=_positive_int, default=256)
-    train.add_argument("--learning-rate", type=_positive_float, default=0.1)
+    train.add_argument("--dim", type=_positive_int, default=None,
+                       help="embedding dimension (default: WALS 128, softmax the model's)")  # fmt: skip
+    wals = train.add_argument_group("WALS (--model wals)")
+    wals.add_argument("--iterations", type=_positive_int, default=None, help="sweeps (15)")
+    wals.add_argument("--unobserved-weight", type=_non_negative_float, default=None,
+                      help="w0, the weight of every unobserved entry (0.03)")  # fmt: skip
+    wals.add_argument("--regularization", type=_non_negative_float, default=None,
+                      help="L2 penalty lambda (3)")  # fmt: skip
+    dnn = train.add_argument_group("softmax DNN (--model softmax; defaults: fs.SoftmaxModel's)")
+    dnn.add_argument("--epochs", type=_positive_int, default=None)
+    dnn.add_argument("--hidden", type=_layer_sizes, default=None,
+                     help="ReLU layer sizes, comma-separated ('' for none)")  # fmt: skip
+    dnn.add_argument("--embedding-dim", type=_positive_int, default=None,
+                     help="width of the history bag's item embeddings")  # fmt: skip
+    dnn.add_argument("--history-dropout", type=_non_negative_float, default=None,
+                     help="probability of dropping a history item at a training step, [0, 1)")  # fmt: skip
+    dnn.add_argument("--history-target", choices=("all", "dropped"), default=None,
+                     help="targets: all the user's items, or only the dropped ones")  # fmt: skip
+    dnn.add_argument("--loss", choices=("full", "sampled", "positives"), default=None)
+    dnn.add_argument("--sampler", choices=("uniform", "popularity", "in_batch", "score"),
+                     default=None, help="negatives of --loss sampled")  # fmt: skip
+    dnn.add_argument("--num-negatives", type=_positive_int, default=None)
+    dnn.add_argument("--batch-size", type=_positive_int, default=None)
+    dnn.add_argument("--learning-rate", type=_positive_float, default=None)
+    dnn.add_argument("--early-stopping", type=_positive_int, default=None, metavar="PATIENCE",
+                     help="choose the epochs by validation recall@10 on 10%% of each user's "
+                     "training items, then refit on all of them")  # fmt: skip
+    train.add_argument("--tune", action="store_true",
+                       help="grid-search the main hyperparameters on a validation split carved "
+                       "from the training part, then refit")  # fmt: skip
     train.add_argument("--test-fraction", type=float, default=0.2)
     train.add_argument("--no-eval", action="store_true", help="train on everything, no evaluation")
     train.add_argument("--seed", type=_non_negative_int, default=0)
