@@ -170,3 +170,70 @@ def test_python_dash_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "fastsoftmax", "--help"], capture_output=True,
                        text=True, check=False)  # fmt: skip
     assert r.returncode == 0 and "demo" in r.stdout and "train" in r.stdout
+
+
+def _train_args(csv_data, out, *extra):
+    return ["train", "--data", str(csv_data), "--user-col", "user", "--item-col", "item",
+            "--out", str(out), "--no-progress", "--threads", "1", *extra]  # fmt: skip
+
+
+def test_train_softmax_flags_reach_the_model(csv_data, tmp_path, capsys):
+    out = tmp_path / "m.npz"
+    assert main(_train_args(csv_data, out, "--model", "softmax", "--hidden", "16,8", "--dim", "6",
+                            "--embedding-dim", "5", "--history-dropout", "0.3",
+                            "--history-target", "dropped", "--batch-size", "32", "--loss",
+                            "sampled", "--sampler", "popularity", "--num-negatives", "7",
+                            "--learning-rate", "0.2", "--epochs", "2")) == 0  # fmt: skip
+    m = fs.load(out)
+    assert (m.hidden, m.dim, m.embedding_dim, m.batch_size, m.epochs) == ((16, 8), 6, 5, 32, 2)
+    assert (m.history, m.history_dropout, m.history_target) == ("history", 0.3, "dropped")
+    assert (m.loss_kind, m.learning_rate) == ("sampled", 0.2)
+    assert m._config()["sampler"] == "popularity" and m._config()["num_negatives"] == 7
+    # Without flags: the model's own defaults (its recipe) with the history feature.
+    assert main(_train_args(csv_data, out, "--model", "softmax", "--epochs", "1")) == 0
+    d = fs.load(out)
+    ref = fs.SoftmaxModel(d.n_items)
+    assert (d.hidden, d.dim, d.history_dropout) == (ref.hidden, ref.dim, ref.history_dropout)
+    assert "held-out" in capsys.readouterr().out
+
+
+def test_train_early_stopping_refits_for_the_best_epoch_count(csv_data, tmp_path, capsys):
+    out = tmp_path / "m.npz"
+    assert main(_train_args(csv_data, out, "--model", "softmax", "--epochs", "12", "--dim", "8",
+                            "--early-stopping", "2")) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    epochs = int(text.split("early stopping: ")[1].split()[0])
+    assert 1 <= epochs <= 12 and fs.load(out).epochs == epochs
+
+
+@pytest.mark.parametrize("model", ["wals", "softmax"])
+def test_train_tune_searches_the_grid_and_refits_the_best(csv_data, tmp_path, capsys, monkeypatch,
+                                                          model):  # fmt: skip
+    from fastsoftmax import _cli_models
+
+    grid = {"unobserved_weight": [0.01, 0.3], "regularization": [0.1, 1.0]}
+    if model == "softmax":
+        grid = {"history_dropout": [0.2, 0.8], "learning_rate": [0.05, 0.1]}
+        monkeypatch.setattr(_cli_models, "SOFTMAX_GRID", grid)
+    else:
+        monkeypatch.setattr(_cli_models, "WALS_GRID", grid)
+    out = tmp_path / "m.npz"
+    assert main(_train_args(csv_data, out, "--model", model, "--tune", "--dim", "6",
+                            "--epochs", "3", "--iterations", "3")) == 0  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    tried = [ln for ln in lines if ln.startswith("tune: {")]
+    assert len(tried) == 4
+    scores = [float(ln.rsplit(" ", 1)[1]) for ln in tried]
+    chosen = next(ln for ln in lines if ln.startswith("tune: chose"))
+    best = tried[int(np.argmax(scores))]
+    assert best.split(" validation")[0].removeprefix("tune: ") == chosen.removeprefix("tune: chose ")
+    m = fs.load(out)
+    for key in grid:
+        assert f"'{key}': {getattr(m, key)}" in chosen
+
+
+def test_train_bad_history_dropout_is_one_line(csv_data, tmp_path, capsys):
+    assert main(_train_args(csv_data, tmp_path / "m.npz", "--model", "softmax",
+                            "--history-dropout", "1.5")) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "history_dropout" in err and len(err.strip().splitlines()) == 1

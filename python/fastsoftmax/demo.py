@@ -216,7 +216,10 @@ def run_demo(out_dir: str | Path = "fastsoftmax-demo", config: DemoConfig | None
     )
     results.append(ModelResult(f"WALS w0={best_w0:g}", wals_t, t))
 
-    softmax_common = dict(hidden=(128,), dim=cfg.dim, embedding_dim=16, epochs=cfg.epochs,
+    # The history bag is trained the denoising way (SoftmaxModel's history recipe); the other
+    # settings suit this corpus's categorical and dense features.
+    softmax_common = dict(history="history", hidden=(128,), dim=cfg.dim, embedding_dim=16,
+                          epochs=cfg.epochs,
                           optimizer="adagrad", learning_rate=0.1, batch_size=256,
                           num_threads=cfg.num_threads, seed=cfg.seed)  # fmt: skip
     softmax_variants = _softmax_variants(cfg)
