@@ -257,7 +257,6 @@ def sampled_softmax(
     ids,
     log_q,
     *,
-    owner=None,
     pos_log_q=None,
     logq_correction=True,
     remove_accidental_hits=True,
@@ -266,8 +265,7 @@ def sampled_softmax(
 ):
     """Float64 sampled softmax of one batch, candidate by candidate (see sampled_softmax.h).
 
-    ``ids``/``log_q``: (1, m) shared draws or (B, m) per-query draws. ``owner`` (m,): in-batch draw
-    owners (a draw never is a negative of its owner). Returns ``(loss, dpsi (B, d), ditems (n, d),
+    ``ids``/``log_q``: (1, m) shared draws or (B, m) per-query draws. Returns ``(loss, dpsi (B, d), ditems (n, d),
     dbias (n,))`` where loss is the sum over rows (plus gravity) and the gradients are those of
     ``grad_scale * loss``.
     """
@@ -291,25 +289,20 @@ def sampled_softmax(
         r = 0 if R == 1 else b
         draw = ids[r]
         lq = log_q[r]
-        own = np.zeros(m, bool) if owner is None else np.asarray(owner) == b
-        m_b = m - own.sum()
         cand = list(pos) + list(draw)
         z = np.array([psi[b] @ V[j] + bvec[j] for j in cand])
         corr = np.zeros(len(cand))
         mask = np.zeros(len(cand), bool)
         for k in range(len(pos)):
             if logq_correction and not remove_accidental_hits:
-                corr[k] = np.log1p(m_b * np.exp(pos_log_q[indptr[b] + k]))
+                corr[k] = np.log1p(m * np.exp(pos_log_q[indptr[b] + k]))
         for i in range(m):
             c = len(pos) + i
-            if own[i]:
-                mask[c] = True
-                continue
             hit = draw[i] in set(pos.tolist())
             if hit and remove_accidental_hits:
                 mask[c] = True
             elif logq_correction:
-                corr[c] = np.log1p(m_b * np.exp(lq[i])) if hit else np.log(m_b) + lq[i]
+                corr[c] = np.log1p(m * np.exp(lq[i])) if hit else np.log(m) + lq[i]
         zc = np.where(mask, -np.inf, z - corr)
         mx = zc.max()
         lse = mx + np.log(np.exp(zc - mx).sum())

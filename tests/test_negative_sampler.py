@@ -99,17 +99,44 @@ def test_alias_popularity():
     np.testing.assert_allclose(out["log_q"][0], np.log(p[out["ids"][0]]), rtol=1e-5)
 
 
-def test_in_batch_uses_the_batch_positives_with_their_frequency():
+def in_batch_problem():
     n = 20
     freq = np.arange(1.0, n + 1)
-    indptr = np.array([0, 2, 3, 6], dtype=np.int64)
-    indices = np.array([1, 5, 5, 0, 7, 19], dtype=np.int64)
-    psi = np.zeros((3, 2), np.float32)
-    items = np.zeros((n, 2), np.float32)
-    out = draw("in_batch", n, 1, weights=freq, psi=psi, items=items, indptr=indptr, indices=indices)
-    np.testing.assert_array_equal(out["ids"][0], indices)
-    np.testing.assert_array_equal(out["owner"], [0, 0, 1, 2, 2, 2])
-    np.testing.assert_allclose(out["log_q"][0], np.log(freq[indices] / freq.sum()), rtol=1e-6)
+    indptr = np.array([0, 2, 3, 6, 9], dtype=np.int64)
+    indices = np.array([1, 5, 5, 0, 7, 19, 1, 5, 7], dtype=np.int64)
+    kw = dict(weights=freq, psi=np.zeros((4, 2), np.float32), items=np.zeros((n, 2), np.float32),
+              indptr=indptr, indices=indices)  # fmt: skip
+    return n, freq / freq.sum(), indices, kw
+
+
+def test_in_batch_takes_each_distinct_batch_item_once_with_its_inclusion_probability():
+    n, q, indices, kw = in_batch_problem()
+    out = draw("in_batch", n, 0, **kw)  # 0: no cap
+    distinct = np.unique(indices)
+    np.testing.assert_array_equal(out["ids"][0], distinct)
+    # Each of the E = 9 positive entries a draw from Q: P(j in the set) = 1 - (1 - Q(j))^E, and
+    # log_q = log(P / m), so that the loss's log(m Q) is log P.
+    inclusion = 1 - (1 - q[distinct]) ** len(indices)
+    np.testing.assert_allclose(out["log_q"][0], np.log(inclusion / len(distinct)), rtol=1e-6)
+
+
+def test_in_batch_cap_keeps_a_uniform_subset():
+    n, q, indices, kw = in_batch_problem()
+    distinct = np.unique(indices)
+    counts = np.zeros(n)
+    trials = 4000
+    for seed in range(trials):
+        out = draw("in_batch", n, 2, seed=seed, **kw)
+        ids = out["ids"][0]
+        assert len(ids) == 2 and np.all(np.diff(ids) > 0) and np.isin(ids, distinct).all()
+        counts[ids] += 1
+        inclusion = (1 - (1 - q[ids]) ** len(indices)) * 2 / len(distinct)
+        np.testing.assert_allclose(out["log_q"][0], np.log(inclusion / 2), rtol=1e-6)
+    # Each of the 5 distinct items is kept with probability 2 / 5.
+    share = counts[distinct] / trials
+    assert np.all(np.abs(share - 0.4) < 5 * np.sqrt(0.4 * 0.6 / trials))
+    same = draw("in_batch", n, 2, seed=7, **kw)["ids"]
+    np.testing.assert_array_equal(same, draw("in_batch", n, 2, seed=7, **kw)["ids"])
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5])

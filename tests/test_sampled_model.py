@@ -117,9 +117,9 @@ def test_sir_bias_shrinks_with_the_pool(bias_setup):
             targets,
             100,
         )
-        for M in (64, 4096)
+        for M in (8, 59, 60)  # a pool of n_items = 60 or more samples exactly
     ]
-    assert errs[1] < errs[0] and errs[1] < 0.1
+    assert errs[2] < errs[1] < errs[0] and errs[1] < 0.15 and errs[2] < 0.02  # ~0.49, 0.10, 0.006
 
 
 @pytest.mark.parametrize(
@@ -350,3 +350,62 @@ def test_bag_tables_and_wide_layers_are_deterministic_across_thread_counts():
     assert set(runs[0]) == set(runs[1])
     for name in runs[0]:
         np.testing.assert_array_equal(runs[0][name], runs[1][name], err_msg=name)
+
+
+@pytest.mark.parametrize("remove_hits", [True, False])
+def test_in_batch_loss_and_gradient_are_those_of_the_distinct_candidate_set(remove_hits):
+    """Issue 27: each distinct batch item once, corrected by its inclusion probability
+    1 - (1 - Q(j))^E (E positive entries drawn from the training frequency Q)."""
+    from reference import sampled_softmax
+
+    feats, targets = make_problem(n_rows=30, n_items=25, seed=3)
+    n = targets.shape[1]
+    model = build(feats, targets, loss="sampled", sampler="in_batch", item_bias=True,
+                  batch_size=1000, remove_accidental_hits=remove_hits)  # fmt: skip
+    model.parameters["item_embeddings"][...] *= 4.0
+    t = sp.csr_matrix(targets)
+    ids = np.unique(t.indices)
+    assert len(ids) < t.nnz  # the batch repeats items
+    counts = np.bincount(t.indices, minlength=n).astype(float)
+    q = counts / counts.sum()
+    inclusion = 1 - (1 - q) ** t.nnz
+    log_q = np.log(inclusion[ids] / len(ids))
+    p = t.multiply(1 / t.sum(axis=1)).tocsr()
+    psi = model.query_embeddings(feats)
+    V, b = model.item_embeddings, model.parameters["item_bias"]
+    loss, _, dV, db = sampled_softmax(psi, V, b, p.indptr, p.indices, p.data, ids[None],
+                                      log_q[None], pos_log_q=np.log(inclusion[p.indices]) -
+                                      np.log(len(ids)), remove_accidental_hits=remove_hits,
+                                      grad_scale=1 / len(psi))  # fmt: skip
+    assert model.loss(feats, targets) == pytest.approx(loss / len(psi), rel=1e-5)
+    g = model.gradients(feats, targets)
+    np.testing.assert_allclose(g["item_embeddings"], dV, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(g["item_bias"], db, rtol=1e-4, atol=1e-6)
+
+
+def test_in_batch_cap_bounds_the_candidates():
+    feats, targets = make_problem(n_rows=30, n_items=25, seed=3)
+    capped = build(feats, targets, loss="sampled", sampler="in_batch", num_negatives=4,
+                   batch_size=1000)  # fmt: skip
+    grads = capped.gradients(feats, targets)
+    touched = np.flatnonzero(np.abs(grads["item_embeddings"]).sum(axis=1))
+    positives = np.unique(sp.csr_matrix(targets).indices)
+    # Only positives and the 4 kept batch items (themselves positives of some row) move.
+    assert np.isin(touched, positives).all()
+    assert capped._config()["num_negatives"] == 4
+    assert fs.SoftmaxModel(5, sampler="in_batch")._config()["num_negatives"] is None
+    assert fs.SoftmaxModel(5)._config()["num_negatives"] == 256
+
+
+def test_hard_pool_of_the_whole_catalogue_or_more_samples_exactly():
+    feats, targets = make_problem(n_rows=20, n_items=30, seed=1)
+    model = build(feats, targets, loss="sampled", sampler="score", hard_pool=5000, num_negatives=8)
+    assert model._config()["hard_pool"] is None
+    assert build(feats, targets, loss="sampled", sampler="score",
+                 hard_pool=29)._config()["hard_pool"] == 29  # fmt: skip
+    same = build(feats, targets, loss="sampled", sampler="score", hard_pool=None, num_negatives=8)
+    g1, g2 = model.gradients(feats, targets, seed=3), same.gradients(feats, targets, seed=3)
+    for name in g1:
+        np.testing.assert_array_equal(g1[name], g2[name])
+    with pytest.raises(ValueError, match="hard_pool"):
+        fs.SoftmaxModel(30, loss="sampled", sampler="score", hard_pool=0)

@@ -32,7 +32,6 @@ def kernel(
     ids,
     log_q,
     *,
-    owner=None,
     pos_log_q=None,
     logq=True,
     remove=True,
@@ -49,7 +48,6 @@ def kernel(
         weights,
         ids,
         log_q,
-        owner,
         pos_log_q,
         logq,
         remove,
@@ -156,45 +154,6 @@ def test_wide_shapes_match_numpy_reference(case):
         n_out = 3 if bias is None else 4
         for a, b in zip(got[1:n_out], ref[1:n_out], strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-
-
-def test_in_batch_owner_entries_are_not_negatives():
-    psi, items, bias, indptr, indices, w = problem()
-    n = len(items)
-    freq = np.arange(1.0, n + 1) / np.arange(1.0, n + 1).sum()
-    ids = indices[None, :]
-    owner = np.repeat(np.arange(len(psi)), np.diff(indptr)).astype(np.int64)
-    log_q = np.log(freq[ids]).astype(np.float32)
-    for remove in (True, False):
-        ref = sampled_softmax(
-            psi,
-            items,
-            bias,
-            indptr,
-            indices,
-            w,
-            ids,
-            log_q,
-            owner=owner,
-            pos_log_q=np.log(freq[indices]),
-            remove_accidental_hits=remove,
-        )
-        got = kernel(
-            psi,
-            items,
-            bias,
-            indptr,
-            indices,
-            w,
-            ids,
-            log_q,
-            owner=owner,
-            pos_log_q=np.log(freq[indices]).astype(np.float32),
-            remove=remove,
-        )
-        np.testing.assert_allclose(got[0], ref[0], rtol=1e-5)
-        np.testing.assert_allclose(got[1], ref[1], rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(got[2], ref[2], rtol=1e-4, atol=1e-6)
 
 
 def test_reference_gradients_match_finite_differences():

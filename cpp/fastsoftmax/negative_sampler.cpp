@@ -112,8 +112,10 @@ NegativeSampler::NegativeSampler(index_t n_items, const NegativeSamplerOptions& 
                                  const double* weights)
     : n_(n_items), options_(options) {
   if (n_items < 1) throw_invalid("n_items: expected an integer >= 1, got ", n_items);
-  if (options.kind != SamplerKind::kInBatch && options.num_negatives < 1) {
-    throw_invalid("num_negatives: expected an integer >= 1, got ", options.num_negatives);
+  const index_t min_m = options.kind == SamplerKind::kInBatch ? 0 : 1;
+  if (options.num_negatives < min_m) {
+    throw_invalid("num_negatives: expected an integer >= ", min_m, ", got ",
+                  options.num_negatives);
   }
   if (options.kind == SamplerKind::kScore) {
     if (!(options.temperature > 0) || !std::isfinite(options.temperature)) {
@@ -168,8 +170,9 @@ double NegativeSampler::log_q(const NegativeDraws& draws, index_t b, index_t j,
     case SamplerKind::kUniform:
       return -std::log(static_cast<double>(n_));
     case SamplerKind::kAlias:
-    case SamplerKind::kInBatch:
       return log_q_static_[j];
+    case SamplerKind::kInBatch:
+      return in_batch_log_q(draws, j);
     case SamplerKind::kScore: {
       const double inv_t = 1.0 / options_.temperature;
       if (draws.rows == 1) {
@@ -189,7 +192,6 @@ double NegativeSampler::log_q(const NegativeDraws& draws, index_t b, index_t j,
 void NegativeSampler::sample(const SamplerBatch& batch, std::uint64_t seed, int num_threads,
                              NegativeDraws& out) const {
   const index_t m = options_.num_negatives;
-  out.owner.clear();
   out.log_norm.clear();
   out.m_hard = 0;
   switch (options_.kind) {
@@ -217,28 +219,53 @@ void NegativeSampler::sample(const SamplerBatch& batch, std::uint64_t seed, int 
       });
       return;
     }
-    case SamplerKind::kInBatch: {
-      if (batch.indptr == nullptr) throw_invalid("targets: the in_batch sampler needs the batch");
-      const index_t nnz = batch.indptr[batch.B];
-      out.rows = 1;
-      out.m = nnz;
-      out.ids.assign(batch.indices, batch.indices + nnz);
-      out.log_q.resize(nnz);
-      out.owner.resize(nnz);
-      for (index_t b = 0; b < batch.B; ++b) {
-        for (index_t k = batch.indptr[b]; k < batch.indptr[b + 1]; ++k) out.owner[k] = b;
-      }
-      for (index_t k = 0; k < nnz; ++k) {
-        const index_t j = out.ids[k];
-        if (j < 0 || j >= n_) throw_out_of_range("targets: item id ", j, " outside [0, ", n_, ")");
-        out.log_q[k] = log_q_static_[j];
-      }
+    case SamplerKind::kInBatch:
+      sample_in_batch(batch, seed, out);
       return;
-    }
     case SamplerKind::kScore:
       sample_score(batch, seed, num_threads, out);
       return;
   }
+}
+
+void NegativeSampler::sample_in_batch(const SamplerBatch& batch, std::uint64_t seed,
+                                      NegativeDraws& out) const {
+  if (batch.indptr == nullptr) throw_invalid("targets: the in_batch sampler needs the batch");
+  const index_t nnz = batch.indptr[batch.B];
+  for (index_t k = 0; k < nnz; ++k) {
+    const index_t j = batch.indices[k];
+    if (j < 0 || j >= n_) throw_out_of_range("targets: item id ", j, " outside [0, ", n_, ")");
+  }
+  out.ids.assign(batch.indices, batch.indices + nnz);
+  std::sort(out.ids.begin(), out.ids.end());
+  out.ids.erase(std::unique(out.ids.begin(), out.ids.end()), out.ids.end());
+  const auto distinct = static_cast<index_t>(out.ids.size());
+  const index_t cap = options_.num_negatives;
+  if (cap > 0 && distinct > cap) {  // a uniform subset (partial Fisher-Yates), in id order
+    Rng rng(seed, kStreamShared);
+    for (index_t i = 0; i < cap; ++i) {
+      const auto r = static_cast<index_t>(rng.uniform_int(static_cast<std::uint64_t>(distinct - i)));
+      std::swap(out.ids[i], out.ids[i + r]);
+    }
+    out.ids.resize(cap);
+    std::sort(out.ids.begin(), out.ids.end());
+  }
+  const auto m = static_cast<index_t>(out.ids.size());
+  out.rows = 1;
+  out.m = m;
+  out.batch_entries = nnz;
+  out.distinct = distinct;
+  out.log_q.resize(m);
+  for (index_t i = 0; i < m; ++i) out.log_q[i] = in_batch_log_q(out, out.ids[i]);
+}
+
+float NegativeSampler::in_batch_log_q(const NegativeDraws& draws, index_t j) const {
+  // pi_j = P(j among E draws from Q) * P(kept by the cap) = (1 - (1 - Q(j))^E) m / distinct, so
+  // log(pi_j / m) = log(1 - (1 - Q(j))^E) - log(distinct).
+  const double tries = static_cast<double>(draws.batch_entries);
+  const double p = std::max(-std::expm1(tries * std::log1p(-q_[j])), 1e-300);
+  const auto distinct = static_cast<double>(std::max<index_t>(draws.distinct, 1));
+  return static_cast<float>(std::log(p) - std::log(distinct));
 }
 
 void NegativeSampler::sample_score(const SamplerBatch& batch, std::uint64_t seed, int num_threads,

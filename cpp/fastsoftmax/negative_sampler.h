@@ -5,11 +5,14 @@
 // * kUniform: Q(j) = 1/n, one Lemire integer draw per negative.
 // * kAlias:   a static distribution (popularity counts ** alpha, or user weights) through an
 //             AliasSampler; Q(j) = its normalised weight.
-// * kInBatch: the negatives are the positive entries of the batch (every CSR entry of the batch
-//             targets, in CSR order); entry e belongs to query owner[e] and is never a negative of
-//             that query. Marginally each entry is a draw from the positive-entry frequency of the
-//             training targets, which is the Q(j) given at construction (the "frequency correction").
-//             num_negatives is ignored.
+// * kInBatch: the negatives are the distinct items among the batch's positive entries, each once
+//             (ascending ids), so the cost per batch is bounded by the batch's distinct items. The
+//             nnz positive entries are taken as nnz draws from the positive-entry frequency Q(j) of
+//             the training targets (given at construction), so item j is in the set with probability
+//             pi_j = 1 - (1 - Q(j))^nnz; log_q is log(pi_j / m) (m = the set's size), so that the
+//             loss's correction log(m Q) is log pi_j, the expected count of j. num_negatives > 0
+//             caps the set: a uniform random subset of that size (pi_j scaled by cap / distinct);
+//             0 = no cap. A query's own positives in the set are accidental hits, like any draw's.
 // * kScore:   hard negatives, Q_b(j) = exp(z_bj / T) / sum_k exp(z_bk / T) with z the current logits.
 //             hard_pool == 0: exact over all n items (needs all B x n logits: the reference mode).
 //             hard_pool == M > 0: sampling-importance-resampling (SIR): a pool of M candidates from
@@ -47,7 +50,7 @@ SamplerKind parse_sampler_kind(const std::string& name);
 
 struct NegativeSamplerOptions {
   SamplerKind kind = SamplerKind::kUniform;
-  index_t num_negatives = 256;  // m (kInBatch: ignored)
+  index_t num_negatives = 256;  // m (kInBatch: the cap, 0 = none)
   bool share = true;
   index_t hard_pool = 2048;  // kScore: M; 0 = exact over all items
   double temperature = 1.0;  // kScore: T > 0
@@ -60,10 +63,10 @@ struct NegativeDraws {
   index_t m = 0;     // draws per row
   std::vector<index_t> ids;     // rows x m item ids
   std::vector<float> log_q;     // rows x m: log Q(ids) under the row's (mixture) proposal
-  std::vector<index_t> owner;   // kInBatch: m entries, the query each draw belongs to; else empty
   // kScore: per query, log of the (exact or SIR-estimated) normaliser of exp(z / T); size B.
   std::vector<double> log_norm;
   index_t m_hard = 0;  // kScore: number of hard draws per row (the rest are uniform)
+  index_t batch_entries = 0, distinct = 0;  // kInBatch: E positive entries, distinct items
 
   // Scratch, reused across batches.
   std::vector<float> scores;    // B x (pool or n) logits
@@ -113,6 +116,9 @@ class NegativeSampler {
  private:
   void sample_score(const SamplerBatch& batch, std::uint64_t seed, int num_threads,
                     NegativeDraws& out) const;
+  void sample_in_batch(const SamplerBatch& batch, std::uint64_t seed, NegativeDraws& out) const;
+  // kInBatch: log(pi_j / m) for the set the draws hold (see the header comment).
+  float in_batch_log_q(const NegativeDraws& draws, index_t j) const;
   double mix_log(double log_q_hard) const;  // log(f exp(log_q_hard) + (1 - f) / n), f = m_h / m
 
   index_t n_;

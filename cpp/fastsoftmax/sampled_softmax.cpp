@@ -44,10 +44,6 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
                   draws.log_q.size());
   }
   const bool shared = R == 1;
-  const bool has_owner = !draws.owner.empty();
-  if (has_owner && (!shared || static_cast<index_t>(draws.owner.size()) != m)) {
-    throw_invalid("draws: owner must have one entry per shared draw");
-  }
   const bool grad = dpsi != nullptr;
   const bool logq = options.logq_correction;
   const bool remove_hits = options.remove_accidental_hits;
@@ -105,9 +101,8 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
     for (index_t i = 0; i < m; ++i) ws.sorted[i] = {draws.ids[i], i};
     std::sort(ws.sorted.begin(), ws.sorted.end());
   }
-  // Shared draws without in-batch owners: every row has m_b = m, so the logQ offsets
-  // log(m Q(s_i)) are the same for all rows (computed once, as each row would).
-  if (logq && shared && !has_owner) {
+  // Shared draws: the logQ offsets log(m Q(s_i)) are the same for all rows (computed once).
+  if (logq && shared) {
     const double log_m = m > 0 ? std::log(static_cast<double>(m)) : 0.0;
     ws.shared_offset.resize(m);
     for (index_t i = 0; i < m; ++i) {
@@ -201,26 +196,16 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
       }
       const float* lq = draws.log_q.data() + (shared ? 0 : b * m);
       const index_t* ids = draws.ids.data() + (shared ? 0 : b * m);
-      index_t m_b = m;
-      if (has_owner) {
-        for (index_t i = 0; i < m; ++i) {
-          if (draws.owner[i] == b) {
-            zrow[i] = kNegInfF;
-            --m_b;
-          }
-        }
-      }
-      const double log_mb = m_b > 0 ? std::log(static_cast<double>(m_b)) : 0.0;
+      const double log_mb = m > 0 ? std::log(static_cast<double>(m)) : 0.0;
       if (logq) {
-        if (shared && !has_owner) {
+        if (shared) {
           for (index_t i = 0; i < m; ++i) zrow[i] -= ws.shared_offset[i];
         } else {
           for (index_t i = 0; i < m; ++i) zrow[i] -= static_cast<float>(log_mb + lq[i]);
         }
       }
-      // Accidental hits: draws equal to one of b's positives (own in-batch entries excluded).
+      // Accidental hits: draws equal to one of b's positives.
       auto handle_hit = [&](index_t i) {
-        if (zrow[i] == kNegInfF) return;
         if (remove_hits) {
           zrow[i] = kNegInfF;
         } else if (logq) {

@@ -136,7 +136,6 @@ def _sampled_softmax(
     weights: np.ndarray,
     ids: np.ndarray,
     log_q: np.ndarray,
-    owner: np.ndarray | None,
     pos_log_q: np.ndarray | None,
     logq_correction: bool,
     remove_accidental_hits: bool,

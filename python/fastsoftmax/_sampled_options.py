@@ -47,7 +47,7 @@ class SampledOptions:
         self,
         n_items: int,
         *,
-        num_negatives: int,
+        num_negatives: int | None,
         sampler: str,
         sampler_alpha: float,
         sampler_weights: Any,
@@ -59,8 +59,12 @@ class SampledOptions:
         remove_accidental_hits: bool,
         gravity: float,
     ) -> None:
-        self.num_negatives = check_int(num_negatives, "num_negatives", minimum=1)
         self.sampler = check_choice(sampler, "sampler", SAMPLERS)
+        if num_negatives is None:
+            # in_batch: every distinct item of the batch; the other samplers: 256 draws.
+            self.num_negatives: int | None = None if self.sampler == "in_batch" else 256
+        else:
+            self.num_negatives = check_int(num_negatives, "num_negatives", minimum=1)
         self.sampler_alpha = _real(sampler_alpha, "sampler_alpha", low=0.0)
         self.sampler_weights: np.ndarray | None = None
         if sampler_weights is not None:
@@ -86,6 +90,8 @@ class SampledOptions:
             self.hard_pool: int | None = None
         else:
             self.hard_pool = check_int(hard_pool, "hard_pool (None = exact)", minimum=1)
+            if self.hard_pool >= n_items:  # exact sampling costs no more (documented)
+                self.hard_pool = None
         self.temperature = _real(temperature, "temperature", low=0.0, open_low=True)
         self.hard_fraction = _real(hard_fraction, "hard_fraction", low=0.0, high=1.0)
         self.logq_correction = _bool(logq_correction, "logq_correction")
@@ -97,11 +103,11 @@ class SampledOptions:
         if loss != "sampled":
             if self.gravity == 0.0:
                 return {}
-            return {"gravity": self.gravity, "num_negatives": self.num_negatives}
+            return {"gravity": self.gravity, "num_negatives": self.num_negatives or 256}
         out: dict[str, Any] = {
             "sampler": self.sampler,
             "sampler_alpha": self.sampler_alpha,
-            "num_negatives": self.num_negatives,
+            "num_negatives": self.num_negatives or 0,  # in_batch: 0 = no cap
             "share_negatives": self.share_negatives,
             "hard_pool": 0 if self.hard_pool is None else self.hard_pool,
             "temperature": self.temperature,

@@ -266,15 +266,20 @@ class SoftmaxModel:
         Table sizes of categorical / bag features; by default taken from the data at the first
         :meth:`fit` (categorical: max id + 1; bags: the matrix's column count). An id outside its
         table at predict time raises IndexError (there is no out-of-vocabulary bucket).
-    num_negatives : int, default 256
-        ``loss="sampled"``: negatives m per batch (shared) or per row. With ``gravity`` and
-        ``loss="positives"``: the uniform rows the item Gramian is estimated on.
+    num_negatives : int, optional
+        ``loss="sampled"``: negatives m per batch (shared) or per row, default 256; with
+        ``sampler="in_batch"`` a cap (default: none). With ``gravity`` and ``loss="positives"``:
+        the uniform rows the item Gramian is estimated on (default 256).
     sampler : {"uniform", "popularity", "weights", "in_batch", "score"}, default "uniform"
         Proposal Q of the negatives: uniform; an alias table over the training item counts
         ``** sampler_alpha`` (counts of rows with the item as a positive, taken at each
-        :meth:`fit`); an alias table over ``sampler_weights``; the other rows' positives of the
-        batch (Q = the items' positive-entry frequency in the training targets; ``num_negatives``
-        is ignored); or hard negatives ``Q_b(j) ~ exp(score_bj / temperature)`` (below).
+        :meth:`fit`); an alias table over ``sampler_weights``; in-batch negatives: each distinct
+        item among the batch's positive entries once, so a batch costs at most its distinct items
+        (a uniform subset of ``num_negatives`` of them when set; a row's own positives there are
+        accidental hits), corrected by its inclusion probability ``1 - (1 - Q(j))^E`` for the
+        batch's E positive entries as draws from Q = the items' positive-entry frequency in the
+        training targets (times ``num_negatives / distinct`` under a cap); or hard negatives
+        ``Q_b(j) ~ exp(score_bj / temperature)`` (below).
     sampler_alpha : float, default 0.75
     sampler_weights : array_like, shape (n_items,), optional
         Non-negative weights for ``sampler="weights"``; with ``sampler="score"``, the proposal of
@@ -289,7 +294,9 @@ class SoftmaxModel:
         reference mode); an int M resamples m of M pool candidates with weights
         ``exp(score / T) / Q0`` (sampling-importance-resampling). The logQ correction then uses
         the implied ``Q_b(j) = exp(score_bj / T) / Zhat_b`` with ``Zhat_b`` the pool's
-        importance-sampling estimate of the normaliser, an O(1/M) approximation.
+        importance-sampling estimate of the normaliser, an O(1/M) approximation. A pool of
+        n_items or more is replaced by exact sampling (``None``), which costs no more (one
+        B x n product either way) and has no bias.
     temperature : float, default 1.0
     hard_fraction : float, default 1.0
         Share of the m negatives drawn by the score sampler; the rest are uniform (the correction
@@ -350,7 +357,7 @@ class SoftmaxModel:
         seed: int = 0,
         item_bias: bool = False,
         vocab_sizes: Mapping[str, int] | None = None,
-        num_negatives: int = 256,
+        num_negatives: int | None = None,
         sampler: str = "uniform",
         sampler_alpha: float = 0.75,
         sampler_weights: Any = None,

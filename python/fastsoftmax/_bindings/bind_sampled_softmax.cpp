@@ -147,14 +147,11 @@ void bind_sampled_softmax(pyb::module_& m) {
         std::copy(out.ids.begin(), out.ids.end(), ids.mutable_data());
         F32 lq({static_cast<pyb::ssize_t>(out.rows), static_cast<pyb::ssize_t>(out.m)});
         std::copy(out.log_q.begin(), out.log_q.end(), lq.mutable_data());
-        I64 owner(static_cast<pyb::ssize_t>(out.owner.size()));
-        std::copy(out.owner.begin(), out.owner.end(), owner.mutable_data());
         F64 log_norm(static_cast<pyb::ssize_t>(out.log_norm.size()));
         std::copy(out.log_norm.begin(), out.log_norm.end(), log_norm.mutable_data());
         pyb::dict result;
         result["ids"] = ids;
         result["log_q"] = lq;
-        result["owner"] = owner;
         result["log_norm"] = log_norm;
         result["m_hard"] = out.m_hard;
         return result;
@@ -163,13 +160,13 @@ void bind_sampled_softmax(pyb::module_& m) {
       pyb::arg("hard_pool"), pyb::arg("temperature"), pyb::arg("hard_fraction"),
       pyb::arg("weights"), pyb::arg("psi"), pyb::arg("items"), pyb::arg("bias"),
       pyb::arg("indptr"), pyb::arg("indices"), pyb::arg("seed"), pyb::arg("num_threads"),
-      "Test hook: one batch of negatives -> dict(ids, log_q, owner, log_norm, m_hard).");
+      "Test hook: one batch of negatives -> dict(ids, log_q, log_norm, m_hard).");
 
   m.def(
       "_sampled_softmax",
       [](pyb::handle psi, pyb::handle items, pyb::handle bias, pyb::handle indptr,
          pyb::handle indices, pyb::handle weights, pyb::handle ids, pyb::handle log_q,
-         pyb::handle owner, pyb::handle pos_log_q, bool logq_correction,
+         pyb::handle pos_log_q, bool logq_correction,
          bool remove_accidental_hits, double gravity, float grad_scale, int num_threads) {
         resolve_num_threads(num_threads);
         BatchArrays a = check_batch(psi, items, bias, indptr, indices, weights);
@@ -188,10 +185,6 @@ void bind_sampled_softmax(pyb::module_& m) {
         }
         for (const auto v : draws.log_q) {
           if (!std::isfinite(v)) throw_invalid("log_q: expected finite values, got ", v);
-        }
-        if (!owner.is_none()) {
-          auto o = require_array<std::int64_t>(owner, "owner", 1);
-          draws.owner.assign(o.data(), o.data() + o.size());
         }
         F32 plq;
         if (!pos_log_q.is_none()) {
@@ -219,7 +212,7 @@ void bind_sampled_softmax(pyb::module_& m) {
       },
       pyb::arg("psi"), pyb::arg("items"), pyb::arg("bias"), pyb::arg("indptr"),
       pyb::arg("indices"), pyb::arg("weights"), pyb::arg("ids"), pyb::arg("log_q"),
-      pyb::arg("owner"), pyb::arg("pos_log_q"), pyb::arg("logq_correction"),
+      pyb::arg("pos_log_q"), pyb::arg("logq_correction"),
       pyb::arg("remove_accidental_hits"), pyb::arg("gravity"), pyb::arg("grad_scale"),
       pyb::arg("num_threads"),
       "Test hook: sampled softmax on given draws -> (loss, dpsi, item_rows, item_grad, bias_grad).");
