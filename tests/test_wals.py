@@ -477,6 +477,158 @@ def test_core_checks_its_arrays():
         _core.wals_solve_rows(ip, ix, t, wt, y, g, x, *args)
 
 
+# -- embed_similar ------------------------------------------------------------------------------
+
+
+def similar_mean_reference(emb, train, new, weights=None, k=None):
+    """Loops: the weighted mean of emb[i] over the training queries i similar to each new query
+    (same values in every column, or the k nearest, ties to the lower index); the weighted mean
+    of all training queries when there is none or their weights sum to 0."""
+    n = len(emb)
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    train = np.asarray(train).reshape(n, -1)
+    new = np.asarray(new).reshape(len(new), -1)
+    out = np.zeros((len(new), emb.shape[1]))
+    for b, x in enumerate(new):
+        if k is None:
+            similar = [i for i in range(n) if (train[i] == x).all()]
+        else:
+            dist = [float(np.sum((train[i].astype(np.float64) - x) ** 2)) for i in range(n)]
+            similar = sorted(range(n), key=dist.__getitem__)[:k]  # stable: ties by index
+        if sum(w[i] for i in similar) == 0:
+            similar = range(n)
+        for i in similar:
+            out[b] += w[i] * emb[i].astype(np.float64)
+        out[b] /= sum(w[i] for i in similar)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    a, _ = make_problem()
+    return fs.WALS(5, iterations=2).fit(a, show_progress=False)
+
+
+def test_embed_similar_categorical_is_the_mean_of_the_same_category(fitted):
+    u = fitted.query_embeddings
+    rng = np.random.default_rng(3)
+    train = rng.integers(0, 6, 40)
+    new = np.array([0, 5, 2, 9, 0, -1])  # 9 and -1: never seen
+    emb = fitted.embed_similar(train, new)
+    assert emb.dtype == np.float32 and emb.shape == (6, 5)
+    np.testing.assert_allclose(emb, similar_mean_reference(u, train, new), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(emb[3], u.mean(axis=0), rtol=1e-5, atol=1e-7)
+    # Integer dtypes other than int64 and a list are accepted.
+    got = fitted.embed_similar(train.astype(np.uint8).tolist(), new.astype(np.int32))
+    np.testing.assert_array_equal(got, emb)
+    assert fitted.embed_similar(train, new[:0]).shape == (0, 5)
+
+
+def test_embed_similar_categorical_weighted(fitted):
+    u = fitted.query_embeddings
+    rng = np.random.default_rng(4)
+    train = rng.integers(0, 5, 40)
+    weights = rng.integers(0, 4, 40).astype(np.float64)
+    weights[train == 3] = 0  # category 3: seen, but of total weight 0 -> the weighted mean of all
+    new = np.array([3, 1, 4, 7, 0])
+    emb = fitted.embed_similar(train, new, train_weights=weights)
+    ref = similar_mean_reference(u, train, new, weights)
+    np.testing.assert_allclose(emb, ref, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(emb[0], weights @ u.astype(np.float64) / weights.sum(), rtol=1e-5)
+    assert not np.allclose(emb, fitted.embed_similar(train, new))
+
+
+def test_embed_similar_several_categorical_columns(fitted):
+    rng = np.random.default_rng(5)
+    train = rng.integers(0, 3, (40, 2))
+    new = np.array([[0, 0], [2, 1], [1, 7], [1, 2]])
+    weights = rng.random(40)
+    for w in (None, weights):
+        emb = fitted.embed_similar(train, new, train_weights=w)
+        ref = similar_mean_reference(fitted.query_embeddings, train, new, w)
+        np.testing.assert_allclose(emb, ref, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("k", [1, 3, 7, 40])
+def test_embed_similar_nearest_neighbours_with_ties(fitted, k):
+    """Integer-valued features on a 3 x 3 grid: many exact ties, broken by the lower index."""
+    rng = np.random.default_rng(6)
+    train = rng.integers(0, 3, (40, 2)).astype(np.float64)
+    new = np.array([[1, 1], [0, 0], [2.5, 0.5], [-4, 9], [1, 1]])
+    weights = rng.integers(0, 3, 40)
+    for w in (None, weights):
+        emb = fitted.embed_similar(train, new, k=k, train_weights=w)
+        assert emb.dtype == np.float32 and emb.shape == (5, 5)
+        ref = similar_mean_reference(fitted.query_embeddings, train, new, w, k=k)
+        np.testing.assert_allclose(emb, ref, rtol=1e-6, atol=1e-7)
+
+
+def test_embed_similar_nearest_neighbours_in_blocks(fitted, monkeypatch):
+    """Blocks of one new query (and small chunks of the sums) give the same embeddings."""
+    import fastsoftmax.wals as wals
+
+    rng = np.random.default_rng(7)
+    train, new = rng.standard_normal((40, 3)), rng.standard_normal((9, 3))
+    weights = rng.random(40)
+    whole = fitted.embed_similar(train, new, k=4, train_weights=weights)
+    monkeypatch.setattr(wals, "_KNN_BLOCK", 1)
+    blocks = fitted.embed_similar(train, new, k=4, train_weights=weights)
+    np.testing.assert_array_equal(blocks, whole)
+    monkeypatch.setattr(wals, "_SUM_CHUNK", 3)
+    chunks = fitted.embed_similar(train, new, k=4, train_weights=weights)
+    np.testing.assert_allclose(chunks, whole, rtol=1e-6)
+    ref = similar_mean_reference(fitted.query_embeddings, train, new, weights, k=4)
+    np.testing.assert_allclose(whole, ref, rtol=1e-6, atol=1e-7)
+
+
+def test_embed_similar_needs_a_fitted_model():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        fs.WALS(3).embed_similar(np.zeros(4, np.int64), np.zeros(2, np.int64))
+
+
+_CAT, _NEW_CAT = np.arange(40) % 4, np.array([0, 1])
+_X, _NEW_X = np.zeros((40, 3)), np.zeros((2, 3))
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "exc", "match"),
+    [
+        ((_CAT, _NEW_CAT), {"train_weights": np.ones((40, 1))}, ValueError, "train_weights.*1-D"),
+        ((_CAT, _NEW_CAT), {"train_weights": ["a"] * 40}, TypeError, "train_weights.*real"),
+        ((_CAT, _NEW_CAT), {"train_weights": np.ones(39)}, ValueError, "train_weights.*40 values"),
+        ((_CAT, _NEW_CAT), {"train_weights": np.r_[np.nan, np.ones(39)]}, ValueError,
+         "train_weights.*finite"),
+        ((_CAT, _NEW_CAT), {"train_weights": np.r_[-1, np.ones(39)]}, ValueError,
+         "train_weights.*non-negative values, got -1.0"),
+        ((_CAT, _NEW_CAT), {"train_weights": np.zeros(40)}, ValueError,
+         "train_weights.*at least one positive"),
+        ((_CAT * 0.5, _NEW_CAT), {}, TypeError, "train_features.*integer.*k="),
+        ((_CAT > 0, _NEW_CAT), {}, TypeError, "train_features.*integer.*got dtype bool"),
+        ((_CAT, _NEW_CAT * 1.0), {}, TypeError, "new_features.*integer"),
+        ((_CAT.reshape(40, 1, 1), _NEW_CAT), {}, ValueError, r"train_features.*\(40, 1, 1\)"),
+        ((np.zeros((40, 0), np.int64), _NEW_CAT), {}, ValueError,
+         "train_features.*at least one column"),
+        ((_CAT, np.array([2**63], np.uint64)), {}, ValueError, r"new_features.*below 2\*\*63"),
+        ((_CAT[:39], _NEW_CAT), {}, ValueError, r"train_features.*40 rows.*got shape \(39,\)"),
+        ((_CAT, np.zeros((2, 2), np.int64)), {}, ValueError, "new_features.*1 column"),
+        ((_X, _NEW_X), {"k": 0}, ValueError, "k: expected an integer >= 1, got 0"),
+        ((_X, _NEW_X), {"k": 2.0}, TypeError, "k: expected an integer"),
+        ((_X, _NEW_X), {"k": 41}, ValueError, "k: expected at most n_queries = 40, got 41"),
+        ((_X[:, 0], _NEW_X), {"k": 2}, ValueError, "train_features.*2-D"),
+        ((_X, _NEW_X[:, 0]), {"k": 2}, ValueError, "new_features.*2-D"),
+        ((_X.astype(str), _NEW_X), {"k": 2}, TypeError, "train_features.*real"),
+        ((_X[:30], _NEW_X), {"k": 2}, ValueError, "train_features.*40 rows"),
+        ((_X, _NEW_X[:, :2]), {"k": 2}, ValueError, "new_features.*3 columns"),
+        ((np.r_[_X[:39], [[0, np.inf, 0]]], _NEW_X), {"k": 2}, ValueError,
+         "train_features.*finite"),
+        ((_X, np.r_[_NEW_X[:1], [[np.nan, 0, 0]]]), {"k": 2}, ValueError, "new_features.*finite"),
+    ],
+)  # fmt: skip
+def test_bad_embed_similar_input(fitted, args, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        fitted.embed_similar(*args, **kwargs)
+
+
 # -- retrieval ----------------------------------------------------------------------------------
 
 

@@ -318,17 +318,11 @@ def _cold_start_recall(model, feats_cold, revealed, hidden, *, mode: str) -> flo
 
 def _cold_start_similar(model: WALS, categorical: dict, warm_idx, cold_idx, revealed,
                         hidden) -> float:  # fmt: skip
-    """Cold start for MF without fold-in: a new query gets the mean embedding of the training
-    queries that share its (noisy) category feature."""
-    key = next(iter(categorical))
-    cat = categorical[key]
-    warm_cat, cold_cat = cat[warm_idx], cat[cold_idx]
-    n_values = int(cat.max()) + 1
-    sums = np.zeros((n_values, model.query_embeddings.shape[1]))
-    np.add.at(sums, warm_cat, model.query_embeddings)
-    counts = np.bincount(warm_cat, minlength=n_values)[:, None]
-    means = (sums / np.maximum(counts, 1)).astype(np.float32)
-    ids, _ = topk(means[cold_cat], model.item_embeddings, K, exclude=revealed)
+    """Cold start for MF without fold-in (:meth:`WALS.embed_similar`): a new query gets the mean
+    embedding of the training queries that share its (noisy) category feature."""
+    cat = next(iter(categorical.values()))
+    emb = model.embed_similar(cat[warm_idx], cat[cold_idx])
+    ids, _ = topk(emb, model.item_embeddings, K, exclude=revealed)
     return metrics.recall_at_k(ids, hidden, K)
 
 

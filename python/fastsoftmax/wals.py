@@ -11,7 +11,16 @@ import scipy.sparse as sp
 from tqdm import tqdm
 
 from . import _core
-from ._validation import as_csr, check_choice, check_int, check_num_threads, check_real, check_seed
+from ._validation import (
+    as_csr,
+    as_real_array,
+    check_choice,
+    check_finite,
+    check_int,
+    check_num_threads,
+    check_real,
+    check_seed,
+)
 from .io import register_model, save_arrays
 
 __all__ = ["WALS"]
@@ -111,6 +120,170 @@ def _objective(
         + w0 * float(np.vdot(gram_u, gram_v))
         + lam * float(np.trace(gram_u) + np.trace(gram_v))
     )
+
+
+# -- embed_similar: the mean embedding of similar training queries ----------------------------
+
+# Pairs (group, training query) summed per chunk: bounds the temporary copies of embedding rows.
+_SUM_CHUNK = 1 << 16
+# Entries (float64) of the distance matrix of one block of new queries in the k-NN search.
+_KNN_BLOCK = 1 << 22
+
+
+def _similar_weights(weights: Any, n: int) -> np.ndarray | None:
+    """Validate the training queries' weights: None, or n finite values >= 0, one of them > 0."""
+    if weights is None:
+        return None
+    w = as_real_array(weights, "train_weights", dtype=np.float64, ndim=1)
+    if len(w) != n:
+        raise ValueError(
+            f"train_weights: expected {n} values (one per training query), got {len(w)}"
+        )
+    check_finite(w, "train_weights")
+    if (w < 0).any():
+        raise ValueError(f"train_weights: expected non-negative values, got {w.min()}")
+    if not (w > 0).any():
+        raise ValueError("train_weights: expected at least one positive weight, got all zeros")
+    return w
+
+
+def _check_rows(arr: np.ndarray, n: int) -> None:
+    if len(arr) != n:
+        raise ValueError(
+            f"train_features: expected {n} rows (one per training query, as query_embeddings), "
+            f"got shape {arr.shape}"
+        )
+
+
+def _as_categories(values: Any, name: str) -> np.ndarray:
+    """Categorical values, 1-D (one feature) or 2-D (one column per feature), as int64."""
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(
+            f"{name}: expected integer category values (pass k= for nearest neighbours of real "
+            f"feature vectors), got dtype {arr.dtype}"
+        )
+    if arr.ndim not in (1, 2) or (arr.ndim == 2 and arr.shape[1] == 0):
+        raise ValueError(
+            f"{name}: expected a 1-D array (one value per query) or a 2-D array with at least "
+            f"one column (one per categorical feature), got shape {arr.shape}"
+        )
+    if arr.dtype == np.uint64 and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name}: expected values below 2**63, got {arr.max()}")
+    return arr.astype(np.int64, copy=False)
+
+
+def _category_groups(
+    train_values: Any, new_values: Any, n: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Group ids (the distinct rows of values) of the training and new queries, and their number."""
+    train = _as_categories(train_values, "train_features")
+    new = _as_categories(new_values, "new_features")
+    _check_rows(train, n)
+    train, new = (x[:, None] if x.ndim == 1 else x for x in (train, new))
+    if new.shape[1] != train.shape[1]:
+        raise ValueError(
+            f"new_features: expected {train.shape[1]} column(s) as train_features, "
+            f"got shape {new.shape}"
+        )
+    _, inverse = np.unique(np.concatenate([train, new]), axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    return inverse[:n], inverse[n:], int(inverse.max()) + 1
+
+
+def _knn_inputs(
+    train_features: Any, new_features: Any, k: Any, n: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Validate the nearest-neighbour mode's features (float64, 2-D, finite) and k."""
+    k = check_int(k, "k", minimum=1)
+    if k > n:
+        raise ValueError(f"k: expected at most n_queries = {n}, got {k}")
+    train = as_real_array(train_features, "train_features", dtype=np.float64, ndim=2)
+    new = as_real_array(new_features, "new_features", dtype=np.float64, ndim=2)
+    _check_rows(train, n)
+    if new.shape[1] != train.shape[1]:
+        raise ValueError(
+            f"new_features: expected {train.shape[1]} columns as train_features, "
+            f"got shape {new.shape}"
+        )
+    check_finite(train, "train_features")
+    check_finite(new, "new_features")
+    return train, new, k
+
+
+def _group_sums(
+    groups: np.ndarray,
+    members: np.ndarray | None,
+    n_groups: int,
+    emb: np.ndarray,
+    weights: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sum ``weights[m] * emb[m]`` into row ``g`` over the pairs (g, m) = (groups[p], members[p])
+    (members None: m = p), in float64, rows of a group added in pair order; also each group's
+    total weight. Returns float64 (n_groups, dim) and (n_groups,)."""
+    sums = np.zeros((n_groups, emb.shape[1]))
+    totals = np.zeros(n_groups)
+    for lo in range(0, len(groups), _SUM_CHUNK):
+        hi = min(lo + _SUM_CHUNK, len(groups))
+        ids = np.arange(lo, hi) if members is None else members[lo:hi]
+        order = np.argsort(groups[lo:hi], kind="stable")
+        ids = ids[order]
+        present, starts = np.unique(groups[lo:hi][order], return_index=True)
+        w = np.ones(len(ids)) if weights is None else weights[ids]
+        rows = emb[ids] if weights is None else emb[ids] * w[:, None]
+        sums[present] += np.add.reduceat(rows, starts, axis=0, dtype=np.float64)
+        totals[present] += np.add.reduceat(w, starts)
+    return sums, totals
+
+
+def _means(sums: np.ndarray, totals: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """sums / totals row by row, float32; ``fallback`` for the rows of total weight 0."""
+    out = sums / np.where(totals > 0, totals, 1)[:, None]
+    out[totals <= 0] = fallback
+    return out.astype(np.float32)
+
+
+def _category_means(
+    train_values: Any, new_values: Any, emb: np.ndarray, weights: np.ndarray | None
+) -> np.ndarray:
+    """The (weighted) mean embedding of the training queries with each new query's values."""
+    train_groups, new_groups, n_groups = _category_groups(train_values, new_values, len(emb))
+    sums, totals = _group_sums(train_groups, None, n_groups, emb, weights)
+    fallback = sums.sum(axis=0) / totals.sum()  # all training queries
+    return _means(sums, totals, fallback)[new_groups]
+
+
+def _nearest(train: np.ndarray, sq_train: np.ndarray, new: np.ndarray, k: int) -> np.ndarray:
+    """The k nearest rows of ``train`` to each row of ``new`` (Euclidean; ties: lower index first),
+    as int64 (len(new), k), ascending index."""
+    # |x - y|^2 - |x|^2: the same order for each new query x.
+    d = sq_train[None, :] - 2.0 * (new @ train.T)
+    kth = np.partition(d, k - 1, axis=1)[:, k - 1 : k]
+    closer = d < kth
+    tied = d == kth
+    room = k - closer.sum(axis=1, keepdims=True)
+    keep = closer | (tied & (np.cumsum(tied, axis=1) <= room))
+    return np.nonzero(keep)[1].reshape(len(new), k)
+
+
+def _knn_means(
+    train: np.ndarray, new: np.ndarray, k: int, emb: np.ndarray, weights: np.ndarray | None
+) -> np.ndarray:
+    """The (weighted) mean embedding of each new query's k nearest training queries; blocks of new
+    queries keep the distance matrix at _KNN_BLOCK entries."""
+    n = len(train)
+    sums, totals = _group_sums(np.zeros(n, dtype=np.int64), None, 1, emb, weights)
+    fallback = sums[0] / totals[0]
+    sq_train = np.einsum("ij,ij->i", train, train)
+    out = np.empty((len(new), emb.shape[1]), dtype=np.float32)
+    step = max(1, _KNN_BLOCK // n)
+    for lo in range(0, len(new), step):
+        block = new[lo : lo + step]
+        members = _nearest(train, sq_train, block, k).ravel()
+        groups = np.repeat(np.arange(len(block)), k)
+        sums, totals = _group_sums(groups, members, len(block), emb, weights)
+        out[lo : lo + step] = _means(sums, totals, fallback)
+    return out
 
 
 class WALS:
@@ -365,6 +538,10 @@ class WALS:
         for training) of its row's normal equations given V; this is the cold-start path of
         matrix factorisation. A query with no interactions gets the zero vector.
 
+        Prefer this to :meth:`embed_similar` whenever the new queries have some interactions:
+        it solves exactly for the embedding that explains them. For queries with no
+        interactions at all, only their features, use :meth:`embed_similar`.
+
         Parameters
         ----------
         rows : scipy.sparse matrix or array, shape (n_new, n_items)
@@ -382,6 +559,87 @@ class WALS:
         gram_v = _core.wals_gramian(self._v, self.num_threads)
         self._half_sweep(a, self._v, gram_v, out, solver="cholesky")
         return out
+
+    def embed_similar(
+        self,
+        train_features: Any,
+        new_features: Any,
+        *,
+        k: int | None = None,
+        train_weights: Any = None,
+    ) -> np.ndarray:
+        """Embeddings of new queries from their features alone: the mean query embedding of the
+        training queries similar to each.
+
+        The cold-start heuristic for queries with no interactions at all. It is cruder than
+        :meth:`fold_in`, which needs the new query's interactions and solves exactly for its
+        embedding given V; this needs only features that the training queries have too.
+
+        Two notions of "similar":
+
+        * categorical (``k`` None): the training queries with the same value, or with the same
+          value in every column when the features are 2-D (several categorical features);
+        * nearest neighbours (``k`` given): the ``k`` training queries nearest by Euclidean
+          distance between real feature vectors (float64, as |y|^2 - 2 x.y, so duplicate
+          training rows and integer-valued features tie exactly); ties go to the lower index.
+
+        A new query with no similar training query (a category value never seen in training,
+        or only similar queries of weight 0) gets the (weighted) mean of all training query
+        embeddings, not the zero vector: the zero vector scores every item 0, so its top-k
+        would be arbitrary, whereas the mean query ranks the items an average training query
+        prefers.
+
+        Parameters
+        ----------
+        train_features : array_like, shape (n_queries,) or (n_queries, F)
+            Features of the training queries, row ``i`` for ``query_embeddings[i]``. Categorical
+            mode: integer values, 1-D or one column per categorical feature. Nearest-neighbour
+            mode: real numbers, 2-D (converted to float64), finite.
+        new_features : array_like, shape (n_new,) or (n_new, F)
+            The new queries' features, with the columns of ``train_features``.
+        k : int, optional
+            Number of nearest neighbours, in [1, n_queries]; selects nearest-neighbour mode.
+            Distances are computed for blocks of new queries (about 4M distances at a time),
+            never as a dense n_new x n_queries matrix; cost O(n_new n_queries F).
+        train_weights : array_like of float, shape (n_queries,), optional
+            Non-negative finite weights of the training queries (e.g. their interaction
+            counts), at least one positive: each mean is weighted by them. Default: all 1.
+
+        Returns
+        -------
+        numpy.ndarray, float32, shape (n_new, dim)
+            Means computed in float64.
+
+        Raises
+        ------
+        RuntimeError
+            If the model is not fitted.
+        TypeError
+            If categorical features are not integers or real features are not real numbers.
+        ValueError
+            On a wrong number of dimensions, rows or columns, ``k`` out of range, or negative,
+            NaN / inf or all-zero ``train_weights``; NaN / inf real features.
+
+        Examples
+        --------
+        >>> import numpy as np, scipy.sparse as sp
+        >>> import fastsoftmax as fs
+        >>> a = sp.random(100, 50, density=0.1, format="csr", random_state=0)
+        >>> mf = fs.WALS(8, iterations=2).fit(a, show_progress=False)
+        >>> country = np.arange(100) % 5
+        >>> mf.embed_similar(country, np.array([0, 3, 7])).shape  # 7: never seen
+        (3, 8)
+        >>> x = np.random.default_rng(0).random((100, 4))
+        >>> mf.embed_similar(x, x[:2] + 0.01, k=10).shape
+        (2, 8)
+        """
+        self._check_fitted()
+        n = len(self._u)
+        weights = _similar_weights(train_weights, n)
+        if k is None:
+            return _category_means(train_features, new_features, self._u, weights)
+        train, new, k = _knn_inputs(train_features, new_features, k, n)
+        return _knn_means(train, new, k, self._u, weights)
 
     # -- retrieval ----------------------------------------------------------------------------
 
