@@ -326,6 +326,10 @@ def model_specs() -> dict[str, Spec]:
     }
     for name, kwargs in softmax_configs():
         specs[name] = Spec([kwargs], fit_softmax, recommend_softmax)
+    # The defaults' neighbourhood, tuned like the baselines (validation recall@10).
+    tuned = grid(history_dropout=[0.75, 0.9], history_target=["all", "dropped"],
+                 learning_rate=[0.05, 0.1])  # fmt: skip
+    specs["softmax tuned"] = Spec(tuned, fit_softmax, recommend_softmax)
     return specs
 
 
