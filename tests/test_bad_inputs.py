@@ -171,6 +171,11 @@ CASES = {
         ValueError,
         "interactions",
     ),
+    "wals-fit-no-entries": (
+        lambda: fs.WALS(2).fit(sp.csr_matrix((4, 5)), show_progress=False),
+        ValueError,
+        "interactions: expected at least one stored entry",
+    ),
     "wals-fit-no-columns": (
         lambda: fs.WALS(2).fit(sp.csr_matrix((4, 0)), show_progress=False),
         ValueError,

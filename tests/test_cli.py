@@ -232,8 +232,28 @@ def test_train_tune_searches_the_grid_and_refits_the_best(csv_data, tmp_path, ca
         assert f"'{key}': {getattr(m, key)}" in chosen
 
 
-def test_train_bad_history_dropout_is_one_line(csv_data, tmp_path, capsys):
+def test_train_bad_history_dropout_names_the_flag(csv_data, tmp_path, capsys):
     assert main(_train_args(csv_data, tmp_path / "m.npz", "--model", "softmax",
                             "--history-dropout", "1.5")) == 2  # fmt: skip
     err = capsys.readouterr().err
-    assert "history_dropout" in err and len(err.strip().splitlines()) == 1
+    assert "error: --history-dropout: expected a number in [0, 1)" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_min_rating_needs_ratings_and_must_leave_interactions(csv_data, tmp_path, capsys):
+    args = _train_args(csv_data, tmp_path / "m.npz", "--min-rating", "3")
+    assert main(args) == 2
+    assert "--min-rating: needs --weight-col" in capsys.readouterr().err
+    assert main([*args, "--weight-col", "rating", "--min-rating", "100"]) == 2
+    assert "--min-rating: no rating is >= 100.0" in capsys.readouterr().err
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_held_out_counts_print_as_integers_and_help_shows_defaults(csv_data, tmp_path, capsys):
+    assert main(_train_args(csv_data, tmp_path / "m.npz", "--dim", "4", "--iterations", "2")) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("held-out"))
+    assert ", k 10, n_queries " in line and ".0000" not in line.split(", k ")[1]
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 0.9)" in text and "(default: 0.03)" in text and "(default: wals)" in text

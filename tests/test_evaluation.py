@@ -103,3 +103,13 @@ def test_bad_models_and_inputs():
         fs.evaluate(FeatureModel(np.zeros((3, 5), np.int64)), sp.csr_matrix((3, 4)), test)
     with pytest.raises(IndexError, match="queries: ids must lie in"):
         fs.evaluate(FixedModel(np.eye(3)), test, test, queries=[0, 3], k=1)
+
+
+def test_softmax_model_needs_its_query_features():
+    x = sp.random(40, 20, density=0.2, format="csr", random_state=0, dtype=np.float32)
+    x = sp.csr_matrix(x[x.getnnz(axis=1) > 0])
+    feats = fs.QueryFeatures(bags={"h": x})
+    model = fs.SoftmaxModel(20, epochs=1).fit(feats, x, show_progress=False)
+    with pytest.raises(TypeError, match="queries: SoftmaxModel recommends from query features"):
+        fs.evaluate(model, x, x)
+    assert 0 <= fs.evaluate(model, x, x, queries=feats, exclude_seen=False)["recall"] <= 1

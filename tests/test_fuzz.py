@@ -187,7 +187,7 @@ def test_fuzz_wals_fit_and_fold_in(a, dim, solver, w0, lam, weighted, threads):
     try:
         model.fit(a, weights, show_progress=False)
     except CLEAN as e:
-        assert 0 in a.shape or not _valid_structure(a), e
+        assert 0 in a.shape or not _valid_structure(a) or "one stored entry" in str(e), e
         return
     except RuntimeError as e:  # documented: Cholesky on a singular row needs lambda > 0
         assert solver == "cholesky" and lam == 0 and "regularization" in str(e)

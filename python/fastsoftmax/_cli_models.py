@@ -33,11 +33,15 @@ def _load_data(args: argparse.Namespace) -> datasets.Dataset:
         raise _UserError(f"--data: no such file or folder: {path}")
     if path.is_dir():
         return datasets.load_movielens(path, min_rating=args.min_rating)
+    if args.min_rating is not None and args.weight_col is None:
+        raise _UserError("--min-rating: needs --weight-col (the column holding the ratings)")
     ds = datasets.load_csv(path, args.user_col, args.item_col, args.weight_col)
     if args.min_rating is not None:
         m = ds.interactions.copy()
         m.data = (m.data >= args.min_rating).astype(np.float32)
         m.eliminate_zeros()
+        if m.nnz == 0:
+            raise _UserError(f"--min-rating: no rating is >= {args.min_rating}; nothing to train on")
         ds = ds.replace(interactions=sp.csr_matrix(m))
     return ds
 
@@ -70,6 +74,12 @@ SOFTMAX_GRID: dict[str, list[Any]] = {"history_dropout": [0.5, 0.75, 0.9],
 TUNE_PATIENCE = 20
 _SOFTMAX_FLAGS = ("dim", "hidden", "embedding_dim", "loss", "sampler", "num_negatives",
                   "batch_size", "learning_rate", "epochs", "history_dropout", "history_target")  # fmt: skip
+
+
+def _format_scores(scores: dict[str, float]) -> str:
+    """``recall 0.1628, ..., k 10, n_queries 610``: metrics to 4 decimals, counts as integers."""
+    return ", ".join(f"{k} {v}" if float(v).is_integer() and k in ("k", "n_queries")
+                     else f"{k} {v:.4f}" for k, v in scores.items())  # fmt: skip
 
 
 def _binary(m: sp.csr_matrix) -> sp.csr_matrix:
@@ -164,7 +174,7 @@ def train(args: argparse.Namespace) -> int:
     if test_m is not None:
         feats = _features(ds.features, train_m) if args.model == "softmax" else None
         scores = evaluate_model(model, train_m, test_m, k=10, queries=feats)
-        print("held-out: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        print("held-out: " + _format_scores(scores))
     _save(args.out, model, ds, train_m)
     print(f"saved {args.out}")
     return 0
@@ -272,5 +282,5 @@ def evaluate(args: argparse.Namespace) -> int:
                             queries=b.queries(rows, seen))  # fmt: skip
     print(f"{len(rows):,} users, {rel.nnz:,} held-out interactions "
           f"({(~known).sum():,} of {len(known):,} unknown to the model)")  # fmt: skip
-    print(", ".join(f"{name} {v:.4f}" for name, v in scores.items()))
+    print(_format_scores(scores))
     return 0

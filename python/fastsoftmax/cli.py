@@ -18,9 +18,43 @@ class CliError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Shows each option's default unless it is None / False or the help already gives it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        hidden = default is None or default is False or default == argparse.SUPPRESS
+        if not hidden and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
     def error(self, message: str) -> None:  # one line, no usage dump
         raise CliError(f"{message} (see '{self.prog} --help')")
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option flag of the parser and its subcommands."""
+    flags: set[str] = set()
+    for action in parser._actions:
+        flags.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                flags |= _option_strings(sub)
+    return flags
+
+
+def _as_flag(message: str, flags: set[str]) -> str:
+    """An error about a Python argument ("history_dropout: ...") names the flag instead."""
+    name, sep, rest = message.partition(":")
+    flag = "--" + name.replace("_", "-")
+    return f"{flag}:{rest}" if sep and flag in flags else message
 
 
 def _positive_int(text: str) -> int:
@@ -63,6 +97,30 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _show_model_defaults(wals: argparse._ArgumentGroup, dnn: argparse._ArgumentGroup) -> None:
+    """Help texts of the model flags end with the default the model will use (their argparse
+    default is None: "not given")."""
+    import inspect
+
+    from ._cli_models import WALS_DEFAULTS
+    from .softmax import SoftmaxModel
+
+    signature = inspect.signature(SoftmaxModel).parameters
+    for group, defaults in ((wals, WALS_DEFAULTS), (dnn, None)):
+        for action in group._group_actions:
+            name = action.dest
+            if defaults is None and name in signature:
+                default = signature[name].default
+            elif defaults is not None and name in defaults:
+                default = defaults[name]
+            else:
+                continue
+            if default is None:
+                continue
+            shown = ",".join(map(str, default)) or "''" if isinstance(default, tuple) else default
+            action.help = f"{action.help or ''} (default: {shown})".lstrip()
+
+
 def _layer_sizes(text: str) -> tuple[int, ...]:
     parts = [t for t in text.replace(" ", "").split(",") if t]
     return tuple(_positive_int(t) for t in parts)
@@ -102,16 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Train WALS or the softmax DNN on real interactions and "
                            "save it; evaluates on a held-out split unless --no-eval.")  # fmt: skip
     _add_data_args(train)
-    train.add_argument("--model", choices=("wals", "softmax"), default="wals")
+    train.add_argument("--model", choices=("wals", "softmax"), default="wals", help="which model")
     train.add_argument("--out", default="model.npz", help="model file (.npz)")
     train.add_argument("--dim", type=_positive_int, default=None,
                        help="embedding dimension (default: WALS 128, softmax the model's)")  # fmt: skip
     wals = train.add_argument_group("WALS (--model wals)")
-    wals.add_argument("--iterations", type=_positive_int, default=None, help="sweeps (15)")
+    wals.add_argument("--iterations", type=_positive_int, default=None, help="sweeps")
     wals.add_argument("--unobserved-weight", type=_non_negative_float, default=None,
-                      help="w0, the weight of every unobserved entry (0.03)")  # fmt: skip
+                      help="w0, the weight of every unobserved entry")  # fmt: skip
     wals.add_argument("--regularization", type=_non_negative_float, default=None,
-                      help="L2 penalty lambda (3)")  # fmt: skip
+                      help="L2 penalty lambda")  # fmt: skip
     dnn = train.add_argument_group("softmax DNN (--model softmax; defaults: fs.SoftmaxModel's)")
     dnn.add_argument("--epochs", type=_positive_int, default=None)
     dnn.add_argument("--hidden", type=_layer_sizes, default=None,
@@ -125,18 +183,22 @@ def build_parser() -> argparse.ArgumentParser:
     dnn.add_argument("--loss", choices=("full", "sampled", "positives"), default=None)
     dnn.add_argument("--sampler", choices=("uniform", "popularity", "in_batch", "score"),
                      default=None, help="negatives of --loss sampled")  # fmt: skip
-    dnn.add_argument("--num-negatives", type=_positive_int, default=None)
+    dnn.add_argument("--num-negatives", type=_positive_int, default=None,
+                     help="negatives per batch (default: 256; with --sampler in_batch: a cap, "
+                     "default none)")  # fmt: skip
     dnn.add_argument("--batch-size", type=_positive_int, default=None)
     dnn.add_argument("--learning-rate", type=_positive_float, default=None)
     dnn.add_argument("--early-stopping", type=_positive_int, default=None, metavar="PATIENCE",
                      help="choose the epochs by validation recall@10 on 10%% of each user's "
                      "training items, then refit on all of them")  # fmt: skip
+    _show_model_defaults(wals, dnn)
     train.add_argument("--tune", action="store_true",
                        help="grid-search the main hyperparameters on a validation split carved "
                        "from the training part, then refit")  # fmt: skip
-    train.add_argument("--test-fraction", type=float, default=0.2)
+    train.add_argument("--test-fraction", type=float, default=0.2,
+                       help="share of each user's items held out for the evaluation")  # fmt: skip
     train.add_argument("--no-eval", action="store_true", help="train on everything, no evaluation")
-    train.add_argument("--seed", type=_non_negative_int, default=0)
+    train.add_argument("--seed", type=_non_negative_int, default=0, help="seed of everything")
     train.add_argument("--threads", type=_non_negative_int, default=0, help="0 = all cores")
     train.add_argument("--no-progress", action="store_true")
 
@@ -177,8 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (ValueError, TypeError, IndexError, KeyError, OSError, FloatingPointError) as e:
         msg = str(e) if not isinstance(e, KeyError) else f"missing {e}"
-        print(f"fastsoftmax: error: {msg.splitlines()[0] if msg else type(e).__name__}",
-              file=sys.stderr)  # fmt: skip
+        msg = _as_flag(msg.splitlines()[0], _option_strings(parser)) if msg else type(e).__name__
+        print(f"fastsoftmax: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fastsoftmax: interrupted", file=sys.stderr)

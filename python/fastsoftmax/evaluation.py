@@ -111,6 +111,11 @@ def evaluate(
     elif exclude_seen:
         raise ValueError("train: required when exclude_seen is True (got None)")
     by_id = queries is None or _is_id_array(queries)
+    if by_id and getattr(model, "needs_query_features", False):
+        raise TypeError(
+            f"queries: {type(model).__name__} recommends from query features: pass "
+            "queries=<its features for the rows of test> (row b of test for query b)"
+        )
     if queries is None:
         queries = np.flatnonzero(np.diff((test != 0).indptr)).astype(np.int64)
     if by_id:

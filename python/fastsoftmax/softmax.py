@@ -336,6 +336,9 @@ class SoftmaxModel:
     optimiser state is not saved by :meth:`save`.
     """
 
+    #: fs.evaluate: queries are described by their features, not by row ids.
+    needs_query_features = True
+
     def __init__(
         self,
         n_items: int,

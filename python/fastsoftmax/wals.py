@@ -473,6 +473,11 @@ class WALS:
         rows, shape = _interactions_and_weights(interactions, weights)
         if shape[0] < 1 or shape[1] < 1:
             raise ValueError(f"interactions: expected at least one row and column, got {shape}")
+        if rows.indptr[-1] == 0:
+            raise ValueError(
+                f"interactions: expected at least one stored entry, got none ({shape[0]} x "
+                f"{shape[1]} matrix without interactions)"
+            )
         cols = rows.transpose()
         u = _initial_embeddings(self.seed, 0, 0, shape[0], self.dim, self.init_scale)
         v = _initial_embeddings(self.seed, 1, 0, shape[1], self.dim, self.init_scale)
