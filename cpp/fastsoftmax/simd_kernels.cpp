@@ -203,6 +203,12 @@ FASTSOFTMAX_AVX2 void row_dots_avx2(const float* x, index_t rows, index_t cols, 
   }
 }
 
+// out[0..4) += acc (subtract: -= acc).
+FASTSOFTMAX_AVX2 inline void put_4(double* out, __m256d acc, bool subtract) {
+  const __m256d old = _mm256_loadu_pd(out);
+  _mm256_storeu_pd(out, subtract ? _mm256_sub_pd(old, acc) : _mm256_add_pd(old, acc));
+}
+
 // A (column-major, lda n) rows [i0, i0 + R), columns [j0, j0 + 4) += (subtract: -=) sum_{k < K}
 // p[k * step + i] q[k * step + c], as R / 4 x 4 register tiles.
 template <int R>
@@ -231,20 +237,17 @@ FASTSOFTMAX_AVX2 inline void rank_k_tile(double* a, index_t n, index_t i0, index
       a31 = _mm256_fmadd_pd(l1, b3, a31);
     }
   }
-  auto put = [&](index_t c, index_t v, __m256d acc) {
-    double* out = a + (j0 + c) * n + i0 + 4 * v;
-    const __m256d old = _mm256_loadu_pd(out);
-    _mm256_storeu_pd(out, subtract ? _mm256_sub_pd(old, acc) : _mm256_add_pd(old, acc));
-  };
-  put(0, 0, a00);
-  put(1, 0, a10);
-  put(2, 0, a20);
-  put(3, 0, a30);
+  // Column c, rows i0 + 4 v of A (a plain function: a lambda would not inherit the target).
+  double* col = a + j0 * n + i0;
+  put_4(col, a00, subtract);
+  put_4(col + n, a10, subtract);
+  put_4(col + 2 * n, a20, subtract);
+  put_4(col + 3 * n, a30, subtract);
   if constexpr (R == 8) {
-    put(0, 1, a01);
-    put(1, 1, a11);
-    put(2, 1, a21);
-    put(3, 1, a31);
+    put_4(col + 4, a01, subtract);
+    put_4(col + n + 4, a11, subtract);
+    put_4(col + 2 * n + 4, a21, subtract);
+    put_4(col + 3 * n + 4, a31, subtract);
   }
 }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from . import _core, datasets, metrics
 from .baselines import Popularity
+from .config import show_config
 from .evaluation import evaluate
 from .io import load, register_model
 from .retrieval import topk
@@ -29,5 +30,6 @@ __all__ = [
     "load",
     "metrics",
     "register_model",
+    "show_config",
     "topk",
 ]

@@ -226,9 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if args.version:
-            from . import __version__
+            from . import __version__, _core
 
-            print(__version__)
+            print(f"{__version__} (kernels: {_core.kernel_level})")
             return 0
         if args.command is None:
             parser.print_help()
