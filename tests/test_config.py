@@ -85,3 +85,18 @@ def test_version_flag_names_the_kernels(capsys):
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"{fs.__version__} (kernels: {fs._core.kernel_level})"
+
+
+@pytest.mark.skipif(not built("generic") or fs._core.kernel_level == "generic",
+                    reason="no generic build, or it is the level in use already")  # fmt: skip
+def test_a_subset_of_the_suite_passes_on_the_generic_level():
+    """The generic (x86-64-v2) build is always exercised, not only on old CPUs."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    subset = [os.path.join(tests, f) for f in ("test_topk.py", "test_softmax.py",
+                                               "test_sampled_softmax.py", "test_wals.py")]  # fmt: skip
+    env = {**os.environ, "FASTSOFTMAX_CPU": "generic"}
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                          *subset], capture_output=True, text=True, env=env, check=False,
+                         cwd=os.path.dirname(tests))  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert " passed" in res.stdout.splitlines()[-1]
