@@ -33,8 +33,9 @@ def best(fn, n=2):
 
 def softmax_epoch(n_items, loss, batches):
     rows = 256 * batches
-    bag = sp.random(rows, n_items, density=50 / n_items, format="csr", random_state=1,
-                    dtype=np.float32)
+    bag = sp.csr_matrix((np.ones(rows * 50, np.float32), rng.integers(0, n_items, rows * 50),
+                         np.arange(0, rows * 50 + 1, 50)), shape=(rows, n_items))
+    bag.sum_duplicates()
     t = sp.csr_matrix((np.ones(rows, np.float32), rng.integers(0, n_items, rows),
                        np.arange(rows + 1)), shape=(rows, n_items))
     feats = fs.QueryFeatures(dense=rng.normal(size=(rows, 16)), bags={"h": bag})
@@ -49,7 +50,9 @@ out["full epoch"] = softmax_epoch(20_000, "full", 20)
 q = rng.normal(size=(1024, 64)).astype(np.float32)
 v = rng.normal(size=(200_000, 64)).astype(np.float32)
 out["topk"] = best(lambda: fs.topk(q, v, 10), 3)
-a = sp.random(50_000, 20_000, density=1e-3, format="csr", random_state=2, dtype=np.float32)
+a = sp.csr_matrix((np.ones(1_000_000, np.float32), rng.integers(0, 20_000, 1_000_000),
+                   np.arange(0, 1_000_001, 20)), shape=(50_000, 20_000))
+a.sum_duplicates()
 a.data[:] = 1
 out["wals 3 sweeps"] = best(lambda: fs.WALS(64, iterations=3).fit(a, show_progress=False))
 print(json.dumps(out))

@@ -1,7 +1,8 @@
 """Loads the build of the C++ core that suits this CPU, under the name ``fastsoftmax._core``.
 
 The extension is built once per instruction-set level (``_core_generic``: x86-64-v2, any x86-64
-CPU of the last 15 years; ``_core_avx2``: x86-64-v3, AVX2 + FMA; or a single ``_core_native``
+CPU of the last 15 years; ``_core_avx2``: x86-64-v3, AVX2 + FMA; ``_core_avx512``: x86-64-v4;
+or a single ``_core_native``
 with ``-DFASTSOFTMAX_NATIVE=ON``). The best level the CPU runs is chosen at import; the
 environment variable ``FASTSOFTMAX_CPU=generic|avx2|avx512`` forces one (tests, bug reports), and
 asking for a level this CPU lacks, or one that was not built, is an ImportError saying so. The

@@ -1,7 +1,7 @@
 # Type stubs for the private C++ extension. Public API: see the fastsoftmax package.
 import numpy as np
 
-kernel_level: str  # "generic" | "avx2" | "native": the build in use
+kernel_level: str  # "generic" | "avx2" | "avx512" | "native": the build in use
 __version__: str
 
 def resolve_num_threads(num_threads: int) -> int: ...

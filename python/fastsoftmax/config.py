@@ -22,7 +22,7 @@ def show_config(*, print_out: bool = True) -> dict[str, object]:
     -------
     dict
         ``version``; ``kernel_level``: the build of the C++ core in use (``generic``: x86-64-v2,
-        ``avx2``: x86-64-v3, ``native``: a ``-DFASTSOFTMAX_NATIVE=ON`` source build);
+        ``avx2``: x86-64-v3, ``avx512``: x86-64-v4, ``native``: a ``-DFASTSOFTMAX_NATIVE=ON`` source build);
         ``cpu_levels``: the levels this CPU runs; ``forced``: the value of ``FASTSOFTMAX_CPU``
         (None when unset); ``machine``, ``cores`` (what ``num_threads=0`` uses), ``python``.
     """
