@@ -113,13 +113,23 @@ def bag_coefficients(indptr, indices, weights, pooling):
     return w * scale[rows], rows
 
 
-def softmax_dnn(params, feats, targets, *, pooling="mean", loss="full"):
+def row_weights(targets, row_weighting="targets", sample_weight=None):
+    """SoftmaxModel's weight per row: (target total / mean row total with "targets", else 1)
+    times sample_weight; float64, shape (N,)."""
+    totals = np.asarray(targets.sum(axis=1), dtype=np.float64).ravel()
+    w = totals / totals.mean() if row_weighting == "targets" else np.ones_like(totals)
+    return w if sample_weight is None else w * np.asarray(sample_weight, dtype=np.float64)
+
+
+def softmax_dnn(params, feats, targets, *, pooling="mean", loss="full", weights=None):
     """Float64 forward and backward of the softmax DNN on all rows at once.
 
     ``params``: dict name -> array as ``SoftmaxModel.parameters``; ``feats``: fs.QueryFeatures
-    (categorical / bag features in the model's order); ``targets``: scipy sparse (N, n).
-    Returns (mean loss, dict name -> gradient of the mean loss).
+    (categorical / bag features in the model's order); ``targets``: scipy sparse (N, n);
+    ``weights``: per row (default: :func:`row_weights` of the targets, the model's default).
+    Returns (mean over rows of weight x loss, dict name -> its gradient).
     """
+    w = row_weights(targets) if weights is None else np.asarray(weights, dtype=np.float64)
     p = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
     n_layers = sum(1 for k in p if k.startswith("mlp.") and k.endswith(".weight"))
     parts = [] if feats.dense is None else [feats.dense.astype(np.float64)]
@@ -148,8 +158,9 @@ def softmax_dnn(params, feats, targets, *, pooling="mean", loss="full"):
     m = Z.max(axis=1, keepdims=True)
     E = np.exp(Z - m)
     lse = m + np.log(E.sum(axis=1, keepdims=True))
-    value = float(np.sum(np.where(P > 0, P * (lse - np.where(P > 0, Z, 0.0)), 0.0)) / N)
-    dZ = (E / E.sum(axis=1, keepdims=True) - P) / N
+    row_loss = np.sum(np.where(P > 0, P * (lse - np.where(P > 0, Z, 0.0)), 0.0), axis=1)
+    value = float(np.sum(w * row_loss) / N)
+    dZ = w[:, None] * (E / E.sum(axis=1, keepdims=True) - P) / N
     grads = {"item_embeddings": dZ.T @ psi}
     if "item_bias" in p:
         grads["item_bias"] = dZ.sum(axis=0)
@@ -267,7 +278,7 @@ def sampled_softmax(
 
     ``ids``/``log_q``: (1, m) shared draws or (B, m) per-query draws. Returns ``(loss, dpsi (B, d), ditems (n, d),
     dbias (n,))`` where loss is the sum over rows (plus gravity) and the gradients are those of
-    ``grad_scale * loss``.
+    ``grad_scale * loss``. A row's weights may sum to any mass (the row's weight).
     """
     psi = np.asarray(psi, np.float64)
     V = np.asarray(items, np.float64)
@@ -307,7 +318,7 @@ def sampled_softmax(
         mx = zc.max()
         lse = mx + np.log(np.exp(zc - mx).sum())
         total += float(p @ (lse - zc[: len(pos)]))
-        g = np.exp(zc - lse)
+        g = p.sum() * np.exp(zc - lse)  # the row's mass (1 for a distribution) x softmax
         g[: len(pos)] -= p
         g *= grad_scale
         for c, j in enumerate(cand):

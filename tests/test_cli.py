@@ -181,12 +181,14 @@ def test_train_softmax_flags_reach_the_model(csv_data, tmp_path, capsys):
     out = tmp_path / "m.npz"
     assert main(_train_args(csv_data, out, "--model", "softmax", "--hidden", "16,8", "--dim", "6",
                             "--embedding-dim", "5", "--history-dropout", "0.3",
-                            "--history-target", "dropped", "--batch-size", "32", "--loss",
+                            "--history-target", "dropped", "--row-weighting", "uniform",
+                            "--batch-size", "32", "--loss",
                             "sampled", "--sampler", "popularity", "--num-negatives", "7",
                             "--learning-rate", "0.2", "--epochs", "2")) == 0  # fmt: skip
     m = fs.load(out)
     assert (m.hidden, m.dim, m.embedding_dim, m.batch_size, m.epochs) == ((16, 8), 6, 5, 32, 2)
     assert (m.history, m.history_dropout, m.history_target) == ("history", 0.3, "dropped")
+    assert m.row_weighting == "uniform"
     assert (m.loss_kind, m.learning_rate) == ("sampled", 0.2)
     assert m._config()["sampler"] == "popularity" and m._config()["num_negatives"] == 7
     # Without flags: the model's own defaults (its recipe) with the history feature.

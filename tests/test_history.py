@@ -88,8 +88,8 @@ def test_training_is_bit_identical_for_any_thread_count(target, loss):
         np.testing.assert_array_equal(runs[1][name], runs[2][name], err_msg=name)
 
 
-def expected_step(model, feats_c, targets_c, lr):
-    grads = model.gradients(feats_c, targets_c)
+def expected_step(model, feats_c, targets_c, lr, sample_weight=None):
+    grads = model.gradients(feats_c, targets_c, sample_weight=sample_weight)
     return {k: v - lr * grads[k] for k, v in model.parameters.items()}
 
 
@@ -119,6 +119,7 @@ def test_sgd_step_is_the_gradient_at_the_corrupted_input(target, pooling):
     hist = corrupted(x, keep, scale)
     rows = np.arange(x.shape[0])
     targets = x
+    weight = None
     if target == "dropped":
         targets = x - x.multiply(corrupted(x, keep) != 0)  # positives minus kept items
         targets.eliminate_zeros()
@@ -126,8 +127,12 @@ def test_sgd_step_is_the_gradient_at_the_corrupted_input(target, pooling):
         assert 0 < len(rows) < x.shape[0]  # some rows kept everything and sit out
         targets = targets[rows]
         assert targets.multiply(hist[rows]).nnz == 0  # never a kept item
+        # A row keeps the weight of its whole target row (row_weighting="targets"); gradients()
+        # would weigh the dropped targets' totals instead.
+        full, part = (np.asarray(m.sum(axis=1)).ravel() for m in (x, targets))
+        weight = (full[rows] / full.mean()) / (part / part.mean())
     feats_c = fs.QueryFeatures(dense=dense[rows], bags={"history": hist[rows]})
-    want = expected_step(model, feats_c, targets, lr)
+    want = expected_step(model, feats_c, targets, lr, weight)
     model.epochs = 1
     model.fit(feats, x, show_progress=False)
     for name, value in model.parameters.items():

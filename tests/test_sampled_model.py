@@ -370,7 +370,9 @@ def test_in_batch_loss_and_gradient_are_those_of_the_distinct_candidate_set(remo
     q = counts / counts.sum()
     inclusion = 1 - (1 - q) ** t.nnz
     log_q = np.log(inclusion[ids] / len(ids))
-    p = t.multiply(1 / t.sum(axis=1)).tocsr()
+    # Each row's distribution times its weight (the default row_weighting="targets").
+    totals = np.asarray(t.sum(axis=1)).ravel()
+    p = t.multiply((1 / totals * totals / totals.mean())[:, None]).tocsr()
     psi = model.query_embeddings(feats)
     V, b = model.item_embeddings, model.parameters["item_bias"]
     loss, _, dV, db = sampled_softmax(psi, V, b, p.indptr, p.indices, p.data, ids[None],

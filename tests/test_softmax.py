@@ -4,7 +4,7 @@ import scipy.sparse as sp
 
 import fastsoftmax as fs
 
-from reference import softmax_dnn
+from reference import row_weights, softmax_dnn
 
 
 def make_problem(n_rows=24, n_items=40, *, seed=0, weighted_bags=True, multi_positive=True):
@@ -79,6 +79,66 @@ def test_loss_and_gradients_match_reference(pooling, loss, item_bias):
         assert g.dtype == np.float32 and g.shape == params[name].shape
         scale = np.abs(ref_grads[name]).max()
         np.testing.assert_allclose(g, ref_grads[name], atol=2e-5 * scale + 1e-9, err_msg=name)
+
+
+@pytest.mark.parametrize("loss", ["full", "positives"])
+@pytest.mark.parametrize("row_weighting", ["targets", "uniform"])
+def test_row_weights_match_reference(loss, row_weighting):
+    """Row b's loss and gradient count w_b times: the row's target total over the mean row's
+    ("targets", Mult-DAE's multinomial likelihood) or 1 ("uniform"), times sample_weight."""
+    feats, targets = make_problem(seed=21)
+    totals = np.asarray(targets.sum(axis=1)).ravel()
+    assert totals.max() > 2.5 * totals.min()  # the rows' totals differ
+    model = build(feats, targets, loss=loss, row_weighting=row_weighting)
+    sw = np.random.default_rng(0).uniform(0.0, 3.0, len(totals))
+    sw[5] = 0.0
+    for sample_weight in (None, sw):
+        w = row_weights(targets, row_weighting, sample_weight)
+        ref_loss, ref_grads = softmax_dnn(model.parameters, feats, targets, loss=loss, weights=w)
+        assert model.loss(feats, targets, sample_weight=sample_weight) == pytest.approx(
+            ref_loss, rel=1e-5
+        )
+        grads = model.gradients(feats, targets, sample_weight=sample_weight)
+        for name, g in grads.items():
+            scale = np.abs(ref_grads[name]).max()
+            np.testing.assert_allclose(g, ref_grads[name], atol=2e-5 * scale, err_msg=name)
+    # The two weightings differ on these targets; a weight of 0 is the row left out.
+    uniform = build(feats, targets, loss=loss, row_weighting="uniform")
+    uniform.parameters["item_embeddings"][...] = model.item_embeddings
+    if row_weighting == "targets":
+        assert model.loss(feats, targets) != pytest.approx(uniform.loss(feats, targets), rel=1e-3)
+    keep = np.arange(len(totals)) != 5
+    one = np.ones(len(totals))
+    one[5] = 0.0
+    n = len(totals)
+    assert uniform.loss(feats, targets, sample_weight=one) * n == pytest.approx(
+        uniform.loss(_rows(feats, keep), targets[keep]) * (n - 1), rel=1e-5
+    )
+
+
+def _rows(feats, keep):
+    """The rows ``keep`` (bool mask) of make_problem's features."""
+    indptr, indices, data = feats.bags["h"]
+    bag = sp.csr_matrix((data, indices, indptr), shape=(feats.n_rows, 30))[keep]
+    return fs.QueryFeatures(
+        dense=feats.dense[keep], categorical={"c": feats.categorical["c"][keep]}, bags={"h": bag}
+    )
+
+
+def test_sample_weight_bad_input():
+    feats, targets = make_problem(seed=22)
+    model = build(feats, targets)
+    n = targets.shape[0]
+    with pytest.raises(ValueError, match="sample_weight: expected shape"):
+        model.loss(feats, targets, sample_weight=np.ones(n - 1))
+    with pytest.raises(ValueError, match="sample_weight: expected finite weights >= 0"):
+        model.fit(feats, targets, sample_weight=-np.ones(n), show_progress=False)
+    with pytest.raises(ValueError, match="sample_weight: expected finite weights >= 0"):
+        model.gradients(feats, targets, sample_weight=np.full(n, np.nan))
+    with pytest.raises(TypeError, match="sample_weight: expected real numbers"):
+        model.fit(feats, targets, sample_weight=np.array(["a"] * n), show_progress=False)
+    with pytest.raises(ValueError, match="row_weighting: expected one of"):
+        fs.SoftmaxModel(5, row_weighting="rows")
 
 
 @pytest.mark.parametrize("loss", ["full", "positives"])
@@ -495,10 +555,11 @@ def test_save_load_round_trip(tmp_path):
         np.testing.assert_array_equal(loaded.parameters[name], value, err_msg=name)
     np.testing.assert_array_equal(loaded.query_embeddings(feats), model.query_embeddings(feats))
     assert loaded.loss(feats, targets) == model.loss(feats, targets)
-    assert (loaded.pooling, loaded.item_bias, loaded.embedding_dim) == (
+    assert (loaded.pooling, loaded.item_bias, loaded.embedding_dim, loaded.row_weighting) == (
         "sqrtn",
         True,
         {"c": 3, "h": 2},
+        "targets",
     )
     with np.load(path, allow_pickle=False) as npz:
         assert str(npz["model_type"]) == "SoftmaxModel"

@@ -59,4 +59,11 @@ class Interrupted : public std::runtime_error {
   Interrupted() : std::runtime_error("interrupted") {}
 };
 
+/// Mass = sum_k y_bk of row b of a target CSR (1 for a target distribution).
+inline float row_mass(const index_t* indptr, const float* weights, index_t b) {
+  double m = 0.0;
+  for (index_t k = indptr[b]; k < indptr[b + 1]; ++k) m += weights[k];
+  return static_cast<float>(m);
+}
+
 }  // namespace fastsoftmax

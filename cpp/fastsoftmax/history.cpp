@@ -60,8 +60,9 @@ index_t HistoryCorruption::dropped_targets(const TargetsView& t, index_t r) {
     t_weights_.push_back(t.weights[k]);
     sum += t.weights[k];
   }
+  const double scale = (t.row_weights ? t.row_weights[r] : 1.0) / sum;
   for (std::size_t k = start; k < t_weights_.size(); ++k) {
-    t_weights_[k] = static_cast<float>(t_weights_[k] / sum);
+    t_weights_[k] = static_cast<float>(t_weights_[k] * scale);
   }
   return static_cast<index_t>(t_indices_.size() - start);
 }

@@ -253,14 +253,16 @@ double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, 
       for (index_t k = k0; k < k1; ++k) loss += weights[k] * (lse - pz[k]);
       ws.row_loss[b] = loss;
       if (!grad) continue;
+      const double mass = row_mass(indptr, weights, b);  // 1 for a target distribution
       if (m > 0) {
         // exp(z_i - lse) = e_i / s (e_i = exp(z_i - mx), masked entries already 0).
-        const float f = scale * static_cast<float>(1.0 / s);
+        const float f = scale * static_cast<float>(mass / s);
         for (index_t i = 0; i < m; ++i) zrow[i] = f * e[i];
       }
       Eigen::Map<Eigen::RowVectorXf> g(dpsi + b * d, d);
       for (index_t k = k0; k < k1; ++k) {
-        pz[k] = scale * static_cast<float>(std::exp(static_cast<double>(pz[k]) - lse) - weights[k]);
+        pz[k] = scale * static_cast<float>(mass * std::exp(static_cast<double>(pz[k]) - lse) -
+                                           weights[k]);
         g += pz[k] * Eigen::Map<const Eigen::RowVectorXf>(items + indices[k] * d, d);
       }
       if (!shared) {

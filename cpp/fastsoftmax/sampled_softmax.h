@@ -17,8 +17,9 @@
 // approximation of log(1 + m Q); applied together with accidental-hit removal it would converge to
 // a softmax whose denominator omits the positives, so it is not used.
 //
-// Loss of row b: sum_{j in P_b} p_bj (lse_b - z'_bj), lse_b over all candidates (max-shifted:
-// finite for |z| ~ 1e4). Gradients reach psi_b and the rows (and bias) of V for the candidates only:
+// Loss of row b: sum_{j in P_b} y_bj (lse_b - z'_bj), lse_b over all candidates (max-shifted:
+// finite for |z| ~ 1e4); its gradient in z'_bj is mass_b softmax_bj - y_bj with mass_b = sum_j y_bj
+// (1 for a target distribution). Gradients reach psi_b and the rows (and bias) of V for the candidates only:
 // the item gradient is row-sparse.
 //
 // Gravity (Krichene et al.): g_b = psi_b^T (V^T V / n) psi_b per query, coefficient gamma; summed over
@@ -69,7 +70,8 @@ struct SampledSoftmaxWorkspace {
 /// Loss (sum over the B rows, unscaled, plus gravity) and gradients of grad_scale * loss.
 ///
 /// psi: B x d. items: n x d, bias: n or nullptr. Targets: CSR (indptr B + 1, indices strictly
-/// increasing per row, weights summing to 1 per row; rows with no entry contribute nothing).
+/// increasing per row, positive weights (a row's sum is its mass, 1 for a distribution); rows with
+/// no entry contribute nothing).
 /// draws: from NegativeSampler::sample for this batch. pos_log_q: per target entry, log Q(j) of
 /// the positive under the row's proposal (read only when logq_correction and not
 /// remove_accidental_hits; may be nullptr otherwise).

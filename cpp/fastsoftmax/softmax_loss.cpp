@@ -68,7 +68,15 @@ double positives_loss(const ConstMapRowMatrixXf& psi, const ItemParamsView& item
   return loss;
 }
 
-// Minus the targets: dz_bj -= scale * p_bj on the positives.
+// Per row: scale x the row's mass, the factor of its softmax term in the gradient.
+void fill_coefficients(const TargetsView& targets, float scale, std::vector<float>* coef) {
+  coef->resize(static_cast<std::size_t>(targets.rows));
+  for (index_t b = 0; b < targets.rows; ++b) {
+    (*coef)[b] = scale * row_mass(targets.indptr, targets.weights, b);
+  }
+}
+
+// Minus the targets: dz_bj -= scale * y_bj on the positives.
 void subtract_targets(const ConstMapRowMatrixXf& psi, const ItemParamsView& items,
                       const TargetsView& targets, float scale, MapRowMatrixXf* dpsi,
                       ItemGradient* item_grad) {
@@ -202,6 +210,7 @@ double FullSoftmaxLoss::forward_backward_simd(const ConstMapRowMatrixXf& psi,
   prepare_dense_gradient(items, item_grad);
   if (items.bias) std::fill(item_grad->dense_bias.begin(), item_grad->dense_bias.end(), 0.0f);
   const float scale = ctx.grad_scale;
+  fill_coefficients(targets, scale, &coef_);
   const bool direct = dp == d;  // dV blocks can be written straight into the gradient
   parallel_for(part.n_tasks, ctx.num_threads, [&](std::int64_t t, int slot) {
     float* base = slot_buf_.data() + slot * slot_size;
@@ -226,7 +235,7 @@ double FullSoftmaxLoss::forward_backward_simd(const ConstMapRowMatrixXf& psi,
     // Without the buffer the exponentials are exp(z - lse): one scaled psi for all blocks.
     if (!buffered) {
       std::fill_n(c, Bp, 0.0f);
-      std::fill_n(c, B, scale);
+      std::copy_n(coef_.data(), B, c);
       fill_scaled_psi();
     }
     const index_t end = std::min(n, (t + 1) * part.per_task);
@@ -236,7 +245,7 @@ double FullSoftmaxLoss::forward_backward_simd(const ConstMapRowMatrixXf& psi,
       if (buffered) {
         const float* mk = block_max_.data() + (j0 / kSimdBlock) * Bp;
         std::fill_n(c, Bp, 0.0f);
-        for (index_t b = 0; b < B; ++b) c[b] = std::exp(mk[b] - lse_[b]) * scale;
+        for (index_t b = 0; b < B; ++b) c[b] = std::exp(mk[b] - lse_[b]) * coef_[b];
         fill_scaled_psi();
       } else {
         compute_logits(j0, nb, X);
@@ -260,13 +269,13 @@ double FullSoftmaxLoss::forward_backward_simd(const ConstMapRowMatrixXf& psi,
       }
     }
   });
-  // dL/dpsi_b = sum_t exp(m_tb - lse_b) * scale * P_t^T(:, b), tasks in order.
+  // dL/dpsi_b = sum_t exp(m_tb - lse_b) * coef_b * P_t^T(:, b), tasks in order.
   dpsi->setZero();
   for (index_t t = 0; t < part.n_tasks; ++t) {
     const float* mt = task_m_.data() + t * Bp;
     const float* P = task_p_.data() + t * d * Bp;
     for (index_t b = 0; b < B; ++b) {
-      const float w = std::exp(mt[b] - lse_[b]) * scale;
+      const float w = std::exp(mt[b] - lse_[b]) * coef_[b];
       for (index_t k = 0; k < d; ++k) (*dpsi)(b, k) += w * P[k * Bp + b];
     }
   }
@@ -357,7 +366,9 @@ double FullSoftmaxLoss::forward_backward_eigen(const ConstMapRowMatrixXf& psi,
   // per-row factor goes into a scaled copy of psi, so the stored E is used as is.
   prepare_dense_gradient(items, item_grad);
   const float scale = ctx.grad_scale;
+  fill_coefficients(targets, scale, &coef_);
   const Eigen::Map<const Eigen::VectorXf> lse_vec(lse_.data(), B);
+  const Eigen::Map<const Eigen::ArrayXf> coef(coef_.data(), B);
   parallel_for(part.n_tasks, ctx.num_threads, [&](std::int64_t t, int slot) {
     RowMatrixXf& psi_c = scaled_psi_[slot];
     Eigen::VectorXf c(B);
@@ -367,10 +378,10 @@ double FullSoftmaxLoss::forward_backward_eigen(const ConstMapRowMatrixXf& psi,
       StridedMap E = block_logits(j0, nb, slot, !buffered);
       if (buffered) {
         const Eigen::Map<const Eigen::VectorXf> mk(block_max_.data() + (j0 / kBlock) * B, B);
-        c = ((mk - lse_vec).array().exp() * scale).matrix();
+        c = ((mk - lse_vec).array().exp() * coef).matrix();
       } else {
         E.array() = (E.array().colwise() - lse_vec.array()).exp();
-        c.setConstant(scale);
+        c = coef.matrix();
       }
       psi_c.noalias() = c.asDiagonal() * psi;
       item_grad->dense_weights.middleRows(j0, nb).noalias() = E.transpose() * psi_c;
@@ -380,11 +391,11 @@ double FullSoftmaxLoss::forward_backward_eigen(const ConstMapRowMatrixXf& psi,
       }
     }
   });
-  // dL/dpsi_b = scale / S_b * sum_t exp(m_tb - M_b) P_t[b] = scale * sum_t exp(m_tb - lse_b) P_t[b].
+  // dL/dpsi_b = coef_b / S_b * sum_t exp(m_tb - M_b) P_t[b] = coef_b * sum_t exp(m_tb - lse_b) P_t[b].
   dpsi->setZero();
   for (index_t t = 0; t < part.n_tasks; ++t) {
     const Eigen::Map<const Eigen::VectorXf> mt(row_max_.data() + t * B, B);
-    dpsi->noalias() += ((mt - lse_vec).array().exp() * scale).matrix().asDiagonal() * partial_dpsi_[t];
+    dpsi->noalias() += ((mt - lse_vec).array().exp() * coef).matrix().asDiagonal() * partial_dpsi_[t];
   }
 
   subtract_targets(psi, items, targets, scale, dpsi, item_grad);
@@ -402,7 +413,7 @@ double PositivesOnlyLoss::forward_backward(const ConstMapRowMatrixXf& psi,
   const ConstMapV V(items.weights, items.n_items, d);
   dz_.resize(static_cast<std::size_t>(nnz));
   row_loss_.resize(static_cast<std::size_t>(B));
-  // Per row: softmax over its positives; dz = scale * (softmax - p); dpsi_b = sum_k dz_k V_jk.
+  // Per row: softmax over its positives; dz = scale * (m_b softmax - y); dpsi_b = sum_k dz_k V_jk.
   const index_t n_tasks = (B + kRowChunk - 1) / kRowChunk;
   parallel_for(n_tasks, ctx.num_threads, [&](std::int64_t t, int) {
     const index_t end = std::min(B, (t + 1) * kRowChunk);
@@ -418,9 +429,11 @@ double PositivesOnlyLoss::forward_backward(const ConstMapRowMatrixXf& psi,
       for (index_t k = k0; k < k1; ++k) s += std::exp(dz_[k] - m);
       const double lse = m + std::log(s);
       double l = 0.0;
+      const double mass = row_mass(targets.indptr, targets.weights, b);
       for (index_t k = k0; k < k1; ++k) {
         l += targets.weights[k] * (lse - dz_[k]);
-        dz_[k] = ctx.grad_scale * static_cast<float>(std::exp(dz_[k] - lse) - targets.weights[k]);
+        dz_[k] = ctx.grad_scale *
+                 static_cast<float>(mass * std::exp(dz_[k] - lse) - targets.weights[k]);
       }
       row_loss_[b] = l;
       if (backward) {

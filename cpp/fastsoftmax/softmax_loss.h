@@ -7,10 +7,12 @@
 // Contract of Loss::forward_backward (all kinds must follow it):
 // * Logits z_bj = psi_b . V_j (+ bias_j). Targets are a CSR over the B rows of the batch: row b has
 //   entries (indices[k], weights[k]) for k in [indptr[b], indptr[b+1]), indptr[0] == 0, item ids
-//   in [0, n_items), no duplicate id within a row, weights > 0 and normalised so each row sums to 1
-//   (the target distribution p_b; the loop guarantees all of this and that every row has a
-//   positive). Per-row loss = cross-entropy sum_j p_bj (lse_b - z_bj) over the kind's candidate
-//   set (all items for "full", P_b for "positives", P_b u S for sampled).
+//   in [0, n_items), no duplicate id within a row, weights y_bj > 0 (the loop guarantees all of
+//   this and that every row has a positive). The row's mass m_b = sum_j y_bj is 1 when the row
+//   is a target distribution p_b; the loop scales a row by its row weight (SoftmaxModel's
+//   row_weights). Per-row loss = sum_j y_bj (lse_b - z_bj) = m_b x the cross-entropy, over the
+//   kind's candidate set (all items for "full", P_b for "positives", P_b u S for sampled); its
+//   gradient in z_bj is m_b softmax_bj - y_bj.
 // * Returns the SUM over the B rows of the per-row losses, in double (unscaled).
 // * Gradients are those of grad_scale * (that sum): the loop passes grad_scale = 1 / B for a batch
 //   step, or 1 / N when it accumulates an exact mean gradient over N rows in several batches.
@@ -37,13 +39,17 @@
 
 namespace fastsoftmax {
 
-/// Read-only CSR view of targets: `rows` rows, ids in [0, n_items), weights normalised per row.
+/// Read-only CSR view of targets: `rows` rows, ids in [0, n_items), positive weights.
 struct TargetsView {
   index_t rows = 0;
   const index_t* indptr = nullptr;   // rows + 1 entries, indptr[0] == 0
   const index_t* indices = nullptr;  // indptr[rows] item ids
-  const float* weights = nullptr;    // indptr[rows] weights; each row sums to 1
+  const float* weights = nullptr;    // indptr[rows] weights y (> 0); a row's sum is its mass
+  // Only in the training data the model is given (not in what a Loss sees): row r's weights are
+  // normalised to a distribution and scaled by row_weights[r] (nullptr: 1) per batch.
+  const float* row_weights = nullptr;
 };
+
 
 /// Read-only view of the item side: V (n_items x dim, row-major) and an optional bias (n_items).
 struct ItemParamsView {
@@ -142,6 +148,7 @@ class FullSoftmaxLoss final : public Loss {
   RowMatrixXf logits_;                     // B x n when it fits the budget
   std::vector<float> row_max_, row_sum_;   // per item task and row: max logit, sum exp(z - max)
   std::vector<float> lse_;                 // per row: log-sum-exp over all items
+  std::vector<float> coef_;                // per row: grad_scale x the row's mass
   std::vector<float> block_max_;           // per item block and row: max of the stored exps
   std::vector<RowMatrixXf> scaled_psi_;    // per-slot B x d scratch
   std::vector<RowMatrixXf> partial_dpsi_;  // one B x d partial per item task

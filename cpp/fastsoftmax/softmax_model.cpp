@@ -216,6 +216,10 @@ void SoftmaxModel::check_targets(const TargetsView& t, index_t expected_rows) co
                     " has no positive weight (every query needs at least one positive; drop such "
                     "rows before fitting)");
     }
+    if (t.row_weights && !(std::isfinite(t.row_weights[r]) && t.row_weights[r] >= 0.0f)) {
+      throw_invalid("sample_weight: expected finite weights >= 0, got ", t.row_weights[r],
+                    " for row ", r);
+    }
   }
 }
 
@@ -281,10 +285,11 @@ TargetsView SoftmaxModel::gather_targets(const TargetsView& t, const index_t* ro
     const index_t r = rows[b];
     double sum = 0.0;
     for (index_t k = t.indptr[r]; k < t.indptr[r + 1]; ++k) sum += t.weights[k];
+    const double scale = (t.row_weights ? t.row_weights[r] : 1.0) / sum;
     for (index_t k = t.indptr[r]; k < t.indptr[r + 1]; ++k) {
       if (t.weights[k] > 0.0f) {
         batch_indices_.push_back(t.indices[k]);
-        batch_weights_.push_back(static_cast<float>(t.weights[k] / sum));
+        batch_weights_.push_back(static_cast<float>(t.weights[k] * scale));
       }
     }
     batch_indptr_[b + 1] = static_cast<index_t>(batch_indices_.size());

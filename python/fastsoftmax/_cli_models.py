@@ -73,7 +73,8 @@ SOFTMAX_GRID: dict[str, list[Any]] = {"history_dropout": [0.5, 0.75, 0.9],
                                       "learning_rate": [0.05, 0.1]}  # fmt: skip
 TUNE_PATIENCE = 20
 _SOFTMAX_FLAGS = ("dim", "hidden", "embedding_dim", "loss", "sampler", "num_negatives",
-                  "batch_size", "learning_rate", "epochs", "history_dropout", "history_target")  # fmt: skip
+                  "batch_size", "learning_rate", "epochs", "history_dropout", "history_target",
+                  "row_weighting")  # fmt: skip
 
 
 def _format_scores(scores: dict[str, float]) -> str:

@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="probability of dropping a history item at a training step, [0, 1)")  # fmt: skip
     dnn.add_argument("--history-target", choices=("all", "dropped"), default=None,
                      help="targets: all the user's items, or only the dropped ones")  # fmt: skip
+    dnn.add_argument("--row-weighting", choices=("targets", "uniform"), default=None,
+                     help="a user counts by their number of items (targets) or once (uniform)")  # fmt: skip
     dnn.add_argument("--loss", choices=("full", "sampled", "positives"), default=None)
     dnn.add_argument("--sampler", choices=("uniform", "popularity", "in_batch", "score"),
                      default=None, help="negatives of --loss sampled")  # fmt: skip

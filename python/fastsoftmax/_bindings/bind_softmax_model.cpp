@@ -122,9 +122,21 @@ SoftmaxData make_data(SoftmaxModel& model, index_t rows, pyb::handle dense,
   model.check_features(d.features);
   if (!targets.is_none()) {
     const auto t = pyb::reinterpret_borrow<pyb::tuple>(targets);
-    const BagsView v = csr(t, "targets", rows);
+    if (t.size() != 4) {
+      throw std::invalid_argument("targets: expected (indptr, indices, weights, row_weights)");
+    }
+    const BagsView v = csr(pyb::make_tuple(t[0], t[1], t[2]), "targets", rows);
     if (v.weights == nullptr) throw std::invalid_argument("targets: expected weights");
     d.targets = TargetsView{rows, v.indptr, v.indices, v.weights};
+    if (!t[3].is_none()) {
+      auto w = require_array<float>(t[3], "sample_weight", 1);
+      if (w.shape(0) != rows) {
+        throw std::invalid_argument(
+            str_cat("sample_weight: expected ", rows, " weights, got ", w.shape(0)));
+      }
+      d.targets.row_weights = w.data();
+      d.keep_alive.push_back(w);
+    }
     d.has_targets = true;
     model.check_targets(d.targets, rows);
   }
