@@ -119,7 +119,7 @@ def main() -> None:
             received = sum(int(x.sum()) for x in dist.received_rows_.values())
             b, c = len(dist.row_bounds_) - 1, len(dist.col_bounds_) - 1
             diff = max(
-                np.abs(dist.query_embeddings - local.query_embeddings).max(),
+                np.abs(dist.query_embeddings() - local.query_embeddings()).max(),
                 np.abs(dist.item_embeddings - local.item_embeddings).max(),
             )
             rows.append(

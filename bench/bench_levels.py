@@ -42,7 +42,7 @@ def softmax_epoch(n_items, loss, batches):
     m = fs.SoftmaxModel(n_items, hidden=(256, 128), dim=64, embedding_dim=64, loss=loss,
                         num_negatives=256, epochs=1, batch_size=256)
     m.fit(feats, t, show_progress=False)  # build + warm up
-    return best(lambda: m.fit(feats, t, show_progress=False))
+    return best(lambda: m.partial_fit(feats, t, show_progress=False))
 
 out = {"level": fs._core.kernel_level}
 out["sampled epoch"] = softmax_epoch(100_000, "sampled", 40)

@@ -102,7 +102,7 @@ def make_ours(data: dict, args: argparse.Namespace, **model_options) -> Callable
 
     def timed_epoch() -> dict:
         t0 = time.perf_counter()
-        model.fit(feats, targets, show_progress=False)
+        model.partial_fit(feats, targets, show_progress=False)
         return {"seconds": time.perf_counter() - t0, "loss": model.training_log[-1]["loss"]}
 
     return timed_epoch

@@ -114,7 +114,7 @@ def fit_ours(model, r, alpha, callback=None):
     ones = r.copy()
     ones.data[:] = 1.0
     model.fit(ones, r * np.float32(alpha), show_progress=False, callback=callback)
-    return model.query_embeddings, model.item_embeddings
+    return model.query_embeddings(), model.item_embeddings
 
 
 def fit_theirs(model, r, callback=None):

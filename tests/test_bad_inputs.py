@@ -491,13 +491,15 @@ def test_bag_entries_changed_after_construction_are_caught_by_the_core(where):
     before = model.parameters["bags.b"].copy()
     for bad_id, exc in ((40, IndexError), (-1, IndexError)):
         indices[where] = bad_id
-        with pytest.raises(exc, match=f"bags 'b': expected ids in \\[0, 40\\), got {bad_id}"):
-            model.fit(feats, targets, show_progress=False)
+        for train in (model.partial_fit, model.fit):  # fit keeps the fitted model on bad input
+            with pytest.raises(exc, match=f"bags 'b': expected ids in \\[0, 40\\), got {bad_id}"):
+                train(feats, targets, show_progress=False)
         indices[where] = 3
     for bad_w in (np.nan, np.inf, -np.inf):
         weights[where] = bad_w
-        with pytest.raises(ValueError, match="bags 'b': expected finite weights"):
-            model.fit(feats, targets, show_progress=False)
+        for train in (model.partial_fit, model.fit):
+            with pytest.raises(ValueError, match="bags 'b': expected finite weights"):
+                train(feats, targets, show_progress=False)
         weights[where] = 1.0
     np.testing.assert_array_equal(model.parameters["bags.b"], before)  # no step was taken
     model.fit(feats, targets, show_progress=False)  # valid again

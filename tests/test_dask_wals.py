@@ -49,7 +49,7 @@ def make_problem(n=60, m=45, density=0.12, seed=0, empty_rows=(3, 17), empty_col
 
 
 def assert_same_model(dist, local, atol=2e-6):
-    np.testing.assert_allclose(dist.query_embeddings, local.query_embeddings, rtol=0, atol=atol)
+    np.testing.assert_allclose(dist.query_embeddings(), local.query_embeddings(), rtol=0, atol=atol)
     np.testing.assert_allclose(dist.item_embeddings, local.item_embeddings, rtol=0, atol=atol)
     np.testing.assert_allclose(dist.loss_history, local.loss_history, rtol=1e-6)
 
@@ -69,11 +69,11 @@ def test_same_embeddings_as_single_machine(client, solver, shape, blocks):
     dist = DaskWALS(client, num_row_blocks=blocks[0], num_col_blocks=blocks[1], **kw)
     dist.fit(a, w, show_progress=False)
     assert len(dist.row_bounds_) == blocks[0] + 1 and len(dist.col_bounds_) == blocks[1] + 1
-    assert dist.query_embeddings.dtype == np.float32
-    assert dist.query_embeddings.shape == (shape[0], 6)
+    assert dist.query_embeddings().dtype == np.float32
+    assert dist.query_embeddings().shape == (shape[0], 6)
     assert_same_model(dist, local)
     # Empty rows and columns get the exact solution 0, as on one machine.
-    assert not dist.query_embeddings[[3, 17]].any() and not dist.item_embeddings[5].any()
+    assert not dist.query_embeddings()[[3, 17]].any() and not dist.item_embeddings[5].any()
 
 
 def test_blocks_start_at_gramian_chunks_when_large():
@@ -125,7 +125,7 @@ def test_to_model_is_a_plain_wals(client, tmp_path):
     np.testing.assert_allclose(model.fold_in(a[:4], w[:4]), local.fold_in(a[:4], w[:4]), atol=2e-6)
     model.save(tmp_path / "m.npz")
     np.testing.assert_array_equal(
-        fs.load(tmp_path / "m.npz").query_embeddings, model.query_embeddings
+        fs.load(tmp_path / "m.npz").query_embeddings(), model.query_embeddings()
     )
 
 
@@ -133,13 +133,14 @@ def test_callback_and_progress(client, capsys):
     a, _ = make_problem(seed=4)
     seen = []
 
-    def callback(iteration, model):
-        seen.append((iteration, len(model.loss_history), model.query_embeddings.copy()))
-        return iteration < 1
+    def callback(iteration, model, logs):
+        seen.append((iteration, len(model.loss_history), model.query_embeddings().copy()))
+        assert logs == model.training_log[-1]
+        return iteration >= 1
 
     dist = DaskWALS(client, 3, iterations=5).fit(a, callback=callback)
     assert [s[:2] for s in seen] == [(0, 1), (1, 2)] and len(dist.loss_history) == 2
-    np.testing.assert_array_equal(seen[-1][2], dist.query_embeddings)
+    np.testing.assert_array_equal(seen[-1][2], dist.query_embeddings())
     assert not np.array_equal(seen[0][2], seen[1][2])
     assert "DaskWALS" in capsys.readouterr().err
 
@@ -182,7 +183,7 @@ def test_each_block_receives_only_the_rows_it_touches(client):
     def bytes_sent(dask_worker):
         return dask_worker.transfer_outgoing_bytes_total
 
-    def record(iteration, model):
+    def record(iteration, model, logs):
         totals.append(sum(client.run(bytes_sent).values()))
 
     dist = DaskWALS(client, dim, iterations=4, num_col_blocks=2)
@@ -232,7 +233,7 @@ def test_bad_arguments(client):
             DaskWALS(client, **kwargs)
     mf = DaskWALS(client, 3, iterations=1)
     with pytest.raises(RuntimeError, match="not fitted"):
-        _ = mf.query_embeddings
+        _ = mf.query_embeddings()
     with pytest.raises(RuntimeError, match="not fitted"):
         mf.to_model()
     with pytest.raises(TypeError, match="interactions.*scipy.sparse"):
@@ -299,7 +300,7 @@ def test_killed_workers_are_recomputed_from_the_inputs(client, watchdog):
     ref = DaskWALS(client, **kw).fit(a, w, show_progress=False)
     timer = None
 
-    def callback(iteration, model):
+    def callback(iteration, model, logs):
         nonlocal timer
         workers = sorted(client.scheduler_info()["workers"])
         if iteration == 0:  # between two iterations
@@ -310,7 +311,7 @@ def test_killed_workers_are_recomputed_from_the_inputs(client, watchdog):
 
     got = DaskWALS(client, **kw).fit(a, w, show_progress=False, callback=callback)
     timer.join()
-    np.testing.assert_array_equal(got.query_embeddings, ref.query_embeddings)
+    np.testing.assert_array_equal(got.query_embeddings(), ref.query_embeddings())
     np.testing.assert_array_equal(got.item_embeddings, ref.item_embeddings)
     assert got.loss_history == ref.loss_history
     assert_same_model(got, fs.WALS(**kw).fit(a, w, show_progress=False))
@@ -334,12 +335,12 @@ def test_losing_every_worker_recomputes_blocks_made_by_tasks(client, watchdog):
     kw = dict(dim=8, iterations=3, seed=3, solver="cholesky")
     ref = DaskWALS(client, **kw).fit(blocks, show_progress=False)
 
-    def callback(iteration, model):
+    def callback(iteration, model, logs):
         if iteration == 0:
             kill_all_workers(client)
 
     got = DaskWALS(client, **kw).fit(blocks, show_progress=False, callback=callback)
-    np.testing.assert_array_equal(got.query_embeddings, ref.query_embeddings)
+    np.testing.assert_array_equal(got.query_embeddings(), ref.query_embeddings())
     np.testing.assert_array_equal(got.item_embeddings, ref.item_embeddings)
 
 
@@ -349,7 +350,7 @@ def test_lost_scattered_input_is_a_clear_error(client, watchdog):
     a, _ = make_problem(n=200, m=100, density=0.05, seed=9, empty_rows=(), empty_cols=())
     blocks = [client.scatter(a[:100]), client.scatter(a[100:])]
 
-    def callback(iteration, model):
+    def callback(iteration, model, logs):
         if iteration == 0:
             kill_all_workers(client)
 

@@ -193,7 +193,7 @@ def test_fuzz_wals_fit_and_fold_in(a, dim, solver, w0, lam, weighted, threads):
         assert solver == "cholesky" and lam == 0 and "regularization" in str(e)
         return
     assert _valid_structure(a) and 0 not in a.shape
-    u, v = model.query_embeddings, model.item_embeddings
+    u, v = model.query_embeddings(), model.item_embeddings
     assert u.shape == (a.shape[0], dim) and v.shape == (a.shape[1], dim)
     assert np.isfinite(u).all() and np.isfinite(v).all()
     assert np.isfinite(model.loss_history).all()

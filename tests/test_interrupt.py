@@ -52,8 +52,8 @@ def test_ctrl_c_during_wals_fit(solver, num_threads, after_first_iteration):
     snapshots: list[tuple[np.ndarray, np.ndarray]] = []
     timers: list[tuple[threading.Timer, list[float]]] = []
 
-    def callback(it, model):
-        snapshots.append((model.query_embeddings.copy(), model.item_embeddings.copy()))
+    def callback(it, model, logs):
+        snapshots.append((model.query_embeddings().copy(), model.item_embeddings.copy()))
         if not timers:
             timers.append(_interrupt_after(0.3))
 
@@ -79,7 +79,7 @@ def test_ctrl_c_during_wals_fit(solver, num_threads, after_first_iteration):
     assert len(model.loss_history) == len(snapshots)
     if after_first_iteration:
         assert snapshots
-    u, v = model.query_embeddings, model.item_embeddings
+    u, v = model.query_embeddings(), model.item_embeddings
     assert np.isfinite(u).all() and np.isfinite(v).all()
     if snapshots:
         np.testing.assert_array_equal(u, snapshots[-1][0])

@@ -41,7 +41,7 @@ def test_wals_bit_identical_across_runs_and_thread_counts(solver):
         m = fs.WALS(8, iterations=3, solver=solver, num_threads=threads, seed=7)
         m.fit(a, w, show_progress=False)
         runs.append(
-            (m.query_embeddings, m.item_embeddings, m.loss_history, m.fold_in(a[:9], w[:9]))
+            (m.query_embeddings(), m.item_embeddings, m.loss_history, m.fold_in(a[:9], w[:9]))
         )
     for u, v, hist, folded in runs[1:]:
         np.testing.assert_array_equal(u, runs[0][0])
@@ -206,7 +206,7 @@ def test_wals_huge_weights_and_targets_stay_finite():
     w.data[:] = 1e30
     m = fs.WALS(4, iterations=2, solver="cg", num_threads=1)
     m.fit(a * np.float32(1e15), w, show_progress=False)
-    assert np.isfinite(m.query_embeddings).all() and np.isfinite(m.item_embeddings).all()
+    assert np.isfinite(m.query_embeddings()).all() and np.isfinite(m.item_embeddings).all()
     assert np.isfinite(m.loss_history).all()
     # Cholesky (float64): lambda is lost next to 1e30 weights; a clear error, never NaN.
     chol = fs.WALS(4, iterations=2, solver="cholesky", num_threads=1)
@@ -215,7 +215,7 @@ def test_wals_huge_weights_and_targets_stay_finite():
     except RuntimeError as e:
         assert "weights" in str(e)
     else:
-        assert np.isfinite(chol.query_embeddings).all() and np.isfinite(chol.item_embeddings).all()
+        assert np.isfinite(chol.query_embeddings()).all() and np.isfinite(chol.item_embeddings).all()
 
 
 def test_wals_singular_systems():
@@ -229,7 +229,7 @@ def test_wals_singular_systems():
     for w0 in (0.0, 0.1):
         m = fs.WALS(16, iterations=3, regularization=0.0, unobserved_weight=w0, solver="cg",
                     num_threads=1).fit(a, show_progress=False)  # fmt: skip
-        assert np.isfinite(m.query_embeddings).all() and np.isfinite(m.item_embeddings).all()
+        assert np.isfinite(m.query_embeddings()).all() and np.isfinite(m.item_embeddings).all()
         assert np.isfinite(m.loss_history).all()
         try:  # fold_in solves exactly (Cholesky): a singular row is the documented error
             assert np.isfinite(m.fold_in(a[:5])).all()

@@ -564,7 +564,7 @@ def test_save_load_round_trip(tmp_path):
     with np.load(path, allow_pickle=False) as npz:
         assert str(npz["model_type"]) == "SoftmaxModel"
     # The loaded model keeps training.
-    loaded.fit(feats, targets, show_progress=False)
+    loaded.partial_fit(feats, targets, show_progress=False)
     assert not np.array_equal(loaded.item_embeddings, model.item_embeddings)
 
 

@@ -53,7 +53,7 @@ def snapshots(model_kwargs, a, w=None):
         a,
         w,
         show_progress=False,
-        callback=lambda it, m: seen.append((m.query_embeddings.copy(), m.item_embeddings.copy())),
+        callback=lambda it, m, logs: seen.append((m.query_embeddings().copy(), m.item_embeddings.copy())),
     )
     return mf, seen
 
@@ -205,7 +205,7 @@ def test_fold_in_of_a_training_row_gives_back_its_embedding_once_converged():
     a, w = make_problem(seed=10)
     mf = fs.WALS(4, unobserved_weight=0.1, regularization=0.5, iterations=120, solver="cholesky")
     mf.fit(a, w, show_progress=False)
-    np.testing.assert_allclose(mf.fold_in(a, w), mf.query_embeddings, atol=1e-4)
+    np.testing.assert_allclose(mf.fold_in(a, w), mf.query_embeddings(), atol=1e-4)
 
 
 @pytest.mark.parametrize("solver", ["cholesky", "cg"])
@@ -217,7 +217,7 @@ def test_empty_rows_and_columns_give_zero_embeddings(solver, w0, lam):
         lam_ok = 1e-3  # a non-empty row may be singular without regularization
         mf = fs.WALS(5, unobserved_weight=w0, regularization=lam_ok, iterations=3, solver=solver)
     mf.fit(a, w, show_progress=False)
-    u, v = mf.query_embeddings, mf.item_embeddings
+    u, v = mf.query_embeddings(), mf.item_embeddings
     assert np.isfinite(u).all() and np.isfinite(v).all()
     assert not u[[0, 3, 39]].any() and not v[[0, 5, 29]].any()
     assert np.abs(u).sum(axis=1)[1:3].min() > 0
@@ -232,7 +232,7 @@ def test_results_are_identical_for_every_thread_count():
         for solver in ("cg", "cholesky"):
             mf = fs.WALS(8, iterations=3, solver=solver, num_threads=threads, seed=5)
             mf.fit(a, w, show_progress=False)
-            got = (solver, mf.query_embeddings, mf.item_embeddings, mf.loss_history)
+            got = (solver, mf.query_embeddings(), mf.item_embeddings, mf.loss_history)
             if threads == 1:
                 ref = ref or {}
                 ref[solver] = got
@@ -269,15 +269,18 @@ def test_callback_can_stop_training_and_sees_the_model():
     a, _ = make_problem()
     calls = []
 
-    def callback(iteration, model):
-        calls.append((iteration, len(model.loss_history)))
-        return iteration < 2
+    def callback(iteration, model, logs):
+        calls.append((iteration, len(model.loss_history), logs))
+        return iteration == 2  # True stops, as for SoftmaxModel
 
     mf = fs.WALS(4, iterations=10).fit(a, show_progress=False, callback=callback)
-    assert calls == [(0, 1), (1, 2), (2, 3)]
+    assert [c[:2] for c in calls] == [(0, 1), (1, 2), (2, 3)]
+    assert [c[2] for c in calls] == mf.training_log == [{"loss": x} for x in mf.loss_history]
     assert len(mf.loss_history) == 3
-    mf = fs.WALS(4, iterations=4).fit(a, show_progress=False, callback=lambda i, m: None)
-    assert len(mf.loss_history) == 4
+    # Anything but True (None, False, a number) continues.
+    for value in (None, False, 1):
+        mf = fs.WALS(4, iterations=4).fit(a, show_progress=False, callback=lambda i, m, g: value)
+        assert len(mf.loss_history) == 4
 
 
 def test_progress_bar(capsys):
@@ -318,7 +321,7 @@ def test_save_load_roundtrip(tmp_path):
         assert str(f["model_type"]) == "WALS" and int(f["format_version"]) == 1
     back = fs.load(str(path))
     assert isinstance(back, fs.WALS)
-    np.testing.assert_array_equal(back.query_embeddings, mf.query_embeddings)
+    np.testing.assert_array_equal(back.query_embeddings(), mf.query_embeddings())
     np.testing.assert_array_equal(back.item_embeddings, mf.item_embeddings)
     assert back.loss_history == mf.loss_history
     for name in ("dim", "unobserved_weight", "regularization", "iterations", "solver",
@@ -418,7 +421,7 @@ def test_bad_training_input():
     with pytest.raises(RuntimeError, match="not fitted"):
         mf.fold_in(a)
     with pytest.raises(RuntimeError, match="not fitted"):
-        _ = mf.query_embeddings
+        _ = mf.query_embeddings()
 
 
 def test_bad_fold_in_input():
@@ -510,7 +513,7 @@ def fitted():
 
 
 def test_embed_similar_categorical_is_the_mean_of_the_same_category(fitted):
-    u = fitted.query_embeddings
+    u = fitted.query_embeddings()
     rng = np.random.default_rng(3)
     train = rng.integers(0, 6, 40)
     new = np.array([0, 5, 2, 9, 0, -1])  # 9 and -1: never seen
@@ -525,7 +528,7 @@ def test_embed_similar_categorical_is_the_mean_of_the_same_category(fitted):
 
 
 def test_embed_similar_categorical_weighted(fitted):
-    u = fitted.query_embeddings
+    u = fitted.query_embeddings()
     rng = np.random.default_rng(4)
     train = rng.integers(0, 5, 40)
     weights = rng.integers(0, 4, 40).astype(np.float64)
@@ -545,7 +548,7 @@ def test_embed_similar_several_categorical_columns(fitted):
     weights = rng.random(40)
     for w in (None, weights):
         emb = fitted.embed_similar(train, new, train_weights=w)
-        ref = similar_mean_reference(fitted.query_embeddings, train, new, w)
+        ref = similar_mean_reference(fitted.query_embeddings(), train, new, w)
         np.testing.assert_allclose(emb, ref, rtol=1e-6, atol=1e-7)
 
 
@@ -559,7 +562,7 @@ def test_embed_similar_nearest_neighbours_with_ties(fitted, k):
     for w in (None, weights):
         emb = fitted.embed_similar(train, new, k=k, train_weights=w)
         assert emb.dtype == np.float32 and emb.shape == (5, 5)
-        ref = similar_mean_reference(fitted.query_embeddings, train, new, w, k=k)
+        ref = similar_mean_reference(fitted.query_embeddings(), train, new, w, k=k)
         np.testing.assert_allclose(emb, ref, rtol=1e-6, atol=1e-7)
 
 
@@ -577,7 +580,7 @@ def test_embed_similar_nearest_neighbours_in_blocks(fitted, monkeypatch):
     monkeypatch.setattr(wals, "_SUM_CHUNK", 3)
     chunks = fitted.embed_similar(train, new, k=4, train_weights=weights)
     np.testing.assert_allclose(chunks, whole, rtol=1e-6)
-    ref = similar_mean_reference(fitted.query_embeddings, train, new, weights, k=4)
+    ref = similar_mean_reference(fitted.query_embeddings(), train, new, weights, k=4)
     np.testing.assert_allclose(whole, ref, rtol=1e-6, atol=1e-7)
 
 
@@ -638,15 +641,15 @@ def test_recommend_is_the_exact_top_k_with_exclusions():
     queries = np.array([0, 5, 7, 39, 5])
     ids, scores = mf.recommend(queries, k=4, exclude=a[queries])
     assert ids.shape == scores.shape == (5, 4) and ids.dtype == np.int64
-    full = mf.query_embeddings[queries].astype(np.float64) @ mf.item_embeddings.T
+    full = mf.query_embeddings()[queries].astype(np.float64) @ mf.item_embeddings.T
     full[a[queries].nonzero()] = -np.inf
     for b in range(len(queries)):
         np.testing.assert_allclose(scores[b], np.sort(full[b])[::-1][:4], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(full[b, ids[b]], scores[b], rtol=1e-5, atol=1e-6)
         assert not np.isin(ids[b], a[queries[b]].indices).any()
-    one_ids, _ = mf.recommend(5, k=4)
-    assert one_ids.shape == (4,)
-    np.testing.assert_array_equal(one_ids, mf.recommend([5], k=4)[0][0])
+    one_ids, _ = mf.recommend(5, k=4)  # one query: (1, k), as SoftmaxModel's
+    assert one_ids.shape == (1, 4)
+    np.testing.assert_array_equal(one_ids, mf.recommend([5], k=4)[0])
     assert (mf.recommend([1], k=40)[0] >= 0).sum() == 30  # padding beyond n_items
 
 
@@ -665,7 +668,7 @@ def test_similar_items_by_cosine_without_the_item_itself():
     assert (scores[np.isfinite(scores)] <= 1 + 1e-5).all()
     # Item 5 has no interactions: a zero embedding, cosine 0 with everything, no NaN.
     ids5, scores5 = mf.similar_items(5, k=3)
-    assert ids5.shape == (3,) and np.isfinite(scores5).all() and (scores5 == 0).all()
+    assert ids5.shape == (1, 3) and np.isfinite(scores5).all() and (scores5 == 0).all()
 
 
 def test_raising_the_unobserved_weight_lowers_the_folding_rate():

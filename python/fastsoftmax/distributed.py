@@ -336,12 +336,12 @@ class DaskWALS:
 
     Attributes
     ----------
-    query_embeddings : numpy.ndarray, float32, shape (n_queries, dim)
-        Gathered to the client on first access after a fit.
     item_embeddings : numpy.ndarray, float32, shape (n_items, dim)
-        Gathered to the client on first access after a fit.
+        Gathered to the client on first access after a fit (as U by ``query_embeddings()``).
+    training_log : list of dict
+        ``{"loss": objective}`` after each completed iteration (the exact objective).
     loss_history : list of float
-        The exact objective after each completed iteration.
+        The same objectives as a list.
     row_bounds_, col_bounds_ : numpy.ndarray, int64
         Block boundaries: row block b holds queries ``row_bounds_[b]:row_bounds_[b + 1]``.
     received_rows_ : dict of str to numpy.ndarray, int64
@@ -408,7 +408,7 @@ class DaskWALS:
             if num_col_blocks is None
             else check_int(num_col_blocks, "num_col_blocks", minimum=1)
         )
-        self.loss_history: list[float] = []
+        self.training_log: list[dict[str, float]] = []
         self.row_bounds_: np.ndarray | None = None
         self.col_bounds_: np.ndarray | None = None
         self.received_rows_: dict[str, np.ndarray] = {}
@@ -440,8 +440,17 @@ class DaskWALS:
         return self._cache[name]
 
     @property
+    def loss_history(self) -> list[float]:
+        """list of float: the objective after each completed iteration (``training_log``)."""
+        return [log["loss"] for log in self.training_log]
+
     def query_embeddings(self) -> np.ndarray:
-        """numpy.ndarray, float32, shape (n_queries, dim): U, gathered from the workers."""
+        """U, gathered from the workers.
+
+        Returns
+        -------
+        numpy.ndarray, float32, shape (n_queries, dim)
+        """
         self._check_fitted()
         return self._gather("u", self._u)
 
@@ -466,7 +475,7 @@ class DaskWALS:
                 "init_scale": self.init_scale,
                 "num_threads": self.num_threads,
                 "seed": self.seed,
-                "query_embeddings": self.query_embeddings,
+                "query_embeddings": self.query_embeddings(),
                 "item_embeddings": self.item_embeddings,
                 "loss_history": np.asarray(self.loss_history, dtype=np.float64),
             }
@@ -596,7 +605,7 @@ class DaskWALS:
         weights: Any = None,
         *,
         show_progress: bool = True,
-        callback: Callable[[int, DaskWALS], bool | None] | None = None,
+        callback: Callable[[int, DaskWALS, dict[str, float]], Any] | None = None,
     ) -> DaskWALS:
         """Train U and V from scratch on the cluster (initial embeddings from ``seed``).
 
@@ -615,7 +624,8 @@ class DaskWALS:
         show_progress : bool, default True
             Draw a tqdm progress bar with the current objective.
         callback : callable, optional
-            ``callback(iteration, model)`` after every iteration; returning False stops.
+            ``callback(iteration, model, logs)`` after every iteration (``logs = {"loss":
+            objective}``); returning True stops.
 
         Returns
         -------
@@ -636,7 +646,7 @@ class DaskWALS:
             raise ValueError("client: the cluster has no workers")
         self._u = self._v = None
         self._cache = {}
-        self.loss_history = []
+        self.training_log = []
         self.received_rows_ = {}
 
         raw, row_bounds, n_cols = self._row_blocks(interactions, weights, workers)
@@ -741,11 +751,10 @@ class DaskWALS:
                 self._u, self._v, self._cache = u, v, {}
                 self.received_rows_ = {"query_blocks": got_u, "item_blocks": got_v}
                 loss = _objective(observed, g_u, g_v, self.unobserved_weight, self.regularization)
-                self.loss_history.append(loss)
+                logs = {"loss": loss}
+                self.training_log.append(logs)
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss:.6g}")
-                if callback is not None:
-                    ret = callback(iteration, self)
-                    if ret is not None and not ret:
-                        break
+                if callback is not None and callback(iteration, self, logs) is True:
+                    break
         return self

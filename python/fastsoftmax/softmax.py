@@ -27,6 +27,7 @@ from ._validation import (
     check_seed,
     check_sparse_structure,
 )
+from .estimator import Estimator, exclusion_union
 from .io import register_model, save_arrays
 
 __all__ = ["QueryFeatures", "SoftmaxModel"]
@@ -233,7 +234,7 @@ def _targets_arrays(
     return (*_csr_arrays(m), _row_weights(m, row_weighting, sample_weight))
 
 
-class SoftmaxModel:
+class SoftmaxModel(Estimator):
     """Softmax DNN for retrieval: query tower psi(x), item table V, softmax over all items.
 
     The query tower concatenates the dense features, one embedding per categorical feature and
@@ -378,6 +379,7 @@ class SoftmaxModel:
 
     #: fs.evaluate: queries are described by their features, not by row ids.
     needs_query_features = True
+    _fitted_state = ("_impl", "_schema", "_epoch", "training_log", "best_epoch")
 
     def __init__(
         self,
@@ -595,7 +597,8 @@ class SoftmaxModel:
         show_progress: bool = True,
         callback: Callable[[int, SoftmaxModel, dict[str, float]], Any] | None = None,
     ) -> SoftmaxModel:
-        """Train for ``epochs`` epochs (continuing from the current parameters).
+        """Train for ``epochs`` epochs from a fresh initialisation (drawn from ``seed``);
+        :meth:`partial_fit` continues from the current parameters instead.
 
         Parameters
         ----------
@@ -623,7 +626,8 @@ class SoftmaxModel:
         show_progress : bool, default True
             Show a tqdm progress bar over epochs.
         callback : callable, optional
-            ``callback(epoch, model, logs)`` after each epoch; returning True stops training.
+            ``callback(epoch, model, logs)`` after each epoch (``epoch`` counted from 0 over
+            fit and the partial_fit calls after it); returning True stops training.
 
         Returns
         -------
@@ -654,6 +658,53 @@ class SoftmaxModel:
         give finite losses and gradients; target weights are normalised per row in float64, so
         their scale (even 1e30) does not matter.
         """
+        before = {name: getattr(self, name) for name in self._fitted_state}
+        self._impl, self._schema, self._epoch, self.best_epoch = None, None, 0, None
+        self.training_log = []
+        try:
+            return self.partial_fit(feats, targets, validation=validation,
+                                    early_stopping=early_stopping, metric=metric,
+                                    sample_weight=sample_weight, show_progress=show_progress,
+                                    callback=callback)  # fmt: skip
+        except Exception:
+            if not self.training_log:  # bad input (or divergence in the first epoch)
+                for name, value in before.items():
+                    setattr(self, name, value)
+            raise
+
+    def partial_fit(
+        self,
+        feats: QueryFeatures,
+        targets: Any,
+        *,
+        epochs: int | None = None,
+        validation: tuple | None = None,
+        early_stopping: int | None = None,
+        metric: str = "recall@10",
+        sample_weight: Any = None,
+        show_progress: bool = True,
+        callback: Callable[[int, SoftmaxModel, dict[str, float]], Any] | None = None,
+    ) -> SoftmaxModel:
+        """Continue training from the current parameters and optimiser state (an unfitted
+        model is initialised first, as by :meth:`fit`).
+
+        ``fit`` for n epochs then ``partial_fit(..., epochs=m)`` on the same data gives exactly
+        the parameters of ``fit`` for n + m epochs (the random streams are keyed by the epoch
+        number, which continues).
+
+        Parameters
+        ----------
+        epochs : int, optional
+            Epochs to run, >= 0; default ``self.epochs``.
+        feats, targets, validation, early_stopping, metric, sample_weight, show_progress, callback
+            As in :meth:`fit`.
+
+        Returns
+        -------
+        SoftmaxModel
+            self.
+        """
+        epochs = self.epochs if epochs is None else check_int(epochs, "epochs", minimum=0)
         feats = _as_query_features(feats)
         if feats.n_rows == 0:
             raise ValueError("feats: expected at least one row to fit on, got 0")
@@ -674,9 +725,9 @@ class SoftmaxModel:
         if show_progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=self.epochs, desc="fit", unit="epoch")
+            bar = tqdm(total=epochs, desc="fit", unit="epoch")
         try:
-            for epoch in range(self.epochs):
+            for _ in range(epochs):
                 logs = {"loss": self._fit_epoch(data)}
                 if val is not None:
                     logs[metric] = self._score(val, metric_name, metric_k)
@@ -686,7 +737,7 @@ class SoftmaxModel:
                     bar.set_postfix(logs)
                 if stopper.update(logs.get(metric)):
                     break
-                if callback is not None and callback(epoch, self, logs) is True:
+                if callback is not None and callback(self._epoch - 1, self, logs) is True:
                     break
         finally:
             if bar is not None:
@@ -782,7 +833,7 @@ class SoftmaxModel:
         return v
 
     def recommend(
-        self, feats: QueryFeatures, k: int = 10, *, exclude: Any = None
+        self, feats: QueryFeatures, k: int = 10, *, exclude: Any = None, filter_seen: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items per query by score ``psi(x) . V_j (+ b_j)`` (exact, via fs.topk).
 
@@ -793,6 +844,9 @@ class SoftmaxModel:
         k : int, default 10
         exclude : scipy.sparse matrix, shape (N, n_items), optional
             Items not to recommend per query (e.g. the training interactions).
+        filter_seen : bool, default False
+            Also leave out the items of each query's ``history`` bag (a model with a history
+            feature over the n_items items).
 
         Returns
         -------
@@ -803,6 +857,14 @@ class SoftmaxModel:
         from .retrieval import topk
 
         psi = self.query_embeddings(feats)
+        if filter_seen:
+            seen = self._history_matrix(_as_query_features(feats))
+            if seen is None:
+                raise ValueError(
+                    "filter_seen: the model has no history bag feature over its n_items items; "
+                    "pass exclude= instead"
+                )
+            exclude = seen if exclude is None else exclusion_union(seen, exclude)
         items = self.item_embeddings
         if self.item_bias:
             # psi . V_j + b_j == [psi, 1] . [V_j, b_j]
@@ -932,12 +994,6 @@ class SoftmaxModel:
         state is not saved: further training restarts it.
         """
         save_arrays(path, _MODEL_TYPE, self._to_arrays())
-
-    def __repr__(self) -> str:
-        return (
-            f"SoftmaxModel(n_items={self.n_items}, hidden={self.hidden}, dim={self.dim}, "
-            f"loss={self.loss_kind!r}, optimizer={self.optimizer!r})"
-        )
 
 
 def _parse_metric(metric: object) -> tuple[str, int]:

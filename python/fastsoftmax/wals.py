@@ -21,6 +21,7 @@ from ._validation import (
     check_real,
     check_seed,
 )
+from .estimator import Estimator, exclusion_union, row_ids
 from .io import register_model, save_arrays
 
 __all__ = ["WALS"]
@@ -53,6 +54,26 @@ class _Csr:
             None if self.weights is None else self.weights[perm],
             self.n_rows,
         )
+
+
+def _training_data(interactions: Any, weights: Any) -> tuple[_Csr, tuple[int, int]]:
+    """The training matrix as the core's CSR, rejecting an empty one."""
+    rows, shape = _interactions_and_weights(interactions, weights)
+    if shape[0] < 1 or shape[1] < 1:
+        raise ValueError(f"interactions: expected at least one row and column, got {shape}")
+    if rows.indptr[-1] == 0:
+        raise ValueError(
+            f"interactions: expected at least one stored entry, got none ({shape[0]} x "
+            f"{shape[1]} matrix without interactions)"
+        )
+    return rows, shape
+
+
+def _pattern(rows: _Csr, shape: tuple[int, int]) -> sp.csr_matrix:
+    """The training interactions' sparsity pattern (int8 ones), for ``filter_seen``: it shares
+    the index arrays of ``rows`` and adds one byte per entry."""
+    ones = np.ones(len(rows.indices), dtype=np.int8)
+    return sp.csr_matrix((ones, rows.indices, rows.indptr), shape=shape, copy=False)
 
 
 def _interactions_and_weights(
@@ -286,7 +307,7 @@ def _knn_means(
     return out
 
 
-class WALS:
+class WALS(Estimator):
     """Weighted matrix factorisation A ~ U V^T trained by weighted alternating least squares.
 
     Minimises, over query embeddings U (n_queries x dim) and item embeddings V (n_items x dim),
@@ -332,10 +353,17 @@ class WALS:
 
     Attributes
     ----------
-    query_embeddings : numpy.ndarray, float32, shape (n_queries, dim)
     item_embeddings : numpy.ndarray, float32, shape (n_items, dim)
+        V.
+    training_log : list of dict
+        ``{"loss": objective}`` after each completed iteration (the exact objective).
     loss_history : list of float
-        The exact objective after each completed iteration.
+        The same objectives as a list.
+
+    Notes
+    -----
+    The estimator contract of :mod:`fastsoftmax.estimator`: :meth:`fit` starts afresh,
+    :meth:`partial_fit` continues, ``callback(iteration, model, logs)`` returning True stops.
 
     Examples
     --------
@@ -344,7 +372,7 @@ class WALS:
     >>> a = sp.random(100, 50, density=0.1, format="csr", random_state=0)
     >>> a.data[:] = 1
     >>> mf = fs.WALS(8, iterations=5).fit(a, show_progress=False)
-    >>> mf.query_embeddings.shape, mf.item_embeddings.shape
+    >>> mf.query_embeddings().shape, mf.item_embeddings.shape
     ((100, 8), (50, 8))
     """
 
@@ -372,14 +400,28 @@ class WALS:
         self.seed = check_seed(seed)
         self._u: np.ndarray | None = None
         self._v: np.ndarray | None = None
-        self.loss_history: list[float] = []
+        self._seen: sp.csr_matrix | None = None  # the training interactions (filter_seen)
+        self.training_log: list[dict[str, float]] = []
 
-    def __repr__(self) -> str:
-        shape = "" if self._u is None else f", fitted on {len(self._u)} x {len(self._v)}"
-        return (
-            f"WALS(dim={self.dim}, unobserved_weight={self.unobserved_weight}, "
-            f"regularization={self.regularization}, solver={self.solver!r}{shape})"
-        )
+    _fitted_state = ("_u", "_v", "_seen", "training_log")
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "dim": self.dim,
+            "unobserved_weight": self.unobserved_weight,
+            "regularization": self.regularization,
+            "iterations": self.iterations,
+            "solver": self.solver,
+            "cg_steps": self.cg_steps,
+            "init_scale": self.init_scale,
+            "num_threads": self.num_threads,
+            "seed": self.seed,
+        }
+
+    @property
+    def loss_history(self) -> list[float]:
+        """list of float: the objective after each completed iteration (``training_log``)."""
+        return [log["loss"] for log in self.training_log]
 
     # -- fitted state -------------------------------------------------------------------------
 
@@ -387,11 +429,22 @@ class WALS:
         if self._u is None:
             raise RuntimeError("WALS: the model is not fitted yet; call fit() first")
 
-    @property
-    def query_embeddings(self) -> np.ndarray:
-        """numpy.ndarray, float32, shape (n_queries, dim): the rows of U."""
+    def query_embeddings(self, query_ids: Any = None) -> np.ndarray:
+        """Embeddings of training queries: rows of U.
+
+        Parameters
+        ----------
+        query_ids : int or array_like of int, shape (B,), optional
+            Query (row) ids in ``[0, n_queries)``; default all.
+
+        Returns
+        -------
+        numpy.ndarray, float32, shape (B, dim) (or (n_queries, dim): U itself, not a copy)
+        """
         self._check_fitted()
-        return self._u
+        if query_ids is None:
+            return self._u
+        return self._u[row_ids(query_ids, "query_ids", len(self._u))]
 
     @property
     def item_embeddings(self) -> np.ndarray:
@@ -422,7 +475,7 @@ class WALS:
         weights: Any = None,
         *,
         show_progress: bool = True,
-        callback: Callable[[int, WALS], bool | None] | None = None,
+        callback: Callable[[int, WALS, dict[str, float]], Any] | None = None,
     ) -> WALS:
         """Train U and V from scratch (initial embeddings from ``seed``).
 
@@ -438,9 +491,9 @@ class WALS:
         show_progress : bool, default True
             Draw a tqdm progress bar with the current objective.
         callback : callable, optional
-            ``callback(iteration, model)`` after every iteration (``iteration`` from 0, the
-            model holds the current embeddings and ``loss_history``); returning False stops
-            training.
+            ``callback(iteration, model, logs)`` after every iteration (``iteration`` from 0
+            over all fit / partial_fit calls, ``logs = {"loss": objective}``, the model holds
+            the current embeddings and ``training_log``); returning True stops training.
 
         Returns
         -------
@@ -459,7 +512,7 @@ class WALS:
             definite (possible only with ``regularization=0``).
         KeyboardInterrupt
             On Ctrl-C (noticed within ~50 ms, also while the core runs); the model then holds
-            the embeddings and ``loss_history`` of the last completed iteration (the initial
+            the embeddings and ``training_log`` of the last completed iteration (the initial
             embeddings if none completed) and stays usable.
 
         Notes
@@ -470,25 +523,64 @@ class WALS:
         entries and ``unobserved_weight=0``) gives finite embeddings (it then minimises over
         the non-singular directions only), never NaN.
         """
-        rows, shape = _interactions_and_weights(interactions, weights)
-        if shape[0] < 1 or shape[1] < 1:
-            raise ValueError(f"interactions: expected at least one row and column, got {shape}")
-        if rows.indptr[-1] == 0:
-            raise ValueError(
-                f"interactions: expected at least one stored entry, got none ({shape[0]} x "
-                f"{shape[1]} matrix without interactions)"
-            )
-        cols = rows.transpose()
-        u = _initial_embeddings(self.seed, 0, 0, shape[0], self.dim, self.init_scale)
-        v = _initial_embeddings(self.seed, 1, 0, shape[1], self.dim, self.init_scale)
-        self._u, self._v = u, v
-        self.loss_history = []
-        col_loss = np.empty(shape[1], dtype=np.float64)
-        w0, lam = self.unobserved_weight, self.regularization
+        rows, shape = _training_data(interactions, weights)
+        self._u = _initial_embeddings(self.seed, 0, 0, shape[0], self.dim, self.init_scale)
+        self._v = _initial_embeddings(self.seed, 1, 0, shape[1], self.dim, self.init_scale)
+        self.training_log = []
+        self._seen = _pattern(rows, shape)
+        return self._sweeps(rows, self.iterations, show_progress, callback)
 
+    def partial_fit(
+        self,
+        interactions: Any,
+        weights: Any = None,
+        *,
+        iterations: int | None = None,
+        show_progress: bool = True,
+        callback: Callable[[int, WALS, dict[str, float]], Any] | None = None,
+    ) -> WALS:
+        """Continue training from the current embeddings (of a fitted or loaded model).
+
+        ``fit(a)`` for n iterations then ``partial_fit(a, iterations=m)`` gives exactly the
+        embeddings of ``fit`` for n + m iterations.
+
+        Parameters
+        ----------
+        interactions, weights, show_progress, callback
+            As in :meth:`fit`; the matrix has the fitted shape (n_queries, n_items).
+        iterations : int, optional
+            Sweeps to run, >= 1; default ``self.iterations``.
+
+        Returns
+        -------
+        WALS
+            ``self``.
+
+        Raises
+        ------
+        RuntimeError
+            If the model is not fitted.
+        ValueError
+            As in :meth:`fit`, or for a matrix of another shape.
+        """
+        self._check_fitted()
+        n = self.iterations if iterations is None else check_int(iterations, "iterations", minimum=1)
+        rows, shape = _training_data(interactions, weights)
+        fitted = (len(self._u), len(self._v))
+        if shape != fitted:
+            raise ValueError(f"interactions: expected the fitted shape {fitted}, got {shape}")
+        self._seen = _pattern(rows, shape)
+        return self._sweeps(rows, n, show_progress, callback)
+
+    def _sweeps(self, rows: _Csr, iterations: int, show_progress: bool, callback: Any) -> WALS:
+        """``iterations`` sweeps (U, then V) from the current embeddings, logged."""
+        u, v = self._u, self._v
+        cols = rows.transpose()
+        col_loss = np.empty(len(v), dtype=np.float64)
+        w0, lam = self.unobserved_weight, self.regularization
         gram_v = _core.wals_gramian(v, self.num_threads)
-        with tqdm(total=self.iterations, disable=not show_progress, desc="WALS") as progress:
-            for iteration in range(self.iterations):
+        with tqdm(total=iterations, disable=not show_progress, desc="WALS") as progress:
+            for _ in range(iterations):
                 # The half-sweeps update u and v in place; on Ctrl-C (KeyboardInterrupt raised
                 # from the core) roll back to the last completed iteration.
                 u_done, v_done = u.copy(), v.copy()
@@ -502,14 +594,12 @@ class WALS:
                     v[...] = v_done
                     raise
                 # Observed part from the item half-sweep; the all-pairs part is <U^T U, V^T V>_F.
-                loss = _objective(float(col_loss.sum()), gram_u, gram_v, w0, lam)
-                self.loss_history.append(loss)
+                logs = {"loss": _objective(float(col_loss.sum()), gram_u, gram_v, w0, lam)}
+                self.training_log.append(logs)
                 progress.update(1)
-                progress.set_postfix(loss=f"{loss:.6g}")
-                if callback is not None:
-                    ret = callback(iteration, self)
-                    if ret is not None and not ret:
-                        break
+                progress.set_postfix(loss=f"{logs['loss']:.6g}")
+                if callback is not None and callback(len(self.training_log) - 1, self, logs) is True:
+                    break
         return self
 
     def objective(self, interactions: Any, weights: Any = None) -> float:
@@ -648,24 +738,8 @@ class WALS:
 
     # -- retrieval ----------------------------------------------------------------------------
 
-    def _ids(self, ids: Any, name: str, n: int) -> tuple[np.ndarray, bool]:
-        """Validate ids (an int or a 1-D integer array-like) against [0, n)."""
-        arr = np.asarray(ids)
-        scalar = arr.ndim == 0
-        if arr.dtype.kind not in "iu" or arr.dtype == np.bool_:
-            raise TypeError(f"{name}: expected integer ids, got dtype {arr.dtype}")
-        arr = np.atleast_1d(arr)
-        if arr.ndim != 1:
-            raise ValueError(
-                f"{name}: expected an int or a 1-D array of ids, got shape {arr.shape}"
-            )
-        if arr.size and (arr.min() < 0 or arr.max() >= n):
-            bad = arr[(arr < 0) | (arr >= n)][0]
-            raise IndexError(f"{name}: id {bad} out of range [0, {n})")
-        return arr.astype(np.int64, copy=False), scalar
-
     def recommend(
-        self, query_ids: Any, k: int = 10, *, exclude: Any = None
+        self, query_ids: Any, k: int = 10, *, exclude: Any = None, filter_seen: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items by score ``u_q . v_j`` for training queries (exact, via
         :func:`fastsoftmax.topk`).
@@ -673,19 +747,19 @@ class WALS:
         Parameters
         ----------
         query_ids : int or array_like of int, shape (B,)
-            Query (row) ids in ``[0, n_queries)``.
+            Query (row) ids in ``[0, n_queries)`` (an int is one query).
         k : int, default 10
             Items per query, >= 1.
         exclude : scipy.sparse matrix, shape (B, n_items), optional
-            Items not to recommend, row ``b`` for query ``query_ids[b]`` (e.g.
-            ``train[query_ids]`` to skip the items each query has already seen); shape
-            (1, n_items) when ``query_ids`` is an int.
+            Items not to recommend, row ``b`` for query ``query_ids[b]``.
+        filter_seen : bool, default False
+            Also leave out each query's items in the interactions of the last
+            :meth:`fit` / :meth:`partial_fit` (not kept by :meth:`save`).
 
         Returns
         -------
         ids : numpy.ndarray, int64, shape (B, k)
-            Best first; padded with -1 when fewer than ``k`` items are eligible. Shape (k,) when
-            ``query_ids`` is an int.
+            Best first; padded with -1 when fewer than ``k`` items are eligible.
         scores : numpy.ndarray, float32, shape (B, k)
             The matching scores (padding: -inf).
 
@@ -693,52 +767,22 @@ class WALS:
         ------
         IndexError
             If a query id is out of range.
+        ValueError
+            With ``filter_seen`` on a model without its training interactions (loaded).
         """
         from .retrieval import topk
 
         self._check_fitted()
-        ids, scalar = self._ids(query_ids, "query_ids", len(self._u))
-        out_ids, scores = topk(
-            self._u[ids], self._v, k, exclude=exclude, num_threads=self.num_threads
-        )
-        return (out_ids[0], scores[0]) if scalar else (out_ids, scores)
-
-    def similar_items(self, item_ids: Any, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` items most similar to each given item by cosine similarity of the item
-        embeddings (exact, via :func:`fastsoftmax.topk`); the item itself is left out.
-
-        Parameters
-        ----------
-        item_ids : int or array_like of int, shape (B,)
-            Item ids in ``[0, n_items)``.
-        k : int, default 10
-            Items per query item, >= 1.
-
-        Returns
-        -------
-        ids : numpy.ndarray, int64, shape (B, k)
-            Most similar first; padded with -1 when fewer than ``k`` other items exist. Shape
-            (k,) when ``item_ids`` is an int.
-        scores : numpy.ndarray, float32, shape (B, k)
-            Cosine similarities in [-1, 1] (0 for items with a zero embedding; padding: -inf).
-
-        Raises
-        ------
-        IndexError
-            If an item id is out of range.
-        """
-        from .retrieval import topk
-
-        self._check_fitted()
-        ids, scalar = self._ids(item_ids, "item_ids", len(self._v))
-        norms = np.linalg.norm(self._v, axis=1)
-        unit = self._v / np.where(norms > 0, norms, 1)[:, None].astype(np.float32)
-        itself = sp.csr_matrix(
-            (np.ones(len(ids), np.float32), ids, np.arange(len(ids) + 1)),
-            shape=(len(ids), len(self._v)),
-        )
-        out_ids, scores = topk(unit[ids], unit, k, exclude=itself, num_threads=self.num_threads)
-        return (out_ids[0], scores[0]) if scalar else (out_ids, scores)
+        ids = row_ids(query_ids, "query_ids", len(self._u))
+        if filter_seen:
+            if self._seen is None:
+                raise ValueError(
+                    "filter_seen: the model has no training interactions (it was loaded from "
+                    "a file); pass exclude=train[query_ids] instead"
+                )
+            seen = self._seen[ids]
+            exclude = seen if exclude is None else exclusion_union(seen, exclude)
+        return topk(self._u[ids], self._v, k, exclude=exclude, num_threads=self.num_threads)
 
     # -- persistence --------------------------------------------------------------------------
 
@@ -783,7 +827,8 @@ class WALS:
                 f"path: inconsistent WALS model file (dim {model.dim}, query_embeddings "
                 f"{u.shape}, item_embeddings {v.shape})"
             )
-        model._u, model._v, model.loss_history = u, v, history
+        model._u, model._v = u, v
+        model.training_log = [{"loss": x} for x in history]
         return model
 
     def save(self, path: str | os.PathLike) -> None:
