@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import zipfile
 
 import numpy as np
@@ -197,6 +198,25 @@ def test_not_a_model_file(tmp_path):
         fs.load(tmp_path)
     with pytest.raises(FileNotFoundError):
         fs.load(tmp_path / "missing.npz")
+
+
+def test_a_text_file_is_plainly_not_a_model(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("user,item\n1,2\n")
+    with pytest.raises(ValueError) as e:
+        fs.load(text)
+    assert str(e.value) == f"path: {str(text)!r} is not a fastsoftmax model file (not a .npz archive)"
+    assert "pickle" not in str(e.value)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_saved_files_follow_the_umask(model, tmp_path, mask):
+    old = os.umask(mask)
+    try:
+        model.save(tmp_path / "m.npz")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.npz").stat().st_mode) == 0o666 & ~mask
 
 
 def test_cli_reports_a_truncated_model_file_in_one_line(wals, tmp_path, capsys):

@@ -346,7 +346,7 @@ def test_load_errors(tmp_path):
     with pytest.raises(ValueError, match="no field"):
         fs.load(tmp_path / "broken.npz")
     (tmp_path / "text.npz").write_text("hello")
-    with pytest.raises(ValueError, match="not a readable"):
+    with pytest.raises(ValueError, match="not a fastsoftmax model file"):
         fs.load(tmp_path / "text.npz")
     with pytest.raises(FileNotFoundError):
         fs.load(tmp_path / "missing.npz")

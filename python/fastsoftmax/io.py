@@ -73,6 +73,7 @@ def save_arrays(path: str | os.PathLike, model_type: str, arrays: Mapping[str, A
             np.savez(f, **payload)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it 0600; a saved model follows the umask
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -80,6 +81,13 @@ def save_arrays(path: str | os.PathLike, model_type: str, arrays: Mapping[str, A
         except OSError:
             pass
         raise
+
+
+def _umask() -> int:
+    """The process's file-creation mask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def load(path: str | os.PathLike) -> Any:
@@ -113,7 +121,10 @@ def load(path: str | os.PathLike) -> Any:
         try:
             npz = np.load(f, allow_pickle=False)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise ValueError(f"path: {name!r} is not a readable .npz file ({e})") from e
+            # (numpy's own message for a non-archive suggests allow_pickle: not a way out here)
+            raise ValueError(
+                f"path: {name!r} is not a fastsoftmax model file (not a .npz archive)"
+            ) from e
         if not isinstance(npz, np.lib.npyio.NpzFile):
             raise ValueError(f"path: {name!r} is a .npy file, expected a .npz model file")
         try:
