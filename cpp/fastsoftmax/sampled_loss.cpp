@@ -81,13 +81,17 @@ double SampledSoftmaxLoss::forward_backward(const ConstMapRowMatrixXf& psi,
     item_grad->kind = ItemGradient::Kind::kRowSparse;
     item_grad->deferred = nullptr;
   }
-  return impl_->forward_backward(
-      psi.data(), targets.rows, items.dim, items.weights, items.bias, targets.indptr,
-      targets.indices, targets.weights, batch_seed(ctx.seed, ctx.batch_index), ctx.grad_scale,
-      ctx.num_threads, backward ? dpsi->data() : nullptr, backward ? &item_grad->rows : nullptr,
-      backward ? &item_grad->sparse_weights : nullptr,
-      backward ? &item_grad->sparse_bias : nullptr,
-      backward && ctx.defer_item_rows ? &item_grad->deferred : nullptr, ctx.rows);
+  SampledGradients out;
+  if (backward) {
+    out.dpsi = dpsi->data();
+    out.item_rows = &item_grad->rows;
+    out.item_grad = &item_grad->sparse_weights;
+    out.item_bias_grad = &item_grad->sparse_bias;
+    if (ctx.defer_item_rows) out.deferred_rows = &item_grad->deferred;
+  }
+  return impl_->forward_backward(SampledBatch{psi.data(), items, targets},
+                                 batch_seed(ctx.seed, ctx.batch_index), ctx.grad_scale,
+                                 ctx.num_threads, out, ctx.rows);
 }
 
 GravityLoss::GravityLoss(std::unique_ptr<Loss> inner, double gamma, index_t num_samples)

@@ -33,6 +33,7 @@
 #include "fastsoftmax/common.h"
 #include "fastsoftmax/embedding.h"
 #include "fastsoftmax/negative_sampler.h"
+#include "fastsoftmax/softmax_loss.h"
 
 namespace fastsoftmax {
 
@@ -40,6 +41,31 @@ struct SampledSoftmaxOptions {
   bool logq_correction = true;
   bool remove_accidental_hits = true;
   double gravity = 0.0;  // gamma >= 0
+};
+
+/// The inputs of one sampled-softmax evaluation (read-only views): psi (B x d, B = targets.rows,
+/// d = items.dim), the item table V (n x d) with an optional bias, and the targets: a CSR over the
+/// B rows (indices strictly increasing per row, positive weights, a row's sum its mass: 1 for a
+/// distribution; a row without entries contributes nothing).
+struct SampledBatch {
+  const float* psi = nullptr;
+  ItemParamsView items;
+  TargetsView targets;
+};
+
+/// Where the gradients (of grad_scale x the loss) go. dpsi (B x d) and the row-sparse item
+/// gradient are overwritten: item_rows (unique ids: sorted for shared draws, first-touch order for
+/// per-query draws), item_grad rows [0, item_rows.size()), item_bias_grad (with a bias).
+/// dpsi == nullptr: forward only. deferred_rows != nullptr: item_grad is left alone and
+/// *deferred_rows is set to the rows' contributions instead (in the workspace, valid until the next
+/// call; a row's gradient is their sum, as RowGradient::sum_row; its rows() are item_rows), for an
+/// optimiser that sums each row as it steps it.
+struct SampledGradients {
+  float* dpsi = nullptr;
+  std::vector<index_t>* item_rows = nullptr;
+  RowMatrixXf* item_grad = nullptr;
+  std::vector<float>* item_bias_grad = nullptr;
+  RowGradient** deferred_rows = nullptr;
 };
 
 /// Scratch of sampled_softmax_forward_backward, reused across batches.
@@ -54,43 +80,25 @@ struct SampledSoftmaxWorkspace {
   std::vector<std::pair<index_t, index_t>> sorted;  // (id, column) of the shared draws
   RowMatrixXf dvs;                 // m x d item gradient of the shared draws
   std::vector<float> dbs;          // m
-  // Item gradient of shared draws: candidate ids (sorted unique), the key slot of each draw then
-  // of each target entry, the targets' (id, entry) sorted, and per key whether its row is set.
-  std::vector<index_t> keys;
-  std::vector<index_t> slot;
-  std::vector<std::pair<index_t, index_t>> pos_sorted;
-  std::vector<char> row_set;
-  RowGradient pq_grad;  // item gradient of per-query draws (a slot per item id)
-  RowGradient shared_grad;  // deferred item gradient of shared draws (rows in key order)
-  std::vector<index_t> pos_row;  // batch row of each target entry
+  std::vector<std::pair<index_t, index_t>> pos_sorted;  // (id, entry) of the targets, sorted
+  std::vector<index_t> pos_row;    // batch row of each target entry
+  RowGradient pq_grad;      // item gradient of per-query draws (a slot per item id)
+  RowGradient shared_grad;  // item gradient of shared draws (rows in sorted id order)
+  std::vector<float> grav_w;       // gravity: the draws' weights 1 / (m n Q(s))
+  RowMatrixXf grav_rows;           // gravity, per-query draws: the rows of row 0's draws
   RowMatrixXf gram_items, gram_queries, tmp, grav_dpsi;
   std::vector<Eigen::ArrayXf> exp_scratch;  // per thread slot, m entries
 };
 
-/// Loss (sum over the B rows, unscaled, plus gravity) and gradients of grad_scale * loss.
-///
-/// psi: B x d. items: n x d, bias: n or nullptr. Targets: CSR (indptr B + 1, indices strictly
-/// increasing per row, positive weights (a row's sum is its mass, 1 for a distribution); rows with
-/// no entry contribute nothing).
-/// draws: from NegativeSampler::sample for this batch. pos_log_q: per target entry, log Q(j) of
-/// the positive under the row's proposal (read only when logq_correction and not
+/// Loss (sum over the B rows, unscaled, plus gravity) and gradients of grad_scale * loss, for the
+/// negatives `draws` (from NegativeSampler::sample for this batch). pos_log_q: per target entry,
+/// log Q(j) of the positive under the row's proposal (read only when logq_correction and not
 /// remove_accidental_hits; may be nullptr otherwise).
-/// dpsi (B x d) and the row-sparse item gradient (item_rows unique: sorted for shared draws, in
-/// first-touch order for per-query draws; item_grad rows [0, item_rows.size()), item_bias_grad
-/// when bias) are overwritten; dpsi == nullptr: forward only. deferred_rows != nullptr (with
-/// dpsi): item_grad is left alone and *deferred_rows is set to the rows' contributions instead
-/// (in ws, valid until the next call; each row's gradient is their sum, as RowGradient::sum_row;
-/// its rows() are item_rows), for an optimiser that sums each row as it steps it.
-double sampled_softmax_forward_backward(const float* psi, index_t B, index_t d, const float* items,
-                                        const float* bias, index_t n_items, const index_t* indptr,
-                                        const index_t* indices, const float* weights,
-                                        const NegativeDraws& draws, const float* pos_log_q,
+double sampled_softmax_forward_backward(const SampledBatch& batch, const NegativeDraws& draws,
+                                        const float* pos_log_q,
                                         const SampledSoftmaxOptions& options, float grad_scale,
-                                        int num_threads, float* dpsi,
-                                        std::vector<index_t>* item_rows, RowMatrixXf* item_grad,
-                                        std::vector<float>* item_bias_grad,
-                                        SampledSoftmaxWorkspace& ws,
-                                        RowGradient** deferred_rows = nullptr);
+                                        int num_threads, const SampledGradients& out,
+                                        SampledSoftmaxWorkspace& ws);
 
 /// A sampler and the sampled-softmax options together: draws the batch's negatives (and the
 /// positives' log Q when needed), then calls sampled_softmax_forward_backward. Not thread-safe (it
@@ -106,12 +114,8 @@ class SampledSoftmax {
 
   /// As sampled_softmax_forward_backward, with the negatives drawn from Rng streams of `seed`
   /// (per-query draws: row b's stream keyed by row_keys[b], or by b when nullptr).
-  double forward_backward(const float* psi, index_t B, index_t d, const float* items,
-                          const float* bias, const index_t* indptr, const index_t* indices,
-                          const float* weights, std::uint64_t seed, float grad_scale,
-                          int num_threads, float* dpsi, std::vector<index_t>* item_rows,
-                          RowMatrixXf* item_grad, std::vector<float>* item_bias_grad,
-                          RowGradient** deferred_rows = nullptr,
+  double forward_backward(const SampledBatch& batch, std::uint64_t seed, float grad_scale,
+                          int num_threads, const SampledGradients& out,
                           const index_t* row_keys = nullptr);
 
  private:

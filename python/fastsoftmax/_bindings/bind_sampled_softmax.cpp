@@ -69,6 +69,13 @@ BatchArrays check_batch(pyb::handle psi, pyb::handle items, pyb::handle bias, py
   return a;
 }
 
+// The batch's arrays as the core's views.
+SampledBatch batch_view(const BatchArrays& a) {
+  ItemParamsView items{a.n, a.d, a.items.data(), a.has_bias ? a.bias.data() : nullptr};
+  TargetsView targets{a.B, a.indptr.data(), a.indices.data(), a.weights.data()};
+  return SampledBatch{a.psi.data(), items, targets};
+}
+
 NegativeSamplerOptions sampler_options(const std::string& sampler, std::int64_t num_negatives,
                                        bool share, std::int64_t hard_pool, double temperature,
                                        double hard_fraction) {
@@ -203,10 +210,8 @@ void bind_sampled_softmax(pyb::module_& m) {
         {
           ReleaseGil release;
           loss = sampled_softmax_forward_backward(
-              a.psi.data(), a.B, a.d, a.items.data(), a.has_bias ? a.bias.data() : nullptr, a.n,
-              a.indptr.data(), a.indices.data(), a.weights.data(), draws,
-              pos_log_q.is_none() ? nullptr : plq.data(), opts, grad_scale, num_threads,
-              dpsi.data(), &rows, &grad, &bgrad, ws);
+              batch_view(a), draws, pos_log_q.is_none() ? nullptr : plq.data(), opts, grad_scale,
+              num_threads, SampledGradients{dpsi.data(), &rows, &grad, &bgrad}, ws);
         }
         return gradient_result(loss, dpsi, rows, grad, bgrad, a.has_bias);
       },
@@ -242,10 +247,8 @@ void bind_sampled_softmax(pyb::module_& m) {
         double loss;
         {
           ReleaseGil release;
-          loss = loss_fn.forward_backward(a.psi.data(), a.B, a.d, a.items.data(),
-                                          a.has_bias ? a.bias.data() : nullptr, a.indptr.data(),
-                                          a.indices.data(), a.weights.data(), seed, grad_scale,
-                                          num_threads, dpsi.data(), &rows, &grad, &bgrad);
+          loss = loss_fn.forward_backward(batch_view(a), seed, grad_scale, num_threads,
+                                          SampledGradients{dpsi.data(), &rows, &grad, &bgrad});
         }
         return gradient_result(loss, dpsi, rows, grad, bgrad, a.has_bias);
       },
