@@ -1,8 +1,6 @@
 import json
-import struct
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pytest
@@ -12,25 +10,12 @@ from fastsoftmax.cli import main
 
 
 def read_png(path):
-    """Decode the PNGs our writer produces (8-bit RGB, filter 0): returns (H, W, 3) uint8."""
-    blob = path.read_bytes()
-    assert blob[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, header = 8, b"", None
-    while pos < len(blob):
-        (length,) = struct.unpack(">I", blob[pos : pos + 4])
-        tag, data = blob[pos + 4 : pos + 8], blob[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", blob[pos + 8 + length : pos + 12 + length])
-        assert crc == zlib.crc32(tag + data) & 0xFFFFFFFF
-        if tag == b"IHDR":
-            header = struct.unpack(">IIBBBBB", data)
-        elif tag == b"IDAT":
-            idat += data
-        pos += 12 + length
-    w, h, depth, colour = header[:4]
-    assert (depth, colour) == (8, 2)
-    raw = np.frombuffer(zlib.decompress(idat), dtype=np.uint8).reshape(h, 1 + 3 * w)
-    assert (raw[:, 0] == 0).all()
-    return raw[:, 1:].reshape(h, w, 3)
+    """Decode a PNG file with Pillow (installed with matplotlib): returns (H, W, 3) uint8."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return np.asarray(im.convert("RGB"))
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +47,35 @@ def test_demo_writes_table_json_and_png(demo_run, capsys):
             assert 0 <= row["cold-start recall@10 (similar queries)"] <= 1
     md = (out / "results.md").read_text()
     assert md.startswith("| |") and "folding rate" in md and len(res["sentences"]) >= 5
-    img = read_png(out / "folding.png")
-    assert img.shape[0] > 300 and img.shape[1] > 300
-    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 5  # points in several colours
+    assert res["files"] == {"json": "results.json", "markdown": "results.md",
+                            "png": "folding.png"}  # fmt: skip
+    png = out / "folding.png"
+    assert png.stat().st_size < 2_000_000
+    img = read_png(png)
+    # 2 x 2 panels (two softmax models, two WALS models) at 150 dpi: 10.4 x 10.8 inches.
+    assert img.shape == (1620, 1560, 3)
+    # Not blank: many distinct colours (six categories, anti-aliased markers and text).
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 200
+
+
+def test_demo_without_matplotlib_skips_png(tmp_path, monkeypatch, capsys):
+    """Without matplotlib the demo still writes its results, and says how to get the figure."""
+    # None in sys.modules makes `import matplotlib` (and its submodules) raise ImportError.
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    status = main(["demo", "--quick", "--scale", "0.1", "--out", str(tmp_path), "--no-progress",
+                   "--threads", "2"])  # fmt: skip
+    assert status == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["files"] == {"json": "results.json", "markdown": "results.md"}
+    assert (tmp_path / "results.md").read_text().startswith("| |")
+    assert not (tmp_path / "folding.png").exists()
+    out = capsys.readouterr().out
+    hints = [line for line in out.splitlines() if "pip install 'fastsoftmax[demo]'" in line]
+    assert len(hints) == 1 and "folding.png" in hints[0]
+    wrote = next(line for line in out.splitlines() if line.startswith("wrote "))
+    assert "folding.png" not in wrote
 
 
 def test_demo_claims_hold_on_its_data(demo_run):
@@ -110,7 +121,7 @@ def test_train_recommend_evaluate_on_csv(csv_data, tmp_path, model, capsys):
     assert type(loaded).__name__ == ("WALS" if model == "wals" else "SoftmaxModel")
 
     assert main(["recommend", "--model", str(out), "--user", "u3", "-k", "5"]) == 0
-    lines = [ln.split() for ln in capsys.readouterr().out.splitlines()[1:]]
+    lines = [ln.split() for ln in capsys.readouterr().out.splitlines()[2:]]  # user, header
     assert len(lines) == 5
     recommended = {ln[1] for ln in lines}
     assert all(i.startswith("i") for i in recommended)
@@ -164,6 +175,51 @@ def test_recommend_unknown_user_and_foreign_model_file(csv_data, tmp_path, capsy
     assert main(["recommend", "--model", str(bad), "--user", "1"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def movielens_folder(tmp_path_factory):
+    """A tiny MovieLens-format folder: ratings.csv and movies.csv with titles."""
+    d = tmp_path_factory.mktemp("ml")
+    ds = fs.datasets.make_categories(60, 40, 3, seed=2)
+    coo = ds.interactions.tocoo()
+    rows = ["userId,movieId,rating,timestamp"] + [
+        f"{r + 1},{c + 100},4.0,{1000 + k}" for k, (r, c) in enumerate(zip(coo.row, coo.col))
+    ]
+    (d / "ratings.csv").write_text("\n".join(rows) + "\n")
+    movies = ["movieId,title,genres"] + [f'{c + 100},"Film {c}, The (19{c + 50})",Drama'
+                                         for c in range(40)]  # fmt: skip
+    (d / "movies.csv").write_text("\n".join(movies) + "\n")
+    return d
+
+
+def test_recommend_formats_with_titles(movielens_folder, tmp_path, capsys):
+    import csv
+    import io
+    import json
+
+    out = tmp_path / "m.npz"
+    assert main(["train", "--data", str(movielens_folder), "--dim", "4", "--iterations", "2",
+                 "--out", str(out), "--no-eval", "--no-progress"]) == 0  # fmt: skip
+    capsys.readouterr()
+    base = ["recommend", "--model", str(out), "--user", "3", "--user", "7", "-k", "4"]
+    assert main([*base, "--format", "json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [(r["user"], r["rank"]) for r in records] == [(u, k) for u in ("3", "7") for k in
+                                                          range(1, 5)]  # fmt: skip
+    for r in records:  # original movie ids, their titles, scores best first
+        assert r["title"] == f"Film {int(r['item']) - 100}, The (19{int(r['item']) - 50})"
+    assert all(a["score"] >= b["score"] for a, b in zip(records, records[1:]) if a["user"] == b["user"])
+    assert main([*base, "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert list(rows[0]) == ["user", "rank", "item", "score", "title"]
+    assert [(r["item"], r["title"]) for r in rows] == [(r["item"], r["title"]) for r in records]
+    assert main(base) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = [ln for ln in lines if not ln.startswith("user ")]
+    assert table[0].split() == ["rank", "item", "score", "title"]
+    starts = {ln.index(r["title"]) for ln, r in zip([t for t in table if "Film" in t], records)}
+    assert len(starts) == 1  # the title column is aligned
 
 
 def test_python_dash_m_entry_point():

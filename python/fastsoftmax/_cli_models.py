@@ -9,7 +9,10 @@ user's history features) and the user features.
 from __future__ import annotations
 
 import argparse
+import csv
 import itertools
+import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +38,7 @@ def _load_data(args: argparse.Namespace) -> datasets.Dataset:
         return datasets.load_movielens(path, min_rating=args.min_rating)
     if args.min_rating is not None and args.weight_col is None:
         raise _UserError("--min-rating: needs --weight-col (the column holding the ratings)")
-    ds = datasets.load_csv(path, args.user_col, args.item_col, args.weight_col)
+    ds = _read_csv(path, args.user_col, args.item_col, args.weight_col)
     if args.min_rating is not None:
         m = ds.interactions.copy()
         m.data = (m.data >= args.min_rating).astype(np.float32)
@@ -44,6 +47,34 @@ def _load_data(args: argparse.Namespace) -> datasets.Dataset:
             raise _UserError(f"--min-rating: no rating is >= {args.min_rating}; nothing to train on")
         ds = ds.replace(interactions=sp.csr_matrix(m))
     return ds
+
+
+def _read_csv(path: Path, user_col: str, item_col: str, weight_col: str | None) -> datasets.Dataset:
+    """--data FILE: read with pandas and built by datasets.from_dataframe; without pandas, by
+    the NumPy reader datasets.load_csv. Both give the same Dataset: header names stripped, ids
+    that are all integers as int64 (sorted as numbers), any others as the strings written."""
+    try:
+        import pandas as pd
+    except ImportError:
+        return datasets.load_csv(path, user_col, item_col, weight_col)
+    header = [str(h).strip() for h in pd.read_csv(path, nrows=0).columns]
+    flags = {"--user-col": user_col, "--item-col": item_col, "--weight-col": weight_col}
+    for flag, col in flags.items():
+        if col is not None and col not in header:
+            raise _UserError(f"{flag}: no column {col!r} in {path.name}; it has {header}")
+    wanted = [c for c in flags.values() if c is not None]
+    df = pd.read_csv(path, header=0, names=header, usecols=wanted,
+                     dtype={user_col: str, item_col: str})  # fmt: skip
+    if df.empty:
+        raise _UserError(f"--data: {path} has a header but no interactions")
+    for col in (user_col, item_col):
+        try:
+            numbers = pd.to_numeric(df[col])
+        except (ValueError, TypeError):
+            continue
+        if numbers.dtype.kind in "iu":
+            df[col] = numbers
+    return datasets.from_dataframe(df, user_col, item_col, weight_col).replace(name=str(path))
 
 
 def _features(ds_features: Any, history: sp.csr_matrix, rows: np.ndarray | None = None,
@@ -241,14 +272,38 @@ def recommend(args: argparse.Namespace) -> int:
     seen = b.train[rows]
     k = min(args.k, len(b.item_ids))
     ids, scores = b.model.recommend(b.queries(rows, seen), k=k, exclude=seen)
-    for u, r_ids, r_scores in zip(args.user, ids, scores, strict=True):
-        print(f"user {u}:")
-        for rank, (j, s) in enumerate(zip(r_ids, r_scores, strict=True), 1):
-            if j < 0:
-                break
-            name = f"  {b.item_names[j]}" if b.item_names is not None else ""
-            print(f"{rank:4d}  {b.item_ids[j]}  {s:.4f}{name}")
+    records = [
+        {"user": u, "rank": rank, "item": str(b.item_ids[j]), "score": round(float(s), 6),
+         **({"title": str(b.item_names[j])} if b.item_names is not None else {})}
+        for u, r_ids, r_scores in zip(args.user, ids, scores, strict=True)
+        for rank, (j, s) in enumerate(zip(r_ids, r_scores, strict=True), 1)
+        if j >= 0
+    ]  # fmt: skip
+    _print_records(records, getattr(args, "format", "table"))
     return 0
+
+
+def _print_records(records: list[dict[str, Any]], fmt: str) -> None:
+    """Recommendations as aligned columns per user, JSON records or CSV with a header."""
+    if fmt == "json":
+        print(json.dumps(records, indent=1, ensure_ascii=False))
+        return
+    columns = ["user", "rank", "item", "score"] + (["title"] if records and "title" in records[0]
+                                                   else [])  # fmt: skip
+    if fmt == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        return
+    width = max((len(r["item"]) for r in records), default=4)
+    user = None
+    for r in records:
+        if r["user"] != user:
+            user = r["user"]
+            print(f"user {user}:")
+            print(f"{'rank':>4}  {'item':<{width}}  {'score':>8}" + ("  title" if "title" in r else ""))
+        title = f"  {r['title']}" if "title" in r else ""
+        print(f"{r['rank']:>4}  {r['item']:<{width}}  {r['score']:>8.4f}{title}")
 
 
 def evaluate(args: argparse.Namespace) -> int:

@@ -211,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--user", required=True, action="append",
                      help="original user id (repeat for several users)")  # fmt: skip
     rec.add_argument("-k", type=_positive_int, default=10)
+    rec.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                     help="aligned columns, a JSON list of records, or CSV with a header")  # fmt: skip
 
     ev = sub.add_parser("evaluate", help="evaluate a trained model on a data set",
                         description="Evaluate a trained model against the interactions in "

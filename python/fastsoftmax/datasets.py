@@ -4,7 +4,11 @@
   category and queries interact (almost) only within their own category: the setting in which
   folding can be measured (:func:`fastsoftmax.metrics.folding_rate`).
 * :func:`load_movielens`, :func:`load_csv` -- real interaction files from a local folder.
-* :func:`train_test_split` (a random share of each query's interactions held out) and
+* :func:`from_dataframe` -- interactions from a pandas DataFrame or a pyarrow Table (both
+  optional dependencies: ``pip install 'fastsoftmax[data]'``), keeping the original ids and,
+  optionally, the time of every interaction.
+* :func:`train_test_split` (a random share of each query's interactions held out),
+  :func:`temporal_split` (each query's latest interactions held out) and
   :func:`cold_start_split` (whole queries held out).
 
 Every loader returns a :class:`Dataset`.
@@ -16,13 +20,14 @@ import csv
 import dataclasses
 import numbers
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
-from ._validation import check_int, check_seed
+from ._validation import check_finite, check_int, check_seed, check_sparse_structure
 from .metrics import as_csr
 from .sampler import AliasSampler
 
@@ -30,9 +35,11 @@ __all__ = [
     "Dataset",
     "Features",
     "cold_start_split",
+    "from_dataframe",
     "load_csv",
     "load_movielens",
     "make_categories",
+    "temporal_split",
     "train_test_split",
 ]
 
@@ -97,7 +104,10 @@ class Dataset:
     item_groups : numpy.ndarray, int64, shape (n_items,), or None
         Group of each item (the category; the first genre of a movie), if any.
     query_ids, item_ids : numpy.ndarray, shape (n_queries,) / (n_items,)
-        Original id of each row / column (e.g. MovieLens userId / movieId).
+        Original id of each row / column (e.g. MovieLens userId / movieId); ``arange`` when the
+        data has none. ``user_ids`` is another name for ``query_ids``. Map between original ids
+        and indices with :meth:`user_index` / :meth:`item_index` and :meth:`user_id` /
+        :meth:`item_id`.
     group_names : list of str or None
         Name of each item group id, when groups have names (genres).
     item_features : dict of str -> scipy.sparse.csr_matrix or numpy.ndarray
@@ -106,6 +116,11 @@ class Dataset:
         Item titles, when the files have them.
     name : str
         Where the data came from.
+    timestamps : scipy.sparse.csr_matrix, int64 or float64, shape (n_queries, n_items), or None
+        Time of each interaction, with exactly the stored entries of ``interactions`` (same
+        ``indptr`` and ``indices``): ``timestamps.data[k]`` is the time of
+        ``interactions.data[k]``. Datetimes are int64 nanoseconds since 1970-01-01 UTC. Used by
+        :func:`temporal_split`.
     """
 
     interactions: sp.csr_matrix
@@ -118,6 +133,7 @@ class Dataset:
     item_features: dict[str, object] = field(default_factory=dict)
     item_names: np.ndarray | None = None
     name: str = ""
+    timestamps: sp.csr_matrix | None = None
 
     def __post_init__(self) -> None:
         n_q, n_i = self.interactions.shape
@@ -125,6 +141,105 @@ class Dataset:
             self.query_ids = np.arange(n_q, dtype=np.int64)
         if self.item_ids is None:
             self.item_ids = np.arange(n_i, dtype=np.int64)
+        if self.timestamps is not None and not _same_entries(self.timestamps, self.interactions):
+            raise ValueError(
+                "timestamps: expected a CSR matrix with exactly the stored entries of "
+                "interactions (same shape, indptr and indices); replace both together"
+            )
+
+    @property
+    def user_ids(self) -> np.ndarray:
+        """Original id of each row: ``query_ids``, shape (n_queries,)."""
+        return self.query_ids
+
+    def user_index(self, ids: np.typing.ArrayLike) -> np.ndarray:
+        """Row index of each original user id.
+
+        Parameters
+        ----------
+        ids : scalar or array-like, any shape
+            Original user ids, of the kind of ``user_ids`` (integers or strings).
+
+        Returns
+        -------
+        numpy.ndarray, int64, same shape as ``ids`` (an int64 scalar for a scalar)
+            ``user_ids[result] == ids``.
+
+        Raises
+        ------
+        KeyError
+            If an id is not in ``user_ids``.
+        TypeError
+            If the ids are strings and ``user_ids`` integers, or the other way round.
+        """
+        return _lookup(self.query_ids, ids, "user")
+
+    def item_index(self, ids: np.typing.ArrayLike) -> np.ndarray:
+        """Column index of each original item id; see :meth:`user_index`.
+
+        Parameters
+        ----------
+        ids : scalar or array-like, any shape
+            Original item ids, of the kind of ``item_ids``.
+
+        Returns
+        -------
+        numpy.ndarray, int64, same shape as ``ids`` (an int64 scalar for a scalar)
+            ``item_ids[result] == ids``.
+
+        Raises
+        ------
+        KeyError
+            If an id is not in ``item_ids``.
+        TypeError
+            If the ids are not of the kind of ``item_ids``.
+        """
+        return _lookup(self.item_ids, ids, "item")
+
+    def user_id(self, index: np.typing.ArrayLike) -> np.ndarray:
+        """Original id of each row index (the inverse of :meth:`user_index`).
+
+        Unlike ``user_ids[index]``, negative indices (such as the ``-1`` padding of
+        :func:`fastsoftmax.topk`) are rejected instead of counting from the end.
+
+        Parameters
+        ----------
+        index : int or array-like of int, any shape
+            Row indices in ``[0, n_queries)``.
+
+        Returns
+        -------
+        numpy.ndarray, same dtype as ``user_ids``, same shape as ``index``
+
+        Raises
+        ------
+        IndexError
+            If an index is outside ``[0, n_queries)``.
+        TypeError
+            If ``index`` is not integer.
+        """
+        return _take(self.query_ids, index, "user")
+
+    def item_id(self, index: np.typing.ArrayLike) -> np.ndarray:
+        """Original id of each column index (the inverse of :meth:`item_index`).
+
+        Parameters
+        ----------
+        index : int or array-like of int, any shape
+            Column indices in ``[0, n_items)``; negative ones are rejected.
+
+        Returns
+        -------
+        numpy.ndarray, same dtype as ``item_ids``, same shape as ``index``
+
+        Raises
+        ------
+        IndexError
+            If an index is outside ``[0, n_items)``.
+        TypeError
+            If ``index`` is not integer.
+        """
+        return _take(self.item_ids, index, "item")
 
     @property
     def n_queries(self) -> int:
@@ -145,6 +260,55 @@ class Dataset:
     def replace(self, **changes: object) -> Dataset:
         """A copy with some attributes replaced (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)
+
+
+def _same_entries(a: object, b: sp.csr_matrix) -> bool:
+    """Whether ``a`` is a CSR matrix with the shape, indptr and indices of ``b``."""
+    return (
+        sp.issparse(a)
+        and a.format == "csr"
+        and a.shape == b.shape
+        and np.array_equal(a.indptr, b.indptr)
+        and np.array_equal(a.indices, b.indices)
+    )
+
+
+def _lookup(universe: np.ndarray, ids: np.typing.ArrayLike, what: str) -> np.ndarray:
+    """Position of every id of ``ids`` in ``universe`` (int64, shape of ``ids``)."""
+    query = np.asarray(ids)
+    numeric = universe.dtype.kind in "iu"
+    if query.size and numeric != (query.dtype.kind in "iu"):
+        kind = "integers" if numeric else "strings"
+        raise TypeError(f"ids: the {what} ids are {kind} ({universe.dtype}), got {query.dtype}")
+    if query.size == 0:
+        return np.zeros(query.shape, dtype=np.int64)
+    order = None if (universe[:-1] <= universe[1:]).all() else np.argsort(universe, kind="stable")
+    ordered = universe if order is None else universe[order]
+    pos = np.minimum(np.searchsorted(ordered, query), len(ordered) - 1)
+    unknown = ordered[pos] != query
+    if unknown.any():
+        shown = ", ".join(repr(x) for x in np.unique(query[unknown])[:5].tolist())
+        raise KeyError(
+            f"ids: {int(unknown.sum())} unknown {what} id(s), e.g. {shown} "
+            f"(there are {len(universe):,} {what}s)"
+        )
+    out = (pos if order is None else order[pos]).astype(np.int64)
+    return out[()] if out.ndim == 0 else out
+
+
+def _take(universe: np.ndarray, index: np.typing.ArrayLike, what: str) -> np.ndarray:
+    """``universe[index]`` with every index checked to be in ``[0, len(universe))``."""
+    idx = np.asarray(index)
+    if idx.size == 0:
+        return universe[:0].reshape(idx.shape)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"index: expected integer {what} indices, got dtype {idx.dtype}")
+    bad = (idx < 0) | (idx >= len(universe))
+    if bad.any():
+        raise IndexError(
+            f"index: {what} index {idx[bad].flat[0]} is out of range [0, {len(universe)})"
+        )
+    return universe[idx]
 
 
 def _check_fraction(value: object, name: str) -> float:
@@ -441,6 +605,396 @@ def cold_start_split(
     held = np.zeros(n, dtype=bool)
     held[rng.permutation(n)[:n_test]] = True
     return np.flatnonzero(~held).astype(np.int64), np.flatnonzero(held).astype(np.int64)
+
+
+def temporal_split(
+    interactions: Dataset | sp.spmatrix | sp.sparray,
+    timestamps: sp.spmatrix | sp.sparray | None = None,
+    *,
+    n_last: int = 1,
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Leave the last ``n_last`` interactions of every query out, by time.
+
+    The ``n_last`` latest interactions (stored non-zero entries) of each query go to the test
+    part, the rest to the training part. A query with ``n_last`` interactions or fewer keeps all
+    of them in training (as :func:`train_test_split`, every query with an interaction keeps at
+    least one for training). Ties in time are broken by item index: of two interactions at the
+    same time, the one in the higher column counts as the later one (with ids from
+    :func:`from_dataframe`: the larger original item id), so the split is deterministic and
+    does not depend on the order of the input rows.
+
+    Parameters
+    ----------
+    interactions : Dataset or scipy sparse matrix, shape (n_queries, n_items)
+        A :class:`Dataset` with ``timestamps`` (as :func:`from_dataframe` with
+        ``timestamp_col`` returns), or an interaction matrix (any sparse format; duplicate
+        entries are summed, explicit zeros dropped).
+    timestamps : scipy sparse matrix, shape (n_queries, n_items), optional
+        With a matrix (and only then): the time of each interaction, real numbers (e.g. int64
+        nanoseconds, float seconds) with exactly the stored entries of ``interactions`` after
+        its duplicates are summed, no duplicates of its own.
+    n_last : int, default 1
+        Interactions held out per query, >= 1.
+
+    Returns
+    -------
+    train, test : scipy.sparse.csr_matrix, shape (n_queries, n_items)
+        Disjoint, canonical, same dtype as the interactions; ``train + test == interactions``.
+
+    Raises
+    ------
+    TypeError
+        If an argument has the wrong type.
+    ValueError
+        If the timestamps are missing, misaligned with the interactions or not finite.
+    """
+    csr, times = _interactions_and_times(interactions, timestamps)
+    n_last = check_int(n_last, "n_last", minimum=1)
+    rows = np.repeat(np.arange(csr.shape[0], dtype=np.int64), np.diff(csr.indptr))
+    if (csr.data == 0).any():
+        keep = csr.data != 0
+        csr, times, rows = _select(csr, rows, keep), times[keep], rows[keep]
+    # Sorted by (row, time, column), a row's entries keep their CSR positions as a block. Two
+    # stable sorts (the CSR order is already by column within a row) beat one lexsort.
+    by_time = np.argsort(times, kind="stable")
+    order = by_time[np.argsort(rows[by_time], kind="stable")]
+    position = np.empty(csr.nnz, dtype=np.int64)
+    position[order] = np.arange(csr.nnz)
+    from_end = csr.indptr[rows + 1] - 1 - position  # 0 = the row's latest interaction
+    m = np.diff(csr.indptr)[rows]
+    is_test = (m > n_last) & (from_end < n_last)
+    return _select(csr, rows, ~is_test), _select(csr, rows, is_test)
+
+
+def _interactions_and_times(
+    interactions: object, timestamps: object
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Canonical CSR interactions and the timestamps aligned with their stored entries."""
+    if isinstance(interactions, Dataset):
+        if timestamps is not None:
+            raise ValueError(
+                "timestamps: a Dataset brings its own timestamps; pass a matrix to give them"
+            )
+        if interactions.timestamps is None:
+            raise ValueError(
+                "interactions: this Dataset has no timestamps (from_dataframe(..., "
+                "timestamp_col=...) keeps them); pass a matrix and its timestamps instead"
+            )
+        interactions, timestamps = interactions.interactions, interactions.timestamps
+    csr = as_csr(interactions, "interactions")
+    if timestamps is None:
+        raise ValueError("timestamps: required with an interaction matrix")
+    if not sp.issparse(timestamps):
+        raise TypeError(
+            f"timestamps: expected a scipy.sparse matrix, got {type(timestamps).__name__}"
+        )
+    check_sparse_structure(timestamps, "timestamps")
+    times = sp.csr_matrix(timestamps)
+    if times.dtype.kind not in "iuf":
+        raise TypeError(f"timestamps: expected real numbers, got dtype {times.dtype}")
+    if not times.has_sorted_indices:
+        times = times.copy()
+        times.sort_indices()
+    if not _same_entries(times, csr):
+        raise ValueError(
+            "timestamps: expected exactly the stored entries of interactions (same shape, "
+            "same (row, column) pairs, no duplicates)"
+        )
+    if times.dtype.kind == "f":
+        check_finite(times.data, "timestamps")
+    return csr, times.data
+
+
+# ---- Data frames (pandas / pyarrow) -------------------------------------------------------------
+
+_DATA_EXTRA = "pip install 'fastsoftmax[data]'"
+
+
+def from_dataframe(
+    df: object,
+    user_col: object,
+    item_col: object,
+    weight_col: object | None = None,
+    timestamp_col: object | None = None,
+) -> Dataset:
+    """Interactions from a table with one row per interaction, keeping the original ids.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame or pyarrow.Table (or pyarrow.RecordBatch), n rows
+        Neither library is a dependency of fastsoftmax (``pip install 'fastsoftmax[data]'``);
+        the one ``df`` comes from is used. The index of a DataFrame is ignored.
+    user_col, item_col : column name
+        Columns of the user (query) ids and the item ids: integers or strings (also as a
+        pandas categorical or a pyarrow dictionary), without missing values.
+    weight_col : column name, optional
+        Column of the interaction weights: finite numbers >= 0. Without it every row weighs 1.
+    timestamp_col : column name, optional
+        Column of the interaction times: integers, floats or datetimes (pandas ``datetime64``,
+        pyarrow ``timestamp`` / ``date``), without missing values. Keeps them for
+        :func:`temporal_split`.
+
+    Returns
+    -------
+    Dataset
+        * ``interactions``: canonical float32 CSR, shape (n_users, n_items). Rows of the same
+          (user, item) pair are summed (without ``weight_col``: counted); pairs whose weights
+          sum to 0 are not stored.
+        * ``user_ids`` (= ``query_ids``) / ``item_ids``: the original id of each row / column,
+          shape (n_users,) / (n_items,): the sorted unique ids (int64 for integer ids; NumPy
+          ``str`` for string ids, in code point order). Map them with
+          :meth:`Dataset.user_index`, :meth:`Dataset.item_index`, :meth:`Dataset.user_id` and
+          :meth:`Dataset.item_id`.
+        * ``timestamps`` (with ``timestamp_col``, else None): CSR with the stored entries of
+          ``interactions``; a pair's time is the latest time of its rows. int64 for integer
+          times and for datetimes (nanoseconds since 1970-01-01 UTC), float64 for floats.
+
+    Raises
+    ------
+    TypeError
+        If ``df`` is not a DataFrame / Table, or a column has the wrong type (float, boolean
+        or mixed ids; non-numeric weights; timestamps neither numbers nor datetimes).
+    ValueError
+        If ``df`` is empty or lacks a column, or a column has missing values (NaN, None,
+        null), and for weights that are negative or not finite. The message starts with the
+        argument's name (``user_col: ...``).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> import fastsoftmax as fs
+    >>> df = pd.DataFrame({"user": ["bob", "ann", "bob"], "item": [7, 3, 7]})
+    >>> data = fs.datasets.from_dataframe(df, "user", "item")
+    >>> data.user_ids.tolist(), data.item_ids.tolist()
+    (['ann', 'bob'], [3, 7])
+    >>> data.interactions.toarray()
+    array([[1., 0.],
+           [0., 2.]], dtype=float32)
+    >>> int(data.user_index("bob")), data.item_id([1]).tolist()
+    (1, [7])
+    """
+    frame = _frame(df)
+    columns = {"user_col": user_col, "item_col": item_col, "weight_col": weight_col,
+               "timestamp_col": timestamp_col}  # fmt: skip
+    for arg, col in columns.items():
+        if col is not None or arg in ("user_col", "item_col"):
+            frame.check_column(col, arg)
+    if frame.n_rows == 0:
+        raise ValueError("df: expected at least one interaction, got an empty table")
+    rows, user_ids = _sorted_codes(*frame.ids(user_col, "user_col"))
+    cols, item_ids = _sorted_codes(*frame.ids(item_col, "item_col"))
+    weights = np.ones(frame.n_rows)
+    if weight_col is not None:
+        weights = _checked_weights(frame.numbers(weight_col, "weight_col"), "weight_col")
+    times = None
+    if timestamp_col is not None:
+        times = frame.times(timestamp_col, "timestamp_col")
+        if times.dtype.kind == "f":
+            check_finite(times, "timestamp_col")
+    interactions, timestamps = _aggregate(
+        rows, cols, weights, times, (len(user_ids), len(item_ids))
+    )
+    return Dataset(interactions=interactions, query_ids=user_ids, item_ids=item_ids,
+                   timestamps=timestamps, name=f"from_dataframe({type(df).__name__})")  # fmt: skip
+
+
+def _frame(df: object) -> _PandasFrame | _ArrowFrame:
+    """Column access for a pandas DataFrame or a pyarrow Table / RecordBatch. Neither library
+    is imported here: an object of theirs can only exist if they already are."""
+    pd, pa = sys.modules.get("pandas"), sys.modules.get("pyarrow")
+    if pd is not None and isinstance(df, pd.DataFrame):
+        return _PandasFrame(df)
+    if pa is not None and isinstance(df, (pa.Table, pa.RecordBatch)):
+        return _ArrowFrame(df)
+    raise TypeError(
+        f"df: expected a pandas.DataFrame or a pyarrow.Table, got {type(df).__name__} "
+        f"(both libraries are optional: {_DATA_EXTRA})"
+    )
+
+
+def _reject_missing(missing: np.ndarray, arg: str, what: str) -> None:
+    if missing.any():
+        raise ValueError(
+            f"{arg}: expected no missing {what}, found {int(missing.sum())} (NaN / None / null), "
+            f"the first in row {int(np.argmax(missing))}"
+        )
+
+
+def _check_id_kind(kind: str, dtype: object, arg: str) -> None:
+    if kind not in ("integer", "string"):
+        raise TypeError(
+            f"{arg}: expected integer or string ids, got {kind} values (dtype {dtype}); "
+            "convert the column, e.g. with .astype(str)"
+        )
+
+
+def _id_values(values: np.ndarray, kind: str) -> np.ndarray:
+    """Unique ids as str, or int64 (uint64 from 2**63 on)."""
+    if kind == "string":
+        return np.asarray(values, dtype=str)
+    values = np.asarray(values)
+    if values.dtype.kind == "u" and values.max() >= 2**63:
+        return values.astype(np.uint64)
+    return values.astype(np.int64)
+
+
+def _sorted_codes(codes: np.ndarray, uniques: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Relabel codes into ``uniques`` (distinct, any order) so that the ids come sorted."""
+    ordered, rank = np.unique(uniques, return_inverse=True)
+    return rank.reshape(-1)[codes], ordered
+
+
+def _checked_weights(weights: np.ndarray, arg: str) -> np.ndarray:
+    weights = weights.astype(np.float64, copy=False)
+    check_finite(weights, arg)
+    if (weights < 0).any():
+        row = int(np.argmax(weights < 0))
+        raise ValueError(f"{arg}: expected weights >= 0, got {weights[row]} in row {row}")
+    return weights
+
+
+def _group_pairs(rows: np.ndarray, cols: np.ndarray, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(order, starts)``: ``order`` sorts the (row, col) pairs stably; in that order, a new
+    pair begins at each position of ``starts``."""
+    if (int(rows.max()) + 1) * n_cols < 2**63:  # one int64 key per pair: ~3x faster than lexsort
+        key = rows * n_cols + cols
+        order = np.argsort(key, kind="stable")
+        sorted_keys = [key[order]]
+    else:
+        order = np.lexsort((cols, rows))
+        sorted_keys = [rows[order], cols[order]]
+    new = np.zeros(len(order), dtype=bool)
+    new[0] = True
+    for k in sorted_keys:
+        new[1:] |= k[1:] != k[:-1]
+    return order, np.flatnonzero(new)
+
+
+def _aggregate(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    weights: np.ndarray,
+    times: np.ndarray | None,
+    shape: tuple[int, int],
+) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
+    """Canonical float32 CSR of the summed weights of each (row, col) pair, and (with times)
+    a CSR of the latest time of each pair with the same stored entries. Zero sums are dropped."""
+    order, starts = _group_pairs(rows, cols, shape[1])
+    sums = np.add.reduceat(weights[order], starts)
+    if sums.max() > np.finfo(np.float32).max:
+        raise ValueError("weight_col: the summed weights overflow float32")
+    keep = sums != 0
+    first = order[starts[keep]]  # one input row of every stored pair, in CSR order
+    idx = np.int32 if max(len(first), shape[1]) < 2**31 else np.int64
+    indptr = np.zeros(shape[0] + 1, dtype=idx)
+    np.cumsum(np.bincount(rows[first], minlength=shape[0]), out=indptr[1:])
+    indices = cols[first].astype(idx)
+    interactions = sp.csr_matrix((sums[keep].astype(np.float32), indices, indptr), shape=shape)
+    if times is None:
+        return interactions, None
+    latest = np.maximum.reduceat(times[order], starts)[keep]
+    return interactions, sp.csr_matrix((latest, indices.copy(), indptr.copy()), shape=shape)
+
+
+class _PandasFrame:
+    """The columns of a pandas.DataFrame as NumPy arrays, checked."""
+
+    def __init__(self, df: object) -> None:
+        import pandas as pd
+
+        self.pd, self.df = pd, df
+        self.n_rows = len(df)
+
+    def check_column(self, col: object, arg: str) -> None:
+        _check_column(list(self.df.columns), col, arg)
+
+    def _series(self, col: object, arg: str, what: str) -> object:
+        s = self.df[col]
+        _reject_missing(s.isna().to_numpy(), arg, what)
+        return s
+
+    def ids(self, col: object, arg: str) -> tuple[np.ndarray, np.ndarray]:
+        s = self._series(col, arg, "ids")
+        infer = self.pd.api.types.infer_dtype
+        kind = infer(s.cat.categories) if s.dtype == "category" else infer(s, skipna=False)
+        _check_id_kind(kind, s.dtype, arg)
+        codes, uniques = self.pd.factorize(s)
+        return codes.astype(np.int64, copy=False), _id_values(np.asarray(uniques), kind)
+
+    def numbers(self, col: object, arg: str) -> np.ndarray:
+        s, types = self.df[col], self.pd.api.types
+        if types.is_bool_dtype(s) or types.is_complex_dtype(s) or not types.is_numeric_dtype(s):
+            raise TypeError(f"{arg}: expected a numeric column, got dtype {s.dtype}")
+        s = self._series(col, arg, "values")
+        return s.to_numpy(dtype=np.int64 if types.is_integer_dtype(s) else np.float64)
+
+    def times(self, col: object, arg: str) -> np.ndarray:
+        s = self.df[col]
+        if not self.pd.api.types.is_datetime64_any_dtype(s):
+            return self.numbers(col, arg)
+        s = self._series(col, arg, "times")
+        if getattr(s.dt, "tz", None) is not None:
+            s = s.dt.tz_convert(None)  # UTC
+        return s.to_numpy(dtype="datetime64[ns]").view(np.int64)
+
+
+class _ArrowFrame:
+    """The columns of a pyarrow.Table (or RecordBatch) as NumPy arrays, checked."""
+
+    def __init__(self, table: object) -> None:
+        import pyarrow as pa
+
+        self.pa = pa
+        self.table = table if isinstance(table, pa.Table) else pa.Table.from_batches([table])
+        self.n_rows = self.table.num_rows
+
+    def check_column(self, col: object, arg: str) -> None:
+        _check_column(self.table.column_names, col, arg)
+
+    def _column(self, col: str, arg: str, what: str) -> object:
+        c = self.table.column(col)
+        if c.null_count:
+            _reject_missing(c.is_null().to_numpy(), arg, what)
+        return c
+
+    def ids(self, col: str, arg: str) -> tuple[np.ndarray, np.ndarray]:
+        types = self.pa.types
+        c = self._column(col, arg, "ids")
+        if types.is_dictionary(c.type):
+            c = c.cast(c.type.value_type)
+        t = c.type
+        view = getattr(types, "is_string_view", lambda _: False)  # pyarrow >= 16
+        text = types.is_string(t) or types.is_large_string(t) or view(t)
+        kind = "string" if text else "integer" if types.is_integer(t) else str(t)
+        _check_id_kind(kind, t, arg)
+        encoded = c.dictionary_encode().unify_dictionaries()
+        codes = np.concatenate([chunk.indices.to_numpy() for chunk in encoded.chunks])
+        uniques = encoded.chunk(0).dictionary.to_numpy(zero_copy_only=False)
+        return codes.astype(np.int64), _id_values(uniques, kind)
+
+    def numbers(self, col: str, arg: str) -> np.ndarray:
+        types, t = self.pa.types, self.table.column(col).type
+        if not (types.is_integer(t) or types.is_floating(t)):
+            raise TypeError(f"{arg}: expected a numeric column, got type {t}")
+        values = self._column(col, arg, "values").to_numpy()
+        return values.astype(np.int64 if types.is_integer(t) else np.float64, copy=False)
+
+    def times(self, col: str, arg: str) -> np.ndarray:
+        pa, t = self.pa, self.table.column(col).type
+        if not (pa.types.is_timestamp(t) or pa.types.is_date(t)):
+            return self.numbers(col, arg)
+        c = self._column(col, arg, "times")
+        c = c.cast(pa.timestamp("ns", getattr(t, "tz", None)))  # checked: overflow raises
+        return c.cast(pa.int64()).to_numpy()
+
+
+def _check_column(columns: list, col: object, arg: str) -> None:
+    count = sum(1 for c in columns if c == col)
+    if count == 0:
+        shown = columns[:20] + (["..."] if len(columns) > 20 else [])
+        raise ValueError(f"{arg}: no column {col!r} in df; its columns are {shown}")
+    if count > 1:
+        raise ValueError(f"{arg}: df has {count} columns named {col!r}")
 
 
 # ---- Loaders ------------------------------------------------------------------------------------

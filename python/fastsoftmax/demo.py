@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from . import datasets, metrics
-from ._plot import Panel, category_colors, render_panels, write_png
+from . import datasets, figures, metrics
 from .baselines import Popularity
 from .retrieval import topk
 from .softmax import QueryFeatures, SoftmaxModel
@@ -263,7 +262,14 @@ def run_demo(out_dir: str | Path = "fastsoftmax-demo", config: DemoConfig | None
     table = _markdown_table(results, rows)
 
     png = out / "folding.png"
-    _folding_picture(png, results, data, warm_idx, feats_warm)
+    try:
+        _folding_picture(png, results, data, warm_idx, feats_warm)
+        png_written = True
+    except figures.MatplotlibMissing:
+        png_written = False  # results.json / results.md are still written, without the figure
+    files = {"json": "results.json", "markdown": "results.md"}
+    if png_written:
+        files["png"] = png.name
     payload = {
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
         "corpus": {
@@ -278,7 +284,7 @@ def run_demo(out_dir: str | Path = "fastsoftmax-demo", config: DemoConfig | None
         "models": {r.name: r.row for r in results},
         "sentences": sentences,
         "seconds": time.perf_counter() - t_start,
-        "files": {"json": "results.json", "markdown": "results.md", "png": png.name},
+        "files": files,
     }
     (out / "results.json").write_text(json.dumps(payload, indent=2))
     (out / "results.md").write_text(table + "\n\n" + "\n".join(f"* {s}" for s in sentences) + "\n")
@@ -287,8 +293,11 @@ def run_demo(out_dir: str | Path = "fastsoftmax-demo", config: DemoConfig | None
     print()
     for s in sentences:
         print(f"* {s}")
-    print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}, {png} "
-          f"({payload['seconds']:.0f} s)")  # fmt: skip
+    written = [out / name for name in files.values()]
+    print(f"\nwrote {', '.join(map(str, written))} ({payload['seconds']:.0f} s)")
+    if not png_written:
+        print(f"skipped {png.name}: the figure needs matplotlib, install it with "
+              f"`{figures.INSTALL_HINT}`")  # fmt: skip
     return payload
 
 
@@ -350,7 +359,7 @@ def _n_parameters(model) -> int:
     if isinstance(model, SoftmaxModel):
         return int(sum(p.size for p in model.parameters.values()))
     if isinstance(model, WALS):
-        return int(model.query_embeddings.size + model.item_embeddings.size)
+        return int(model.query_embeddings().size + model.item_embeddings.size)
     return int(model.n_parameters)
 
 
@@ -445,37 +454,27 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x"
 
 
-def _pca2(x: np.ndarray, basis_from: np.ndarray) -> np.ndarray:
-    mean = basis_from.mean(axis=0)
-    _, _, vt = np.linalg.svd(basis_from - mean, full_matrices=False)
-    return (x - mean) @ vt[:2].T
-
-
 def _folding_picture(path: Path, results, data, warm_idx, feats_warm) -> None:
-    """2-D PCA of unit-normalised item (squares) and query (dots) embeddings, coloured by
-    category: one panel per model, positives-only beside negative-sampled softmax, WALS w0=0
-    beside the tuned w0."""
+    """Write the folding figure (:mod:`fastsoftmax.figures`): one panel per model, positives-only
+    beside negative-sampled softmax, WALS w0=0 beside the tuned w0; raises
+    :class:`fastsoftmax.figures.MatplotlibMissing` without matplotlib."""
     rng = np.random.default_rng(0)
-    by = {r.name: r.model for r in results}
+    by = {r.name: r for r in results}
     order = ["Softmax positives-only", "Softmax uniform neg."]
     order += [r.name for r in results if r.name.startswith("WALS")]
+    # A sample of each: 600 + 600 points per panel stay readable.
     items_shown = rng.choice(data.item_groups.size, size=min(600, data.item_groups.size),
                              replace=False)  # fmt: skip
     queries_shown = rng.choice(len(warm_idx), size=min(600, len(warm_idx)), replace=False)
     panels = []
     for name in order:
-        model = by[name]
+        model = by[name].model
         if isinstance(model, SoftmaxModel):
             q = model.query_embeddings(_subset_features(feats_warm, queries_shown))
         else:
-            q = model.query_embeddings[queries_shown]
-        v = model.item_embeddings[items_shown]
-        # Directions matter for inner-product retrieval: compare unit vectors.
-        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-        v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-        both = np.concatenate([q, v]).astype(np.float64)
-        q2, v2 = _pca2(q, both), _pca2(v, both)
-        panels.append(Panel(name, [
-            (q2, category_colors(data.query_groups[warm_idx][queries_shown]), "dot"),
-            (v2, category_colors(data.item_groups[items_shown]), "square")]))  # fmt: skip
-    write_png(path, render_panels(panels))
+            q = model.query_embeddings()[queries_shown]
+        panels.append(figures.folding_panel(
+            name, by[name].row["folding rate"],
+            q, data.query_groups[warm_idx][queries_shown],
+            model.item_embeddings[items_shown], data.item_groups[items_shown]))  # fmt: skip
+    figures.save_folding_figure(path, panels, category_names=data.group_names, k=K)
