@@ -21,7 +21,7 @@ import sys
 
 from _common import print_table, write_json
 
-WORKER = r'''
+WORKER = r"""
 import json, time, numpy as np, scipy.sparse as sp, fastsoftmax as fs
 rng = np.random.default_rng(0)
 
@@ -56,7 +56,7 @@ a.sum_duplicates()
 a.data[:] = 1
 out["wals 3 sweeps"] = best(lambda: fs.WALS(64, iterations=3).fit(a, show_progress=False))
 print(json.dumps(out))
-'''
+"""
 
 
 def run(python: str, cpu: str | None) -> dict:

@@ -118,7 +118,7 @@ def alternate(ours: Callable[[], dict], ref: Callable[[], dict], repeats: int) -
         a_runs.append(ours())
         b_runs.append(ref())
 
-    ratios = [b["seconds"] / a["seconds"] for a, b in zip(a_runs, b_runs)]
+    ratios = [b["seconds"] / a["seconds"] for a, b in zip(a_runs, b_runs, strict=True)]
 
     def best(runs: list[dict]) -> dict:
         return {

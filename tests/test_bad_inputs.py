@@ -487,7 +487,7 @@ def test_bag_entries_changed_after_construction_are_caught_by_the_core(where):
     )
     model = fs.SoftmaxModel(5, hidden=(), dim=2, vocab_sizes={"b": 40}, epochs=1)
     model.fit(feats, targets, show_progress=False)
-    indptr, indices, weights = feats.bags["b"]
+    _, indices, weights = feats.bags["b"]
     before = model.parameters["bags.b"].copy()
     for bad_id, exc in ((40, IndexError), (-1, IndexError)):
         indices[where] = bad_id

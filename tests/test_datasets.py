@@ -118,7 +118,7 @@ def test_train_test_split_duplicates_and_zeros():
     np.testing.assert_array_equal(total, coo.toarray())
     assert train.multiply(test).nnz == 0
     assert (train.data != 0).all() and (test.data != 0).all()
-    with pytest.raises(ValueError, match=r"test_fraction: expected a number in \(0, 1\)"):
+    with pytest.raises(ValueError, match=r"test_fraction: expected a finite number in \(0, 1\)"):
         datasets.train_test_split(coo, test_fraction=1.0)
     with pytest.raises(TypeError, match="interactions: expected a scipy.sparse matrix"):
         datasets.train_test_split(coo.toarray())

@@ -90,8 +90,10 @@ def test_recommend_shapes_and_filter_seen_agree_between_models():
     # filter_seen == exclude=the training rows; with exclude too, the union of both.
     rows = np.array([0, 7, 7, 39])
     extra = sp.csr_matrix((np.zeros(4), ([0, 1, 2, 3], [5, 6, 7, 8])), shape=(4, a.shape[1]))
-    both = a[rows] + abs(extra) + sp.csr_matrix(
-        (np.ones(4), ([0, 1, 2, 3], [5, 6, 7, 8])), shape=(4, a.shape[1])
+    both = (
+        a[rows]
+        + abs(extra)
+        + sp.csr_matrix((np.ones(4), ([0, 1, 2, 3], [5, 6, 7, 8])), shape=(4, a.shape[1]))
     )
     np.testing.assert_array_equal(
         mf.recommend(rows, k=6, filter_seen=True)[0], mf.recommend(rows, k=6, exclude=a[rows])[0]
@@ -157,7 +159,11 @@ def test_get_params_set_params_and_repr():
 
     model = fs.SoftmaxModel(30, loss="sampled", sampler="popularity", num_negatives=64)
     params = model.get_params()
-    assert (params["loss"], params["sampler"], params["num_negatives"]) == ("sampled", "popularity", 64)
+    assert (params["loss"], params["sampler"], params["num_negatives"]) == (
+        "sampled",
+        "popularity",
+        64,
+    )
     assert repr(model) == (
         "SoftmaxModel(n_items=30, loss='sampled', num_negatives=64, sampler='popularity')"
     )

@@ -138,9 +138,13 @@ def test_sgd_step_is_the_gradient_at_the_corrupted_input(target, pooling):
     for name, value in model.parameters.items():
         np.testing.assert_allclose(value, want[name], rtol=1e-4, atol=2e-6, err_msg=name)
     # Not the step at the uncorrupted input.
-    assert not np.allclose(model.parameters["bags.history"], expected_step(
-        build(30, feats, x, optimizer="sgd", learning_rate=lr, batch_size=1000), feats, x, lr
-    )["bags.history"], atol=1e-5)
+    assert not np.allclose(
+        model.parameters["bags.history"],
+        expected_step(
+            build(30, feats, x, optimizer="sgd", learning_rate=lr, batch_size=1000), feats, x, lr
+        )["bags.history"],
+        atol=1e-5,
+    )
 
 
 def test_dropped_targets_with_nothing_dropped_skip_every_row():
@@ -223,7 +227,7 @@ def test_early_stopping_restores_the_best_epoch_exactly():
 
 
 def test_bad_history_and_validation_arguments():
-    feats, x, dense = make_history()
+    feats, x, _ = make_history()
     for bad in (1.0, -0.1, 1.5):
         with pytest.raises(ValueError, match="history_dropout"):
             fs.SoftmaxModel(30, history="history", history_dropout=bad)

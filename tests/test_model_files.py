@@ -205,7 +205,9 @@ def test_a_text_file_is_plainly_not_a_model(tmp_path):
     text.write_text("user,item\n1,2\n")
     with pytest.raises(ValueError) as e:
         fs.load(text)
-    assert str(e.value) == f"path: {str(text)!r} is not a fastsoftmax model file (not a .npz archive)"
+    assert (
+        str(e.value) == f"path: {str(text)!r} is not a fastsoftmax model file (not a .npz archive)"
+    )
     assert "pickle" not in str(e.value)
 
 

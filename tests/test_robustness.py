@@ -215,7 +215,9 @@ def test_wals_huge_weights_and_targets_stay_finite():
     except RuntimeError as e:
         assert "weights" in str(e)
     else:
-        assert np.isfinite(chol.query_embeddings()).all() and np.isfinite(chol.item_embeddings).all()
+        assert (
+            np.isfinite(chol.query_embeddings()).all() and np.isfinite(chol.item_embeddings).all()
+        )
 
 
 def test_wals_singular_systems():

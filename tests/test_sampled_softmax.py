@@ -143,12 +143,25 @@ def test_wide_shapes_match_numpy_reference(case):
         grad_scale=0.5,
     )
     pos_log_q = np.log(np.random.default_rng(3).random(len(indices)) * 0.1).astype(np.float32)
-    ref = sampled_softmax(psi, items, bias, indptr, indices, w, ids, log_q, pos_log_q=pos_log_q, **kw)
+    ref = sampled_softmax(
+        psi, items, bias, indptr, indices, w, ids, log_q, pos_log_q=pos_log_q, **kw
+    )
     for threads in (1, 2):
         got = kernel(
-            psi, items, bias, indptr, indices, w, ids, log_q, pos_log_q=pos_log_q,
-            logq=case["logq"], remove=case["remove"], gravity=case.get("gravity", 0.0),
-            scale=0.5, num_threads=threads,
+            psi,
+            items,
+            bias,
+            indptr,
+            indices,
+            w,
+            ids,
+            log_q,
+            pos_log_q=pos_log_q,
+            logq=case["logq"],
+            remove=case["remove"],
+            gravity=case.get("gravity", 0.0),
+            scale=0.5,
+            num_threads=threads,
         )
         np.testing.assert_allclose(got[0], ref[0], rtol=1e-5)
         n_out = 3 if bias is None else 4

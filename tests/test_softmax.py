@@ -172,7 +172,9 @@ def test_bag_widths_match_reference(width, pooling):
     generic loop: both agree with the reference's pooled lookup (weighted bags, an empty bag)
     and its gradient; 150 rows make several lookup tasks."""
     feats, targets = make_problem(n_rows=150, seed=7)
-    model = build(feats, targets, embedding_dim={"c": 4, "h": width}, pooling=pooling, batch_size=150)
+    model = build(
+        feats, targets, embedding_dim={"c": 4, "h": width}, pooling=pooling, batch_size=150
+    )
     params = model.parameters
     ref_loss, ref_grads = softmax_dnn(params, feats, targets, pooling=pooling)
     assert model.loss(feats, targets) == pytest.approx(ref_loss, rel=1e-5)
@@ -260,7 +262,13 @@ def test_sgd_step_on_rows_seen_once_and_several_times(loss):
     lr = 0.5
     opts = {"num_negatives": 40} if loss == "sampled" else {}
     model = build(
-        feats, targets, loss=loss, optimizer="sgd", learning_rate=lr, batch_size=n_rows, seed=3,
+        feats,
+        targets,
+        loss=loss,
+        optimizer="sgd",
+        learning_rate=lr,
+        batch_size=n_rows,
+        seed=3,
         **opts,
     )
     before = {k: v.copy() for k, v in model.parameters.items()}
@@ -283,8 +291,9 @@ def test_batches_within_an_epoch_equal_one_batch_epochs(optimizer):
     3 dense + 6 + 40 = 49 columns, hidden 256 and 48)."""
     rng = np.random.default_rng(21)
     n = 16
-    one = sp.csr_matrix((rng.random(7) + 0.5, (np.zeros(7, int), rng.choice(90, 7, replace=False))),
-                        shape=(1, 90))
+    one = sp.csr_matrix(
+        (rng.random(7) + 0.5, (np.zeros(7, int), rng.choice(90, 7, replace=False))), shape=(1, 90)
+    )
     target = sp.csr_matrix(([1.0, 2.0], ([0, 0], [5, 17])), shape=(1, 60))
 
     def data(copies):
@@ -296,8 +305,17 @@ def test_batches_within_an_epoch_equal_one_batch_epochs(optimizer):
         return feats, sp.vstack([target] * copies, format="csr")
 
     rng_dense = rng.normal(size=(1, 3))
-    opts = dict(hidden=(256, 48), dim=16, embedding_dim={"c": 6, "h": 40}, optimizer=optimizer,
-                learning_rate=0.05, num_threads=2, seed=5, batch_size=n, loss="full")
+    opts = dict(
+        hidden=(256, 48),
+        dim=16,
+        embedding_dim={"c": 6, "h": 40},
+        optimizer=optimizer,
+        learning_rate=0.05,
+        num_threads=2,
+        seed=5,
+        batch_size=n,
+        loss="full",
+    )
     a = fs.SoftmaxModel(60, epochs=1, **opts).fit(*data(2 * n), show_progress=False)
     b = fs.SoftmaxModel(60, epochs=2, **opts).fit(*data(n), show_progress=False)
     moved = fs.SoftmaxModel(60, epochs=1, **opts).fit(*data(n), show_progress=False)

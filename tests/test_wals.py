@@ -53,7 +53,9 @@ def snapshots(model_kwargs, a, w=None):
         a,
         w,
         show_progress=False,
-        callback=lambda it, m, logs: seen.append((m.query_embeddings().copy(), m.item_embeddings.copy())),
+        callback=lambda it, m, logs: seen.append(
+            (m.query_embeddings().copy(), m.item_embeddings.copy())
+        ),
     )
     return mf, seen
 
@@ -279,7 +281,9 @@ def test_callback_can_stop_training_and_sees_the_model():
     assert len(mf.loss_history) == 3
     # Anything but True (None, False, a number) continues.
     for value in (None, False, 1):
-        mf = fs.WALS(4, iterations=4).fit(a, show_progress=False, callback=lambda i, m, g: value)
+        mf = fs.WALS(4, iterations=4).fit(
+            a, show_progress=False, callback=lambda i, m, g, v=value: v
+        )
         assert len(mf.loss_history) == 4
 
 

@@ -44,7 +44,9 @@ def _load_data(args: argparse.Namespace) -> datasets.Dataset:
         m.data = (m.data >= args.min_rating).astype(np.float32)
         m.eliminate_zeros()
         if m.nnz == 0:
-            raise _UserError(f"--min-rating: no rating is >= {args.min_rating}; nothing to train on")
+            raise _UserError(
+                f"--min-rating: no rating is >= {args.min_rating}; nothing to train on"
+            )
         ds = ds.replace(interactions=sp.csr_matrix(m))
     return ds
 
@@ -301,7 +303,10 @@ def _print_records(records: list[dict[str, Any]], fmt: str) -> None:
         if r["user"] != user:
             user = r["user"]
             print(f"user {user}:")
-            print(f"{'rank':>4}  {'item':<{width}}  {'score':>8}" + ("  title" if "title" in r else ""))
+            print(
+                f"{'rank':>4}  {'item':<{width}}  {'score':>8}"
+                + ("  title" if "title" in r else "")
+            )
         title = f"  {r['title']}" if "title" in r else ""
         print(f"{r['rank']:>4}  {r['item']:<{width}}  {r['score']:>8.4f}{title}")
 

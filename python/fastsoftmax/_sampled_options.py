@@ -6,32 +6,15 @@ loss factory (``_bindings/sampled_loss_factory.h``) consumes.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import numpy as np
 
-from ._validation import as_real_array, check_choice, check_int
+from ._validation import as_real_array, check_choice, check_int, check_real
 
 __all__ = ["SAMPLERS", "SampledOptions"]
 
 SAMPLERS = ("uniform", "popularity", "weights", "in_batch", "score")
-
-
-def _real(
-    value: object, name: str, *, low: float, high: float | None = None, open_low: bool = False
-) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a real number, got {type(value).__name__} {value!r}")
-    v = float(value)
-    bad = (
-        not np.isfinite(v) or v < low or (open_low and v == low) or (high is not None and v > high)
-    )
-    if bad:
-        lo = f"> {low}" if open_low else f">= {low}"
-        hi = f" and <= {high}" if high is not None else ""
-        raise ValueError(f"{name}: expected a finite number {lo}{hi}, got {value!r}")
-    return v
 
 
 def _bool(value: object, name: str) -> bool:
@@ -65,7 +48,7 @@ class SampledOptions:
             self.num_negatives: int | None = None if self.sampler == "in_batch" else 256
         else:
             self.num_negatives = check_int(num_negatives, "num_negatives", minimum=1)
-        self.sampler_alpha = _real(sampler_alpha, "sampler_alpha", low=0.0)
+        self.sampler_alpha = check_real(sampler_alpha, "sampler_alpha", minimum=0)
         self.sampler_weights: np.ndarray | None = None
         if sampler_weights is not None:
             if self.sampler not in ("weights", "score"):
@@ -92,11 +75,11 @@ class SampledOptions:
             self.hard_pool = check_int(hard_pool, "hard_pool (None = exact)", minimum=1)
             if self.hard_pool >= n_items:  # exact sampling costs no more (documented)
                 self.hard_pool = None
-        self.temperature = _real(temperature, "temperature", low=0.0, open_low=True)
-        self.hard_fraction = _real(hard_fraction, "hard_fraction", low=0.0, high=1.0)
+        self.temperature = check_real(temperature, "temperature", minimum=0, exclusive_minimum=True)
+        self.hard_fraction = check_real(hard_fraction, "hard_fraction", minimum=0, maximum=1)
         self.logq_correction = _bool(logq_correction, "logq_correction")
         self.remove_accidental_hits = _bool(remove_accidental_hits, "remove_accidental_hits")
-        self.gravity = _real(gravity, "gravity", low=0.0)
+        self.gravity = check_real(gravity, "gravity", minimum=0)
 
     def loss_options(self, loss: str) -> dict[str, Any]:
         """The ``loss_options`` of the C++ loss factory for ``loss``."""

@@ -72,17 +72,35 @@ def as_real_array(value: object, name: str, *, dtype: type, ndim: int) -> np.nda
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
-def check_real(value: object, name: str, *, minimum: float | None = None) -> float:
-    """Return ``value`` as a finite Python float, rejecting bools, non-numbers, NaN and inf,
-    and values below ``minimum``."""
+def check_real(
+    value: object,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: bool = False,
+    exclusive_maximum: bool = False,
+) -> float:
+    """Return ``value`` as a finite Python float within the bounds (inclusive unless
+    ``exclusive_*``). Raises TypeError for bools and non-numbers, ValueError for NaN, inf and
+    values out of range; the message names ``name`` and the range."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not np.isfinite(value):
-        raise ValueError(f"{name}: expected a finite number, got {value}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name}: expected a number >= {minimum}, got {value}")
-    return value
+    v = float(value)
+    low_ok = minimum is None or (v > minimum if exclusive_minimum else v >= minimum)
+    high_ok = maximum is None or (v < maximum if exclusive_maximum else v <= maximum)
+    if not (np.isfinite(v) and low_ok and high_ok):
+        if minimum is not None and maximum is not None:
+            left, right = "(" if exclusive_minimum else "[", ")" if exclusive_maximum else "]"
+            bounds = f" in {left}{minimum:g}, {maximum:g}{right}"
+        elif minimum is not None:
+            bounds = f" {'>' if exclusive_minimum else '>='} {minimum:g}"
+        elif maximum is not None:
+            bounds = f" {'<' if exclusive_maximum else '<='} {maximum:g}"
+        else:
+            bounds = ""
+        raise ValueError(f"{name}: expected a finite number{bounds}, got {value!r}")
+    return v
 
 
 def as_csr(value: object, name: str, *, dtype: type = np.float32):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import numbers
 import os
 import sys
 from dataclasses import dataclass, field
@@ -27,7 +26,13 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from ._validation import check_finite, check_int, check_seed, check_sparse_structure
+from ._validation import (
+    check_finite,
+    check_int,
+    check_real,
+    check_seed,
+    check_sparse_structure,
+)
 from .metrics import as_csr
 from .sampler import AliasSampler
 
@@ -311,25 +316,6 @@ def _take(universe: np.ndarray, index: np.typing.ArrayLike, what: str) -> np.nda
     return universe[idx]
 
 
-def _check_fraction(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a number in (0, 1), got {type(value).__name__}")
-    value = float(value)
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"{name}: expected a number in (0, 1), got {value}")
-    return value
-
-
-def _check_real(value: object, name: str, *, low: float, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
-    value = float(value)
-    if not np.isfinite(value) or value < low or (high is not None and value > high):
-        rng = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name}: expected a finite number {rng}, got {value}")
-    return value
-
-
 def _csr_from_pairs(
     rows: np.ndarray, cols: np.ndarray, weights: np.ndarray | None, shape: tuple[int, int]
 ) -> sp.csr_matrix:
@@ -420,13 +406,13 @@ def make_categories(
             f"n_categories: expected at most n_items = {n_items} categories, got {n_categories}"
         )
     seed = check_seed(seed)
-    mean = _check_real(interactions_per_query, "interactions_per_query", low=1.0)
-    in_cat = _check_real(in_category, "in_category", low=0.0, high=1.0)
-    alpha = _check_real(popularity_exponent, "popularity_exponent", low=0.0)
+    mean = check_real(interactions_per_query, "interactions_per_query", minimum=1.0)
+    in_cat = check_real(in_category, "in_category", minimum=0.0, maximum=1.0)
+    alpha = check_real(popularity_exponent, "popularity_exponent", minimum=0.0)
     history_size = check_int(history_size, "history_size", minimum=0)
     n_dense = check_int(n_dense, "n_dense", minimum=0)
-    dense_noise = _check_real(dense_noise, "dense_noise", low=0.0)
-    feature_noise = _check_real(feature_noise, "feature_noise", low=0.0, high=1.0)
+    dense_noise = check_real(dense_noise, "dense_noise", minimum=0.0)
+    feature_noise = check_real(feature_noise, "feature_noise", minimum=0.0, maximum=1.0)
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x0CA7E9]))
     n_cat = n_categories
@@ -532,7 +518,14 @@ def train_test_split(
         Disjoint, canonical, same dtype as the input; ``train + test == interactions``.
     """
     csr = as_csr(interactions, "interactions")
-    frac = _check_fraction(test_fraction, "test_fraction")
+    frac = check_real(
+        test_fraction,
+        "test_fraction",
+        minimum=0,
+        maximum=1,
+        exclusive_minimum=True,
+        exclusive_maximum=True,
+    )
     seed = check_seed(seed)
     if (csr.data == 0).any():
         csr = csr.copy()
@@ -597,7 +590,14 @@ def cold_start_split(
         raise TypeError(
             f"interactions: expected a scipy.sparse matrix, got {type(interactions).__name__}"
         )
-    frac = _check_fraction(test_fraction, "test_fraction")
+    frac = check_real(
+        test_fraction,
+        "test_fraction",
+        minimum=0,
+        maximum=1,
+        exclusive_minimum=True,
+        exclusive_maximum=True,
+    )
     seed = check_seed(seed)
     n = interactions.shape[0]
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xC01D]))
@@ -1160,7 +1160,7 @@ def load_movielens(path: str | os.PathLike, *, min_rating: float | None = None) 
     """
     folder = _check_path(path, directory=True)
     if min_rating is not None:
-        min_rating = _check_real(min_rating, "min_rating", low=-np.inf)
+        min_rating = check_real(min_rating, "min_rating")
     if (folder / "u.data").is_file():
         return _load_ml100k(folder, min_rating)
     if (folder / "ratings.csv").is_file():

@@ -24,6 +24,7 @@ from ._validation import (
     check_choice,
     check_int,
     check_num_threads,
+    check_real,
     check_seed,
     check_sparse_structure,
 )
@@ -185,9 +186,7 @@ def _as_query_features(feats: object, name: str = "feats") -> QueryFeatures:
     )
 
 
-def _row_weights(
-    m: Any, row_weighting: str, sample_weight: object
-) -> np.ndarray | None:
+def _row_weights(m: Any, row_weighting: str, sample_weight: object) -> np.ndarray | None:
     """Per-row weights of the loss (float32, shape (N,)), or None when every row weighs 1:
     ``sample_weight`` times, with ``row_weighting="targets"``, the row's target total over the
     mean row's."""
@@ -431,17 +430,17 @@ class SoftmaxModel(Estimator):
         if history is not None and (not isinstance(history, str) or not history):
             raise TypeError(f"history: expected the name of a bag feature, got {history!r}")
         self.history = history
-        self.history_dropout = _check_float(history_dropout, "history_dropout")
-        if self.history_dropout >= 1:
-            raise ValueError(
-                f"history_dropout: expected a number in [0, 1), got {history_dropout!r}"
-            )
+        self.history_dropout = check_real(
+            history_dropout, "history_dropout", minimum=0, maximum=1, exclusive_maximum=True
+        )
         self.history_target = check_choice(history_target, "history_target", _HISTORY_TARGETS)
         self.row_weighting = check_choice(row_weighting, "row_weighting", _ROW_WEIGHTINGS)
         self.loss_kind = check_choice(loss, "loss", _LOSSES)
         self.optimizer = check_choice(optimizer, "optimizer", _OPTIMIZERS)
-        self.learning_rate = _check_float(learning_rate, "learning_rate", positive=True)
-        self.l2 = _check_float(l2, "l2")
+        self.learning_rate = check_real(
+            learning_rate, "learning_rate", minimum=0, exclusive_minimum=True
+        )
+        self.l2 = check_real(l2, "l2", minimum=0)
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
         self.epochs = check_int(epochs, "epochs", minimum=0)
         self.num_threads = check_num_threads(num_threads)
@@ -760,8 +759,7 @@ class SoftmaxModel(Estimator):
         """(features, relevant, exclude) of a validation argument, checked."""
         if not isinstance(validation, tuple) or len(validation) not in (2, 3):
             raise TypeError(
-                "validation: expected a tuple (features, relevant) or (features, relevant, "
-                "exclude)"
+                "validation: expected a tuple (features, relevant) or (features, relevant, exclude)"
             )
         val_feats = _as_query_features(validation[0], "validation features")
         self._data(val_feats, None, name="validation features")
@@ -773,9 +771,7 @@ class SoftmaxModel(Estimator):
         if exclude is not None:
             exclude = _as_csr(exclude, "validation exclude")
             if exclude.shape != shape:
-                raise ValueError(
-                    f"validation exclude: expected shape {shape}, got {exclude.shape}"
-                )
+                raise ValueError(f"validation exclude: expected shape {shape}, got {exclude.shape}")
         return val_feats, relevant, exclude
 
     def _history_matrix(self, feats: QueryFeatures) -> sp.csr_matrix | None:
@@ -1035,16 +1031,6 @@ class _BestEpoch:
             return
         for name, view in self.model.parameters.items():
             view[...] = self.best_params[name]
-
-
-def _check_float(value: object, name: str, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a real number, got {type(value).__name__} {value!r}")
-    v = float(value)
-    if not np.isfinite(v) or v < 0 or (positive and v == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name}: expected a finite number {bound}, got {value!r}")
-    return v
 
 
 register_model(_MODEL_TYPE, SoftmaxModel)

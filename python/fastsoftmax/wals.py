@@ -564,7 +564,11 @@ class WALS(Estimator):
             As in :meth:`fit`, or for a matrix of another shape.
         """
         self._check_fitted()
-        n = self.iterations if iterations is None else check_int(iterations, "iterations", minimum=1)
+        n = (
+            self.iterations
+            if iterations is None
+            else check_int(iterations, "iterations", minimum=1)
+        )
         rows, shape = _training_data(interactions, weights)
         fitted = (len(self._u), len(self._v))
         if shape != fitted:
@@ -598,7 +602,10 @@ class WALS(Estimator):
                 self.training_log.append(logs)
                 progress.update(1)
                 progress.set_postfix(loss=f"{logs['loss']:.6g}")
-                if callback is not None and callback(len(self.training_log) - 1, self, logs) is True:
+                if (
+                    callback is not None
+                    and callback(len(self.training_log) - 1, self, logs) is True
+                ):
                     break
         return self
 
