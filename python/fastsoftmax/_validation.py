@@ -103,13 +103,20 @@ def check_real(
     return v
 
 
-def as_csr(value: object, name: str, *, dtype: type = np.float32):
-    """Convert a scipy.sparse matrix or array (CSR, CSC, COO, ...) to canonical CSR.
+def as_csr(
+    value: object,
+    name: str,
+    *,
+    dtype: type | None = np.float32,
+    shape: tuple[int, int] | None = None,
+    canonical: bool = True,
+):
+    """Convert a scipy.sparse matrix or array (CSR, CSC, COO, ...) to a ``csr_matrix``.
 
-    Returns a ``scipy.sparse.csr_matrix`` with sorted indices, no duplicate entries (summed) and
-    data of ``dtype``; the input is never modified, and not copied when it already is canonical
-    CSR of ``dtype``. Stored zeros stay stored. Raises TypeError for anything that is not a
-    2-D scipy.sparse matrix with real values.
+    With ``canonical``, indices sorted and duplicate entries summed; data of ``dtype`` (None: kept).
+    The input is never modified, and not copied when it already is such a CSR. Stored zeros stay
+    stored. Raises TypeError for anything that is not a 2-D scipy.sparse matrix with real values,
+    ValueError for a shape other than ``shape`` and IndexError for indices outside the shape.
     """
     import scipy.sparse as sp
 
@@ -119,14 +126,16 @@ def as_csr(value: object, name: str, *, dtype: type = np.float32):
         )
     if value.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D sparse matrix, got {value.ndim} dimension(s)")
+    if shape is not None and tuple(value.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(value.shape)}")
     if value.dtype.kind not in "biuf":
         raise TypeError(f"{name}: expected real values, got dtype {value.dtype}")
     check_sparse_structure(value, name)
     csr = sp.csr_matrix(value)  # no copy for a csr_matrix; a new object for anything else
-    if not csr.has_canonical_format:
+    if canonical and not csr.has_canonical_format:
         csr = csr.copy()
         csr.sum_duplicates()  # also sorts the indices
-    if csr.dtype != dtype:
+    if dtype is not None and csr.dtype != dtype:
         csr = csr.astype(dtype)
     return csr
 

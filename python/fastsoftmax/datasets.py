@@ -27,13 +27,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._validation import (
+    as_csr,
     check_finite,
     check_int,
     check_real,
     check_seed,
     check_sparse_structure,
 )
-from .metrics import as_csr
 from .sampler import AliasSampler
 
 __all__ = [
@@ -517,7 +517,7 @@ def train_test_split(
     train, test : scipy.sparse.csr_matrix, shape (n_queries, n_items)
         Disjoint, canonical, same dtype as the input; ``train + test == interactions``.
     """
-    csr = as_csr(interactions, "interactions")
+    csr = as_csr(interactions, "interactions", dtype=None)
     frac = check_real(
         test_fraction,
         "test_fraction",
@@ -681,7 +681,7 @@ def _interactions_and_times(
                 "timestamp_col=...) keeps them); pass a matrix and its timestamps instead"
             )
         interactions, timestamps = interactions.interactions, interactions.timestamps
-    csr = as_csr(interactions, "interactions")
+    csr = as_csr(interactions, "interactions", dtype=None)
     if timestamps is None:
         raise ValueError("timestamps: required with an interaction matrix")
     if not sp.issparse(timestamps):

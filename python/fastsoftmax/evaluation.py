@@ -7,8 +7,8 @@ from typing import Any, Protocol
 import numpy as np
 import scipy.sparse as sp
 
-from ._validation import check_int
-from .metrics import METRIC_NAMES, _hits, _mean, _per_query, as_csr, folding_rate
+from ._validation import as_csr, check_int
+from .metrics import METRIC_NAMES, _hits, _mean, _per_query, folding_rate
 
 __all__ = ["Recommender", "evaluate"]
 
@@ -105,9 +105,9 @@ def evaluate(
     ['hit_rate', 'k', 'map', 'n_queries', 'ndcg', 'precision', 'recall']
     """
     k = check_int(k, "k", minimum=1)
-    test = as_csr(test, "test")
+    test = as_csr(test, "test", dtype=None)
     if train is not None:
-        train = as_csr(train, "train", shape=test.shape)
+        train = as_csr(train, "train", dtype=None, shape=test.shape)
     elif exclude_seen:
         raise ValueError("train: required when exclude_seen is True (got None)")
     by_id = queries is None or _is_id_array(queries)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ._validation import check_int, check_sparse_structure
+from ._validation import as_csr, check_int
 
 __all__ = [
     "folding_rate",
@@ -40,26 +40,6 @@ __all__ = [
 ]
 
 METRIC_NAMES = ("precision", "recall", "ndcg", "map", "hit_rate")
-
-
-def as_csr(value: object, name: str, *, shape: tuple[int, int] | None = None) -> sp.csr_matrix:
-    """``value`` as a scipy CSR matrix in canonical form (sorted indices, no duplicates).
-
-    Copies only when the input is not CSR or not canonical. Raises TypeError if ``value`` is not
-    a scipy sparse matrix/array and ValueError if its shape differs from ``shape``.
-    """
-    if not sp.issparse(value):
-        raise TypeError(f"{name}: expected a scipy.sparse matrix, got {type(value).__name__}")
-    if value.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D sparse matrix, got shape {value.shape}")
-    if shape is not None and tuple(value.shape) != tuple(shape):
-        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(value.shape)}")
-    check_sparse_structure(value, name)
-    csr = sp.csr_matrix(value)
-    if not csr.has_canonical_format:
-        csr = csr.copy()
-        csr.sum_duplicates()
-    return csr
 
 
 def _as_ids(recommended: object, k: int, n_rows: int, n_items: int) -> np.ndarray:
@@ -101,7 +81,7 @@ def _first_occurrence(rec: np.ndarray) -> np.ndarray:
 def _hits(recommended: object, relevant: object, k: object) -> tuple[np.ndarray, np.ndarray, int]:
     """(hits bool (B, k), number of relevant items int64 (B,), k) after validation."""
     k = check_int(k, "k", minimum=1)
-    rel = as_csr(relevant, "relevant")
+    rel = as_csr(relevant, "relevant", dtype=None)
     n_rows, n_items = rel.shape
     rec = _as_ids(recommended, k, n_rows, n_items)
     nonzero = rel.data != 0

@@ -20,13 +20,13 @@ import scipy.sparse as sp
 from . import _core
 from ._sampled_options import SampledOptions
 from ._validation import (
+    as_csr,
     as_real_array,
     check_choice,
     check_int,
     check_num_threads,
     check_real,
     check_seed,
-    check_sparse_structure,
 )
 from .estimator import Estimator, exclusion_union
 from .io import register_model, save_arrays
@@ -39,19 +39,6 @@ _POOLINGS = ("mean", "sum", "sqrtn")
 _HISTORY_TARGETS = ("all", "dropped")
 _ROW_WEIGHTINGS = ("targets", "uniform")
 _MODEL_TYPE = "SoftmaxModel"
-
-
-def _as_csr(value: object, name: str) -> sp.csr_array | sp.csr_matrix:
-    """A CSR copy-on-need of a scipy sparse matrix with float32 data and int64 index arrays."""
-    if not sp.issparse(value):
-        raise TypeError(
-            f"{name}: expected a scipy.sparse matrix (rows x vocabulary), got {type(value).__name__}"
-        )
-    check_sparse_structure(value, name)
-    m = value.tocsr()
-    if m.dtype.kind not in "biuf":
-        raise TypeError(f"{name}: expected real values, got dtype {m.dtype}")
-    return m
 
 
 def _csr_arrays(m: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -136,7 +123,7 @@ class QueryFeatures:
         self.bags: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.bag_vocab: dict[str, int] = {}
         for key, v in _named(bags, "bags", "bag_").items():
-            m = _as_csr(v, f"bags '{key}'")
+            m = as_csr(v, f"bags '{key}'", dtype=None, canonical=False)
             indptr, indices, data = _csr_arrays(m)
             if not np.isfinite(data).all():
                 raise ValueError(f"bags '{key}': expected finite weights, got NaN or inf")
@@ -219,7 +206,7 @@ def _targets_arrays(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """Canonical CSR (sorted, duplicates summed, explicit zeros dropped) of the targets, and
     the rows' weights (:func:`_row_weights`)."""
-    m = _as_csr(targets, "targets")
+    m = as_csr(targets, "targets", dtype=None, canonical=False)
     if m.shape[0] != n_rows:
         raise ValueError(
             f"targets: expected {n_rows} rows (one per feature row), got shape {m.shape}"
@@ -764,12 +751,12 @@ class SoftmaxModel(Estimator):
         val_feats = _as_query_features(validation[0], "validation features")
         self._data(val_feats, None, name="validation features")
         shape = (val_feats.n_rows, self.n_items)
-        relevant = _as_csr(validation[1], "validation relevant")
+        relevant = as_csr(validation[1], "validation relevant", dtype=None)
         if relevant.shape != shape:
             raise ValueError(f"validation relevant: expected shape {shape}, got {relevant.shape}")
         exclude = validation[2] if len(validation) == 3 else self._history_matrix(val_feats)
         if exclude is not None:
-            exclude = _as_csr(exclude, "validation exclude")
+            exclude = as_csr(exclude, "validation exclude", dtype=None)
             if exclude.shape != shape:
                 raise ValueError(f"validation exclude: expected shape {shape}, got {exclude.shape}")
         return val_feats, relevant, exclude
