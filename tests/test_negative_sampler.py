@@ -89,10 +89,10 @@ def test_uniform_shared_and_per_query():
         assert chi_square_pvalue(row, np.full(n, 1 / n)) > 1e-4
 
 
-def test_alias_popularity():
+def test_weights_sampler_draws_the_popularity_distribution():
     w = 1.0 / np.arange(1, 61) ** 0.9
     w[[3, 10]] = 0.0
-    out = draw("alias", 60, 300_000, weights=w, seed=5)
+    out = draw("weights", 60, 300_000, weights=w, seed=5)
     p = w / w.sum()
     assert chi_square_pvalue(out["ids"][0], p) > 1e-4
     assert not np.isin(out["ids"], [3, 10]).any()
@@ -372,10 +372,10 @@ def test_extreme_scores_give_finite_log_q():
     [
         (dict(sampler="nope"), ValueError, "sampler: expected one of"),
         (dict(m=0), ValueError, "num_negatives"),
-        (dict(sampler="alias"), ValueError, "sampler_weights"),
+        (dict(sampler="weights"), ValueError, "sampler_weights"),
         (dict(sampler="score", temperature=0.0), ValueError, "temperature"),
         (dict(sampler="score", hard_fraction=1.5), ValueError, "hard_fraction"),
-        (dict(sampler="alias", weights=-np.ones(10)), ValueError, "weights"),
+        (dict(sampler="weights", weights=-np.ones(10)), ValueError, "weights"),
     ],
 )
 def test_bad_options(kwargs, error, match):

@@ -378,8 +378,8 @@ def test_bias_vanishes_as_m_grows_uniform():
 def test_logq_correction_reduces_bias_under_a_skewed_proposal():
     prob = bias_problem()
     pop = 1.0 / np.arange(1, 101) ** 1.2
-    with_q = [relative_bias("alias", m, prob, weights=pop) for m in (8, 256)]
-    without = relative_bias("alias", 256, prob, weights=pop, logq=False)
+    with_q = [relative_bias("weights", m, prob, weights=pop) for m in (8, 256)]
+    without = relative_bias("weights", 256, prob, weights=pop, logq=False)
     assert with_q[1] < with_q[0]
     assert with_q[1] < 0.1  # measured 0.05 (Monte Carlo noise included), m=8: 0.34
     assert without > 5 * with_q[1]
@@ -394,7 +394,7 @@ def test_bias_with_hits_kept_and_per_query_draws():
 def test_sampled_gravity_is_unbiased():
     prob = bias_problem()
     pop = 1.0 / np.arange(1, 101) ** 0.7
-    err = relative_bias("alias", 512, prob, weights=pop, gravity=0.5)
+    err = relative_bias("weights", 512, prob, weights=pop, gravity=0.5)
     assert err < 0.05
 
 

@@ -101,10 +101,10 @@ double exp_cdf(const float* z, index_t n, double inv_t, const float* offset, dou
 
 SamplerKind parse_sampler_kind(const std::string& name) {
   if (name == "uniform") return SamplerKind::kUniform;
-  if (name == "alias") return SamplerKind::kAlias;
+  if (name == "weights") return SamplerKind::kWeights;
   if (name == "in_batch") return SamplerKind::kInBatch;
   if (name == "score") return SamplerKind::kScore;
-  throw_invalid("sampler: expected one of 'uniform', 'alias', 'in_batch', 'score', got '", name,
+  throw_invalid("sampler: expected one of 'uniform', 'weights', 'in_batch', 'score', got '", name,
                 "'");
 }
 
@@ -130,10 +130,10 @@ NegativeSampler::NegativeSampler(index_t n_items, const NegativeSamplerOptions& 
     m_hard_ = static_cast<index_t>(std::llround(options.hard_fraction * options.num_negatives));
   }
   const bool needs_weights =
-      options.kind == SamplerKind::kAlias || options.kind == SamplerKind::kInBatch;
+      options.kind == SamplerKind::kWeights || options.kind == SamplerKind::kInBatch;
   if (needs_weights && weights == nullptr) {
     throw_invalid("sampler_weights: the '",
-                  options.kind == SamplerKind::kAlias ? "alias" : "in_batch",
+                  options.kind == SamplerKind::kWeights ? "weights" : "in_batch",
                   "' sampler needs one weight per item");
   }
   if (weights != nullptr && options.kind != SamplerKind::kUniform) {
@@ -169,7 +169,7 @@ double NegativeSampler::log_q(const NegativeDraws& draws, index_t b, index_t j,
   switch (options_.kind) {
     case SamplerKind::kUniform:
       return -std::log(static_cast<double>(n_));
-    case SamplerKind::kAlias:
+    case SamplerKind::kWeights:
       return log_q_static_[j];
     case SamplerKind::kInBatch:
       return in_batch_log_q(draws, j);
@@ -196,7 +196,7 @@ void NegativeSampler::sample(const SamplerBatch& batch, std::uint64_t seed, int 
   out.m_hard = 0;
   switch (options_.kind) {
     case SamplerKind::kUniform:
-    case SamplerKind::kAlias: {
+    case SamplerKind::kWeights: {
       out.rows = options_.share ? 1 : batch.B;
       out.m = m;
       out.ids.resize(out.rows * m);

@@ -3,7 +3,7 @@
 // logQ correction (DESIGN.md section 2).
 //
 // * kUniform: Q(j) = 1/n, one Lemire integer draw per negative.
-// * kAlias:   a static distribution (popularity counts ** alpha, or user weights) through an
+// * kWeights: a static distribution (popularity counts ** alpha, or user weights) through an
 //             AliasSampler; Q(j) = its normalised weight.
 // * kInBatch: the negatives are the distinct items among the batch's positive entries, each once
 //             (ascending ids), so the cost per batch is bounded by the batch's distinct items. The
@@ -43,7 +43,7 @@
 
 namespace fastsoftmax {
 
-enum class SamplerKind { kUniform, kAlias, kInBatch, kScore };
+enum class SamplerKind { kUniform, kWeights, kInBatch, kScore };
 
 /// Parses "uniform" | "alias" | "in_batch" | "score"; std::invalid_argument naming `sampler`.
 SamplerKind parse_sampler_kind(const std::string& name);
@@ -93,7 +93,7 @@ struct SamplerBatch {
 
 class NegativeSampler {
  public:
-  /// `weights` (n entries, may be nullptr): kAlias: the static distribution (required); kInBatch:
+  /// `weights` (n entries, may be nullptr): kWeights: the static distribution (required); kInBatch:
   /// the positive-entry frequencies Q(j) (required); kScore: the pool proposal Q0 (nullptr:
   /// uniform). Throws std::invalid_argument naming the bad option.
   NegativeSampler(index_t n_items, const NegativeSamplerOptions& options, const double* weights);
@@ -110,7 +110,7 @@ class NegativeSampler {
   /// read when draws are per query).
   double log_q(const NegativeDraws& draws, index_t b, index_t j, const float* z_col) const;
 
-  /// Static Q(j) (kUniform, kAlias, kInBatch).
+  /// Static Q(j) (kUniform, kWeights, kInBatch).
   double static_probability(index_t j) const;
 
  private:
@@ -123,8 +123,8 @@ class NegativeSampler {
 
   index_t n_;
   NegativeSamplerOptions options_;
-  std::unique_ptr<AliasSampler> alias_;  // kAlias, or the kScore pool proposal
-  std::vector<double> q_;                // static probabilities (kAlias, kInBatch, kScore pool)
+  std::unique_ptr<AliasSampler> alias_;  // kWeights, or the kScore pool proposal
+  std::vector<double> q_;                // static probabilities (kWeights, kInBatch, kScore pool)
   std::vector<float> log_q_static_;      // log of q_ (float, -inf for zero)
   index_t m_hard_ = 0;
 };

@@ -18,7 +18,7 @@ SampledSoftmaxLoss::SampledSoftmaxLoss(index_t n_items, const SampledLossConfig&
   if (s == "uniform") {
     so.kind = SamplerKind::kUniform;
   } else if (s == "popularity" || s == "weights") {
-    so.kind = SamplerKind::kAlias;
+    so.kind = SamplerKind::kWeights;
   } else if (s == "in_batch") {
     so.kind = SamplerKind::kInBatch;
   } else if (s == "score") {

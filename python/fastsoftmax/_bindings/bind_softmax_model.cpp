@@ -1,5 +1,5 @@
 // Bindings of the softmax DNN: the model (parameters as numpy views of its own buffers), a data
-// object that checks and pins the arrays of one fit / predict call, and the loss factory.
+// object that checks and pins the arrays of one fit / predict call, and the loss options.
 #include <pybind11/stl.h>
 
 #include <memory>
@@ -7,51 +7,56 @@
 #include <vector>
 
 #include "binding_utils.h"
+#include "fastsoftmax/loss_factory.h"
 #include "fastsoftmax/softmax_loss.h"
 #include "fastsoftmax/softmax_model.h"
-#include "sampled_loss_factory.h"
 
 namespace fastsoftmax::py {
 namespace {
 
-/// Builds the Loss named `loss`; `options` carries the kind's settings (unused keys are an error).
-std::unique_ptr<Loss> make_loss(const std::string& loss, const pyb::dict& all_options,
-                                index_t n_items) {
-  // Sampled softmax and gravity (sampled_loss_factory.h).
-  if (loss == "sampled") return make_sampled_loss(n_items, all_options);
-  double gravity = 0.0;
-  index_t gravity_samples = 0;
-  const pyb::dict options = pop_gravity_options(all_options, &gravity, &gravity_samples);
-  auto reject_other_options = [&](std::size_t used) {
-    if (options.size() != used) {
-      throw std::invalid_argument(str_cat("loss_options: unexpected options for loss '", loss,
-                                          "': ", std::string(pyb::str(options))));
-    }
+/// fs.SoftmaxModel's loss options (a dict of the kind's settings) as a LossConfig; a key the kind
+/// does not use is an error.
+LossConfig loss_config(const std::string& loss, const pyb::dict& options) {
+  LossConfig c;
+  c.kind = loss;
+  std::size_t used = 0;
+  auto take = [&](const char* key) -> pyb::object {
+    if (!options.contains(key)) return pyb::none();
+    ++used;
+    return options[key];
   };
-  if (loss == "full") {
-    // max_buffer_bytes: B x n logits are stored (not recomputed) when they fit (tests use 0).
-    std::size_t used = 0;
-    std::size_t budget = std::size_t{512} << 20;
-    if (options.contains("max_buffer_bytes")) {
-      budget = options["max_buffer_bytes"].cast<std::size_t>();
-      ++used;
+  pyb::object v;
+  if (loss == "sampled") {
+    SampledLossConfig& s = c.sampled;
+    if (!(v = take("sampler")).is_none()) s.sampler = v.cast<std::string>();
+    if (!(v = take("sampler_alpha")).is_none()) s.sampler_alpha = v.cast<double>();
+    if (!(v = take("sampler_weights")).is_none()) {
+      auto w = require_array<double>(v, "sampler_weights", 1);
+      s.sampler_weights.assign(w.data(), w.data() + w.shape(0));
     }
-    // portable_kernel: Eigen's GEMM instead of the AVX2 kernels (tests compare the two).
-    bool portable = false;
-    if (options.contains("portable_kernel")) {
-      portable = options["portable_kernel"].cast<bool>();
-      ++used;
+    auto& so = s.sampler_options;
+    if (!(v = take("num_negatives")).is_none()) so.num_negatives = v.cast<index_t>();
+    if (!(v = take("share_negatives")).is_none()) so.share = v.cast<bool>();
+    if (!(v = take("hard_pool")).is_none()) so.hard_pool = v.cast<index_t>();
+    if (!(v = take("temperature")).is_none()) so.temperature = v.cast<double>();
+    if (!(v = take("hard_fraction")).is_none()) so.hard_fraction = v.cast<double>();
+    auto& lo = s.loss_options;
+    if (!(v = take("logq_correction")).is_none()) lo.logq_correction = v.cast<bool>();
+    if (!(v = take("remove_accidental_hits")).is_none()) lo.remove_accidental_hits = v.cast<bool>();
+    if (!(v = take("gravity")).is_none()) lo.gravity = v.cast<double>();
+  } else {
+    if (!(v = take("gravity")).is_none()) c.gravity = v.cast<double>();
+    if (!(v = take("num_negatives")).is_none()) c.gravity_samples = v.cast<index_t>();
+    if (loss == "full") {
+      if (!(v = take("max_buffer_bytes")).is_none()) c.max_buffer_bytes = v.cast<std::size_t>();
+      if (!(v = take("portable_kernel")).is_none()) c.portable_kernel = v.cast<bool>();
     }
-    reject_other_options(used);
-    return with_gravity(std::make_unique<FullSoftmaxLoss>(budget, portable), gravity,
-                        gravity_samples);
   }
-  if (loss == "positives") {
-    reject_other_options(0);
-    return with_gravity(std::make_unique<PositivesOnlyLoss>(), gravity, gravity_samples);
+  if (options.size() != used) {
+    throw std::invalid_argument(str_cat("loss_options: unexpected options for loss '", loss,
+                                        "': ", std::string(pyb::str(options))));
   }
-  throw std::invalid_argument(
-      str_cat("loss: expected one of 'full', 'positives', 'sampled', got '", loss, "'"));
+  return c;
 }
 
 /// Query features (and optionally targets) of one call, checked against a model and pinned.
@@ -194,7 +199,7 @@ void bind_softmax_model(pyb::module_& m) {
              c.seed = seed;
              resolve_num_threads(num_threads);  // throws for < 0
              c.num_threads = num_threads;
-             auto l = make_loss(loss, loss_options, n_items);
+             auto l = make_loss(loss_config(loss, loss_options), n_items);
              ReleaseGil release;
              return new SoftmaxModel(c, std::move(l));
            }),
