@@ -335,8 +335,12 @@ FASTSOFTMAX_AVX2 void transpose_8_rows_avx2(const float* src, index_t len, index
 }  // namespace
 
 bool transpose_8_rows(const float* src, index_t len, index_t src_stride, float* dst) {
-  if (len % 8 != 0 || !avx2_fma_available()) return false;
-  transpose_8_rows_avx2(src, len, src_stride, dst);
+  if (!avx2_fma_available()) return false;
+  const index_t bulk = len - len % 8;
+  transpose_8_rows_avx2(src, bulk, src_stride, dst);
+  for (index_t j = bulk; j < len; ++j) {  // the last len % 8 columns, one by one
+    for (index_t i = 0; i < 8; ++i) dst[j * kPanel + i] = src[i * src_stride + j];
+  }
   return true;
 }
 void exp_shifted(float* x, index_t rows, index_t cols, index_t stride, const float* shift) {

@@ -47,13 +47,12 @@ void pack_panels(const float* src, index_t rows, index_t cols, index_t row_strid
 
 /// Writes n <= 16 rows of a matrix (row i: src[i * src_stride .. + len)) as lanes 0..n-1 of a
 /// panel: dst[j * 16 + i] = src[i * src_stride + j] (a panel of the transpose, or part of one
-/// when dst points at a later lane). Exact copies; AVX2 8 x 8 transposes when available and len
-/// is a multiple of 8. Portable.
+/// when dst points at a later lane). Exact copies; AVX2 8 x 8 transposes when available. Portable.
 void pack_rows_transposed(const float* src, index_t n, index_t len, index_t src_stride,
                           float* dst);
 
 /// The AVX2 part of pack_rows_transposed for n = 8: false (nothing written) when AVX2 is not
-/// available or len is not a multiple of 8.
+/// available.
 bool transpose_8_rows(const float* src, index_t len, index_t src_stride, float* dst);
 
 /// The Operand of a rows x cols matrix packed by pack_panels.

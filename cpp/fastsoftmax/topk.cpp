@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "fastsoftmax/simd_kernels.h"
 #include "fastsoftmax/thread_pool.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -77,17 +78,17 @@ struct Heap {
   }
 };
 
-// ---- Kernels: pack a panel of 16 items (transpose to d x 16) and score a tile of MR x 16. ------
-// Both kernels compute every score as the same sequential FMA chain over the d dimensions, so the
-// AVX2 and the scalar path give bit-identical results.
+// ---- Kernels: pack a panel of 16 items (transpose to d x 16, simd_kernels' exact packing) and
+// score a tile of MR x 16. The scoring tile is top-k's own: unlike simd::gemm's tile it compares
+// the scores with the running thresholds in registers and stores the tile only when a lane
+// passes. Both versions compute every score as the same sequential FMA chain over the d
+// dimensions, so the AVX2 and the scalar path give bit-identical results.
 
-// panel[p * 16 + l] = items[l * d + p] for l < valid, 0 for valid <= l < 16.
-void pack_scalar(const float* items, int valid, index_t d, float* panel) {
-  for (index_t p = 0; p < d; ++p) {
-    float* dst = panel + p * kNR;
-    for (int l = 0; l < valid; ++l) dst[l] = items[l * d + p];
-    for (int l = valid; l < kNR; ++l) dst[l] = 0.0f;
-  }
+// panel[p * 16 + l] = items[l * d + p] for l < valid, 0 for valid <= l < 16 (exact copies).
+void pack_panel(const float* items, int valid, index_t d, float* panel) {
+  simd::pack_rows_transposed(items, valid, d, d, panel);
+  if (valid == kNR) return;
+  for (index_t p = 0; p < d; ++p) std::fill(panel + p * kNR + valid, panel + (p + 1) * kNR, 0.0f);
 }
 
 // Scores q_i . x_l for i < MR, l < 16 (q packed as q[p * kMR + i]). lanes[i] gets the bit mask
@@ -116,47 +117,6 @@ bool tile_scalar(const float* q, const float* panel, index_t d, const float* thr
 }
 
 #if FASTSOFTMAX_TOPK_X86
-FASTSOFTMAX_AVX2 inline void transpose8(__m256 r[8]) {
-  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-  const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
-  const __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
-  const __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
-  const __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
-  const __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
-  const __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
-  const __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
-  const __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
-  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
-  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
-  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
-  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
-  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
-}
-
-FASTSOFTMAX_AVX2 void pack_avx2(const float* items, int valid, index_t d, float* panel) {
-  if (valid < kNR) {
-    pack_scalar(items, valid, d, panel);
-    return;
-  }
-  index_t p0 = 0;
-  for (; p0 + 8 <= d; p0 += 8) {
-    for (int h = 0; h < 2; ++h) {
-      __m256 r[8];
-      for (int l = 0; l < 8; ++l) r[l] = _mm256_loadu_ps(items + (h * 8 + l) * d + p0);
-      transpose8(r);
-      for (int t = 0; t < 8; ++t) _mm256_store_ps(panel + (p0 + t) * kNR + h * 8, r[t]);
-    }
-  }
-  for (; p0 < d; ++p0) {
-    for (int l = 0; l < kNR; ++l) panel[p0 * kNR + l] = items[l * d + p0];
-  }
-}
 
 // Named accumulators (not arrays): GCC otherwise spills the array to the stack on every step.
 #define FASTSOFTMAX_ROW_FMA(i)                           \
@@ -218,20 +178,12 @@ FASTSOFTMAX_AVX2 bool tile_avx2(const float* q, const float* panel, index_t d, c
 #undef FASTSOFTMAX_ROW_CHECK
 #undef FASTSOFTMAX_ROW_STORE
 
-bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
-#else
-bool cpu_has_avx2() { return false; }
 #endif
 
-using PackFn = void (*)(const float*, int, index_t, float*);
 using TileFn = bool (*)(const float*, const float*, index_t, const float*, float*,
                         std::uint32_t*);
 
 struct Kernels {
-  PackFn pack;
   TileFn tile[kMR + 1];
 };
 
@@ -239,14 +191,12 @@ std::atomic<bool> g_force_scalar{false};
 
 Kernels select_kernels() {
 #if FASTSOFTMAX_TOPK_X86
-  if (cpu_has_avx2() && !g_force_scalar.load()) {
-    return {&pack_avx2,
-            {nullptr, &tile_avx2<1>, &tile_avx2<2>, &tile_avx2<3>, &tile_avx2<4>, &tile_avx2<5>,
+  if (simd::avx2_fma_available() && !g_force_scalar.load()) {
+    return {{nullptr, &tile_avx2<1>, &tile_avx2<2>, &tile_avx2<3>, &tile_avx2<4>, &tile_avx2<5>,
              &tile_avx2<6>}};
   }
 #endif
-  return {&pack_scalar,
-          {nullptr, &tile_scalar<1>, &tile_scalar<2>, &tile_scalar<3>, &tile_scalar<4>,
+  return {{nullptr, &tile_scalar<1>, &tile_scalar<2>, &tile_scalar<3>, &tile_scalar<4>,
            &tile_scalar<5>, &tile_scalar<6>}};
 }
 
@@ -365,7 +315,7 @@ void topk_impl(const float* queries, index_t n_queries, const float* items, inde
         const index_t bytes = std::min<index_t>(kNR, j_end - ahead) * dim * 4;
         for (index_t off = 0; off < bytes; off += 64) __builtin_prefetch(from + off, 0, 0);
       }
-      kern.pack(items + j0 * dim, valid, dim, panel.data);
+      pack_panel(items + j0 * dim, valid, dim, panel.data);
       const std::uint32_t valid_lanes = (1u << valid) - 1;
       for (index_t i0 = 0; i0 < nq; i0 += kMR) {
         const int mr = static_cast<int>(std::min<index_t>(kMR, nq - i0));
@@ -475,7 +425,7 @@ void topk(const float* queries, index_t n_queries, const float* items, index_t n
                           out_ids, out_scores, num_threads);
 }
 
-bool topk_uses_avx2() { return cpu_has_avx2() && !g_force_scalar.load(); }
+bool topk_uses_avx2() { return simd::avx2_fma_available() && !g_force_scalar.load(); }
 
 void topk_force_scalar(bool on) { g_force_scalar.store(on); }
 
