@@ -382,7 +382,7 @@ def score_sampler_throughput(n_items: int, args: argparse.Namespace) -> list[dic
         for share in (True, False):
 
             def call(pool=pool, share=share) -> None:
-                _core._sample_negatives(
+                _core._testing.sample_negatives(
                     "score",
                     n_items,
                     NUM_NEGATIVES,

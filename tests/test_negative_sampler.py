@@ -26,7 +26,7 @@ def draw(
     seed=0,
     num_threads=1,
 ):
-    return _core._sample_negatives(
+    return _core._testing.sample_negatives(
         sampler,
         n,
         m,

@@ -39,7 +39,7 @@ def kernel(
     scale=1.0,
     num_threads=1,
 ):
-    loss, dpsi, rows, grad, bgrad = _core._sampled_softmax(
+    loss, dpsi, rows, grad, bgrad = _core._testing.sampled_softmax(
         psi,
         items,
         bias,
@@ -324,7 +324,7 @@ def estimate(
     gravity=0.0,
     num_threads=1,
 ):
-    _loss, dpsi, rows, grad, _bgrad = _core._sampled_softmax_estimate(
+    _loss, dpsi, rows, grad, _bgrad = _core._testing.sampled_softmax_estimate(
         sampler,
         m,
         share,
@@ -400,7 +400,7 @@ def test_sampled_gravity_is_unbiased():
 
 def test_exact_gravity_matches_reference():
     psi, items, *_ = problem(B=7, n=5000, d=5)
-    loss, dpsi, dV = _core._gravity_exact(psi, items, 0.7, 0.5, 2)
+    loss, dpsi, dV = _core._testing.gravity_exact(psi, items, 0.7, 0.5, 2)
     n = len(items)
     P, V = psi.astype(np.float64), items.astype(np.float64)
     assert loss == pytest.approx(0.7 * ((P @ V.T) ** 2).sum() / n, rel=1e-5)

@@ -21,11 +21,11 @@ def random_exclude(rng, b, n, density):
 
 @pytest.fixture(params=["avx2", "scalar"])
 def kernel(request):
-    if request.param == "avx2" and not _core._topk_uses_avx2():
+    if request.param == "avx2" and not _core._testing.topk_uses_avx2():
         pytest.skip("CPU without AVX2/FMA")
-    _core._topk_force_scalar(request.param == "scalar")
+    _core._testing.topk_force_scalar(request.param == "scalar")
     yield request.param
-    _core._topk_force_scalar(False)
+    _core._testing.topk_force_scalar(False)
 
 
 @pytest.mark.parametrize(
@@ -140,17 +140,17 @@ def test_identical_for_every_thread_count_and_batching(b, n):
 
 
 def test_scalar_and_avx2_kernels_agree_bitwise():
-    if not _core._topk_uses_avx2():
+    if not _core._testing.topk_uses_avx2():
         pytest.skip("CPU without AVX2/FMA")
     rng = np.random.default_rng(5)
     q = rng.standard_normal((37, 19)).astype(np.float32)
     x = rng.standard_normal((3001, 19)).astype(np.float32)
     fast = fs.topk(q, x, 50)
-    _core._topk_force_scalar(True)
+    _core._testing.topk_force_scalar(True)
     try:
         slow = fs.topk(q, x, 50)
     finally:
-        _core._topk_force_scalar(False)
+        _core._testing.topk_force_scalar(False)
     np.testing.assert_array_equal(fast[0], slow[0])
     np.testing.assert_array_equal(fast[1], slow[1])
 

@@ -117,8 +117,8 @@ pyb::tuple gradient_result(double loss, RowMatrixXf& dpsi, std::vector<index_t>&
 }  // namespace
 
 void bind_sampled_softmax(pyb::module_& m) {
-  m.def(
-      "_sample_negatives",
+  testing_module(m).def(
+      "sample_negatives",
       [](const std::string& sampler, std::int64_t n_items, std::int64_t num_negatives, bool share,
          std::int64_t hard_pool, double temperature, double hard_fraction, pyb::handle weights,
          pyb::handle psi, pyb::handle items, pyb::handle bias, pyb::handle indptr,
@@ -169,8 +169,8 @@ void bind_sampled_softmax(pyb::module_& m) {
       pyb::arg("indptr"), pyb::arg("indices"), pyb::arg("seed"), pyb::arg("num_threads"),
       "Test hook: one batch of negatives -> dict(ids, log_q, log_norm, m_hard).");
 
-  m.def(
-      "_sampled_softmax",
+  testing_module(m).def(
+      "sampled_softmax",
       [](pyb::handle psi, pyb::handle items, pyb::handle bias, pyb::handle indptr,
          pyb::handle indices, pyb::handle weights, pyb::handle ids, pyb::handle log_q,
          pyb::handle pos_log_q, bool logq_correction,
@@ -222,8 +222,8 @@ void bind_sampled_softmax(pyb::module_& m) {
       pyb::arg("num_threads"),
       "Test hook: sampled softmax on given draws -> (loss, dpsi, item_rows, item_grad, bias_grad).");
 
-  m.def(
-      "_sampled_softmax_estimate",
+  testing_module(m).def(
+      "sampled_softmax_estimate",
       [](const std::string& sampler, std::int64_t num_negatives, bool share,
          std::int64_t hard_pool, double temperature, double hard_fraction,
          pyb::handle sampler_weights, pyb::handle psi, pyb::handle items, pyb::handle bias,
@@ -260,8 +260,8 @@ void bind_sampled_softmax(pyb::module_& m) {
       pyb::arg("seed"), pyb::arg("num_threads"),
       "Test hook: draw negatives for `seed` and evaluate -> (loss, dpsi, rows, grad, bias_grad).");
 
-  m.def(
-      "_gravity_exact",
+  testing_module(m).def(
+      "gravity_exact",
       [](pyb::handle psi, pyb::handle items, double gamma, float grad_scale, int num_threads) {
         resolve_num_threads(num_threads);
         auto p = require_array<float>(psi, "psi", 2);

@@ -11,8 +11,8 @@ namespace fastsoftmax::py {
 void bind_thread_pool(pyb::module_& m) {
   m.def("resolve_num_threads", &resolve_num_threads, pyb::arg("num_threads"),
         "Number of threads used for num_threads (0 = all cores).");
-  m.def(
-      "_parallel_sum_for_tests",
+  testing_module(m).def(
+      "parallel_sum",
       [](std::int64_t n_tasks, int num_threads, std::int64_t fail_task, double sleep_seconds) {
         if (n_tasks < 0) throw std::invalid_argument("n_tasks: expected >= 0");
         std::vector<std::int64_t> per_task(static_cast<std::size_t>(n_tasks), 0);

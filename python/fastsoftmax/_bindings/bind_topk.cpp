@@ -64,8 +64,10 @@ void bind_topk(pyb::module_& m) {
       pyb::arg("queries"), pyb::arg("items"), pyb::arg("k"), pyb::arg("exclude_indptr"),
       pyb::arg("exclude_indices"), pyb::arg("num_threads"),
       "Exact top-k by inner product (see fastsoftmax.topk). Returns (ids int64, scores float32).");
-  m.def("_topk_uses_avx2", &topk_uses_avx2, "True if the AVX2+FMA top-k kernel is in use.");
-  m.def("_topk_force_scalar", &topk_force_scalar, pyb::arg("on"),
+  testing_module(m).def(
+      "topk_uses_avx2", &topk_uses_avx2, "True if the AVX2+FMA top-k kernel is in use.");
+  testing_module(m).def(
+      "topk_force_scalar", &topk_force_scalar, pyb::arg("on"),
         "Test hook: use the portable scalar top-k kernel even on AVX2 CPUs.");
 }
 

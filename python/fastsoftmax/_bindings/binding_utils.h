@@ -69,4 +69,10 @@ class ReleaseGil {
   pyb::gil_scoped_release release_;  // released last, re-acquired first
 };
 
+/// The submodule _core._testing, which holds the hooks the tests call (not part of the API).
+inline pyb::module_ testing_module(pyb::module_& m) {
+  if (pyb::hasattr(m, "_testing")) return m.attr("_testing").cast<pyb::module_>();
+  return m.def_submodule("_testing", "Test hooks of fastsoftmax (not part of the API).");
+}
+
 }  // namespace fastsoftmax::py
