@@ -169,4 +169,9 @@ def test_get_params_set_params_and_repr():
     )
     model.set_params(sampler="uniform", learning_rate=0.1)
     assert model.get_params()["sampler"] == "uniform" and model.learning_rate == 0.1
+    # Every hyperparameter is an attribute under its own name (loss: loss_kind, a method's name).
+    for name, value in model.get_params().items():
+        if name != "loss":
+            assert getattr(model, name) == value, name
+    assert (model.sampler, model.num_negatives, model.loss_kind) == ("uniform", 64, "sampled")
     assert fs.SoftmaxModel(**model.get_params()).get_params() == model.get_params()

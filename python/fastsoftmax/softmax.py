@@ -220,6 +220,17 @@ def _targets_arrays(
     return (*_csr_arrays(m), _row_weights(m, row_weighting, sample_weight))
 
 
+class _SampledOption:
+    """A sampled-softmax hyperparameter of SoftmaxModel, read from its validated SampledOptions
+    (so that every hyperparameter is an attribute under its own name)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: object, objtype: type | None = None) -> Any:
+        return self if obj is None else getattr(obj._sampled, self.name)
+
+
 class SoftmaxModel(Estimator):
     """Softmax DNN for retrieval: query tower psi(x), item table V, softmax over all items.
 
@@ -366,6 +377,20 @@ class SoftmaxModel(Estimator):
     #: fs.evaluate: queries are described by their features, not by row ids.
     needs_query_features = True
     _fitted_state = ("_impl", "_schema", "_epoch", "training_log", "best_epoch")
+
+    # The sampled-softmax options, read-only attributes (change them with set_params). The
+    # ``loss`` hyperparameter is the attribute ``loss_kind``: ``loss`` is the method.
+    num_negatives = _SampledOption()
+    sampler = _SampledOption()
+    sampler_alpha = _SampledOption()
+    sampler_weights = _SampledOption()
+    share_negatives = _SampledOption()
+    hard_pool = _SampledOption()
+    temperature = _SampledOption()
+    hard_fraction = _SampledOption()
+    logq_correction = _SampledOption()
+    remove_accidental_hits = _SampledOption()
+    gravity = _SampledOption()
 
     def __init__(
         self,
@@ -918,7 +943,7 @@ class SoftmaxModel(Estimator):
     def _config(self) -> dict[str, Any]:
         return {
             "n_items": self.n_items,
-            "hidden": list(self.hidden),
+            "hidden": self.hidden,
             "dim": self.dim,
             "embedding_dim": self.embedding_dim,
             "pooling": self.pooling,
