@@ -52,8 +52,6 @@ def test_ctrl_c_interrupts_a_parallel_loop(num_threads):
     start = time.monotonic()
     timer.start()
     with pytest.raises(KeyboardInterrupt):
-        core._testing.parallel_sum(
-            1000, num_threads, sleep_seconds=0.05
-        )  # ~25-50 s if not stopped
+        core._testing.parallel_sum(1000, num_threads, sleep_seconds=0.05)  # ~25-50 s if not stopped
     assert time.monotonic() - start < 2.0
     timer.join()
