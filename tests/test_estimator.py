@@ -175,3 +175,33 @@ def test_get_params_set_params_and_repr():
             assert getattr(model, name) == value, name
     assert (model.sampler, model.num_negatives, model.loss_kind) == ("uniform", 64, "sampled")
     assert fs.SoftmaxModel(**model.get_params()).get_params() == model.get_params()
+
+
+def test_models_fitted_from_a_dataframe_recommend_in_original_ids():
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(3)
+    users = [f"user-{u}" for u in rng.integers(0, 40, 600)]
+    items = [f"film {i}" for i in rng.integers(0, 30, 600)]
+    ds = fs.datasets.from_dataframe(pd.DataFrame({"u": users, "i": items}), "u", "i")
+    who = ["user-7", "user-12"]
+    rows = ds.user_index(who)
+
+    mf = fs.WALS(4, iterations=3).fit(ds.interactions, show_progress=False)
+    got, scores = ds.recommend(mf, who, k=5)
+    ids, want_scores = mf.recommend(rows, k=5, exclude=ds.interactions[rows])
+    np.testing.assert_array_equal(got, ds.item_ids[ids])
+    np.testing.assert_array_equal(scores, want_scores)
+    for u, recs in zip(who, got, strict=True):  # nothing the user has seen
+        assert not set(recs) & {i for uu, i in zip(users, items, strict=True) if uu == u}
+
+    model = fs.SoftmaxModel(ds.n_items, history="history", dim=8, embedding_dim=8, epochs=2)
+    model.fit(ds.query_features(), ds.interactions, show_progress=False)
+    got, _ = ds.recommend(model, who, k=5)
+    ids, _ = model.recommend(ds.query_features(rows), k=5, filter_seen=True)
+    np.testing.assert_array_equal(got, ds.item_ids[ids])
+    # More items than the unseen ones: padded with "".
+    got, scores = ds.recommend(model, who[:1], k=ds.n_items)
+    n_seen = ds.interactions[rows[0]].nnz
+    assert (got[0] == "").sum() == n_seen and np.isinf(scores[0][got[0] == ""]).all()
+    with pytest.raises(KeyError):
+        ds.recommend(mf, ["nobody"])

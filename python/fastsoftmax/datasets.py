@@ -246,6 +246,80 @@ class Dataset:
         """
         return _take(self.item_ids, index, "item")
 
+    def query_features(self, rows: np.typing.ArrayLike | None = None, *, history: str = "history"):
+        """Softmax query features of users: their interactions as the bag ``history`` (the
+        ``history=`` feature of :class:`fastsoftmax.SoftmaxModel`), plus ``features``' dense and
+        categorical columns.
+
+        Parameters
+        ----------
+        rows : array-like of int, shape (B,), optional
+            Row indices; default all rows.
+        history : str, default "history"
+            Name of the bag.
+
+        Returns
+        -------
+        fastsoftmax.QueryFeatures
+            B rows; the bag is (B, n_items).
+        """
+        from .softmax import QueryFeatures
+
+        idx = np.arange(self.n_queries) if rows is None else np.asarray(rows, dtype=np.int64)
+        f = self.features
+        dense = None if f is None or f.dense is None else f.dense[idx]
+        categorical = {} if f is None else {k: v[idx] for k, v in f.categorical.items()}
+        return QueryFeatures(dense=dense, categorical=categorical or None,
+                             bags={history: self.interactions[idx]})  # fmt: skip
+
+    def recommend(
+        self, model: object, user_ids: np.typing.ArrayLike, k: int = 10, *, filter_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items of a model fitted on this dataset, for users given by their original
+        ids, as original item ids.
+
+        A model of queries by row (:class:`fastsoftmax.WALS`, :class:`fastsoftmax.Popularity`)
+        gets the users' rows; a model of query features (:class:`fastsoftmax.SoftmaxModel`, fitted
+        on :meth:`query_features`) gets their features, with their interactions as its history
+        bag.
+
+        Parameters
+        ----------
+        model : fitted model with ``recommend(queries, k, exclude=...)``
+        user_ids : scalar or array-like, shape (B,)
+            Original user ids.
+        k : int, default 10
+            Items per user (at most n_items).
+        filter_seen : bool, default True
+            Leave out each user's items in ``interactions``.
+
+        Returns
+        -------
+        item_ids : numpy.ndarray, dtype of ``item_ids``, shape (B, k)
+            Best first. Where fewer than ``k`` items are eligible, the row is padded with -1
+            (integer ids) or "" (string ids).
+        scores : numpy.ndarray, float32, shape (B, k)
+            The model's scores (padding: -inf).
+
+        Raises
+        ------
+        KeyError
+            For a user id not in ``user_ids``.
+        """
+        rows = np.atleast_1d(self.user_index(user_ids))
+        k = min(check_int(k, "k", minimum=1), self.n_items)
+        seen = self.interactions[rows] if filter_seen else None
+        if getattr(model, "needs_query_features", False):
+            history = getattr(model, "history", None) or "history"
+            queries: object = self.query_features(rows, history=history)
+        else:
+            queries = rows
+        ids, scores = model.recommend(queries, k=k, exclude=seen)
+        ids = np.asarray(ids)
+        padding = -1 if self.item_ids.dtype.kind in "iu" else ""
+        out = np.where(ids >= 0, self.item_ids[np.maximum(ids, 0)], padding)
+        return out.astype(self.item_ids.dtype, copy=False), scores
+
     @property
     def n_queries(self) -> int:
         """Number of queries (rows)."""
