@@ -10,6 +10,11 @@
 namespace fastsoftmax {
 namespace {
 
+// One uniform item id in [0, n).
+index_t uniform_id(Rng& rng, index_t n) {
+  return static_cast<index_t>(rng.uniform_int(static_cast<std::uint64_t>(n)));
+}
+
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 constexpr index_t kRowsPerTask = 16;     // query rows per task (scoring, per-row draws)
 constexpr index_t kItemsPerTask = 2048;  // items per task (exact scoring)
@@ -270,90 +275,105 @@ float NegativeSampler::in_batch_log_q(const NegativeDraws& draws, index_t j) con
 
 void NegativeSampler::sample_score(const SamplerBatch& batch, std::uint64_t seed, int num_threads,
                                    NegativeDraws& out) const {
-  const index_t B = batch.B, d = batch.dim, m = options_.num_negatives;
-  const index_t m_h = m_hard_, m_u = m - m_hard_;
-  const bool share = options_.share;
-  const double inv_t = 1.0 / options_.temperature;
-  out.rows = share ? 1 : B;
+  const index_t B = batch.B, m = options_.num_negatives;
+  out.rows = options_.share ? 1 : B;
   out.m = m;
-  out.m_hard = m_h;
+  out.m_hard = m_hard_;
   out.ids.resize(out.rows * m);
   out.log_q.resize(out.rows * m);
   out.log_norm.assign(B, 0.0);
   if (B == 0) return;
+  if (options_.hard_pool == 0) {
+    sample_score_exact(batch, seed, num_threads, out);
+  } else {
+    sample_score_pool(batch, seed, num_threads, out);
+  }
+}
+
+// ---- Exact: all B x n logits, the normalisers, then draws from each row's (or the mixture's)
+// cdf; the uniform part of the mix from its own stream.
+void NegativeSampler::sample_score_exact(const SamplerBatch& batch, std::uint64_t seed,
+                                         int num_threads, NegativeDraws& out) const {
+  const index_t B = batch.B, d = batch.dim, m = options_.num_negatives;
+  const index_t m_h = m_hard_;
+  const bool share = options_.share;
+  const double inv_t = 1.0 / options_.temperature;
   const int slots = threads_for(std::max<index_t>(B, 1), num_threads);
   std::vector<Eigen::ArrayXf> exp_scratch(static_cast<std::size_t>(slots));
-  auto draw_uniform = [&](Rng& rng) {
-    return static_cast<index_t>(rng.uniform_int(static_cast<std::uint64_t>(n_)));
-  };
-
-  if (options_.hard_pool == 0) {
-    // ---- Exact: all B x n logits.
-    out.scores.resize(static_cast<std::size_t>(B) * n_);
-    float* Z = out.scores.data();
-    ConstMapRowMatrixXf P(batch.psi, B, d);
+  out.scores.resize(static_cast<std::size_t>(B) * n_);
+  float* Z = out.scores.data();
+  ConstMapRowMatrixXf P(batch.psi, B, d);
+  parallel_for(n_tasks(n_, kItemsPerTask), num_threads, [&](std::int64_t task, int) {
+    const index_t j0 = task * kItemsPerTask;
+    const index_t nj = std::min(kItemsPerTask, n_ - j0);
+    ConstMapRowMatrixXf V(batch.items + j0 * d, nj, d);
+    Eigen::Map<RowMatrixXf, 0, Eigen::OuterStride<>> Zb(Z + j0, B, nj, Eigen::OuterStride<>(n_));
+    Zb.noalias() = P * V.transpose();
+    if (batch.bias != nullptr) {
+      for (index_t i = 0; i < nj; ++i) Zb.col(i).array() += batch.bias[j0 + i];
+    }
+  });
+  parallel_for(B, num_threads, [&](std::int64_t b, int) {
+    out.log_norm[b] = log_sum_exp_scaled(Z + b * n_, n_, inv_t, nullptr);
+  });
+  if (share) {
+    // log Qbar(j) = log mean_b Q_b(j), then the cdf of Qbar; both kept in out.cdf (2n doubles).
+    out.cdf.resize(2 * static_cast<std::size_t>(n_));
+    double* log_qbar = out.cdf.data();
+    double* cdf = log_qbar + n_;
     parallel_for(n_tasks(n_, kItemsPerTask), num_threads, [&](std::int64_t task, int) {
       const index_t j0 = task * kItemsPerTask;
-      const index_t nj = std::min(kItemsPerTask, n_ - j0);
-      ConstMapRowMatrixXf V(batch.items + j0 * d, nj, d);
-      Eigen::Map<RowMatrixXf, 0, Eigen::OuterStride<>> Zb(Z + j0, B, nj, Eigen::OuterStride<>(n_));
-      Zb.noalias() = P * V.transpose();
-      if (batch.bias != nullptr) {
-        for (index_t i = 0; i < nj; ++i) Zb.col(i).array() += batch.bias[j0 + i];
-      }
+      log_mean_exp_columns(Z, B, n_, j0, std::min(n_, j0 + kItemsPerTask), inv_t, out.log_norm,
+                           log_qbar);
     });
-    parallel_for(B, num_threads, [&](std::int64_t b, int) {
-      out.log_norm[b] = log_sum_exp_scaled(Z + b * n_, n_, inv_t, nullptr);
-    });
-    if (share) {
-      // log Qbar(j) = log mean_b Q_b(j), then the cdf of Qbar; both kept in out.cdf (2n doubles).
-      out.cdf.resize(2 * static_cast<std::size_t>(n_));
-      double* log_qbar = out.cdf.data();
-      double* cdf = log_qbar + n_;
-      parallel_for(n_tasks(n_, kItemsPerTask), num_threads, [&](std::int64_t task, int) {
-        const index_t j0 = task * kItemsPerTask;
-        log_mean_exp_columns(Z, B, n_, j0, std::min(n_, j0 + kItemsPerTask), inv_t, out.log_norm,
-                             log_qbar);
-      });
-      double acc = 0.0;
-      for (index_t j = 0; j < n_; ++j) cdf[j] = (acc += std::exp(log_qbar[j]));
-      Rng rng(seed, kStreamShared);
-      for (index_t i = 0; i < m_h; ++i) out.ids[i] = search_cdf(cdf, n_, rng.uniform() * acc);
-      Rng urng(seed, kStreamUniform);
-      for (index_t i = m_h; i < m; ++i) out.ids[i] = draw_uniform(urng);
-      for (index_t i = 0; i < m; ++i) {
-        out.log_q[i] = static_cast<float>(mix_log(log_qbar[out.ids[i]]));
-      }
-    } else {
-      out.cdf.resize(static_cast<std::size_t>(slots) * n_);
-      parallel_for(B, num_threads, [&](std::int64_t b, int slot) {
-        double* cdf = out.cdf.data() + static_cast<std::size_t>(slot) * n_;
-        const float* zb = Z + b * n_;
-        const double ln = out.log_norm[b];
-        const double acc = exp_cdf(zb, n_, inv_t, nullptr, ln, exp_scratch[slot], cdf);
-        Rng rng(seed, row_stream(batch, b));
-        index_t* ids = out.ids.data() + b * m;
-        float* lq = out.log_q.data() + b * m;
-        for (index_t i = 0; i < m_h; ++i) ids[i] = search_cdf(cdf, n_, rng.uniform() * acc);
-        for (index_t i = m_h; i < m; ++i) ids[i] = draw_uniform(rng);
-        for (index_t i = 0; i < m; ++i) {
-          lq[i] = static_cast<float>(mix_log(zb[ids[i]] * inv_t - ln));
-        }
-      });
+    double acc = 0.0;
+    for (index_t j = 0; j < n_; ++j) cdf[j] = (acc += std::exp(log_qbar[j]));
+    Rng rng(seed, kStreamShared);
+    for (index_t i = 0; i < m_h; ++i) out.ids[i] = search_cdf(cdf, n_, rng.uniform() * acc);
+    Rng urng(seed, kStreamUniform);
+    for (index_t i = m_h; i < m; ++i) out.ids[i] = uniform_id(urng, n_);
+    for (index_t i = 0; i < m; ++i) {
+      out.log_q[i] = static_cast<float>(mix_log(log_qbar[out.ids[i]]));
     }
-    return;
+  } else {
+    out.cdf.resize(static_cast<std::size_t>(slots) * n_);
+    parallel_for(B, num_threads, [&](std::int64_t b, int slot) {
+      double* cdf = out.cdf.data() + static_cast<std::size_t>(slot) * n_;
+      const float* zb = Z + b * n_;
+      const double ln = out.log_norm[b];
+      const double acc = exp_cdf(zb, n_, inv_t, nullptr, ln, exp_scratch[slot], cdf);
+      Rng rng(seed, row_stream(batch, b));
+      index_t* ids = out.ids.data() + b * m;
+      float* lq = out.log_q.data() + b * m;
+      for (index_t i = 0; i < m_h; ++i) ids[i] = search_cdf(cdf, n_, rng.uniform() * acc);
+      for (index_t i = m_h; i < m; ++i) ids[i] = uniform_id(rng, n_);
+      for (index_t i = 0; i < m; ++i) {
+        lq[i] = static_cast<float>(mix_log(zb[ids[i]] * inv_t - ln));
+      }
+    });
   }
+}
 
-  // ---- SIR: a pool of M candidates from Q0 (+ the shared uniform draws), one B x cols GEMM.
+// ---- SIR: a pool of M candidates from Q0 (+ the shared uniform draws) scored by one B x cols
+// GEMM, the normalisers estimated on the pool, then m_h draws resampled from the pool per row
+// (or from the mixture over the batch).
+void NegativeSampler::sample_score_pool(const SamplerBatch& batch, std::uint64_t seed,
+                                        int num_threads, NegativeDraws& out) const {
+  const index_t B = batch.B, d = batch.dim, m = options_.num_negatives;
+  const index_t m_h = m_hard_, m_u = m - m_hard_;
+  const bool share = options_.share;
+  const double inv_t = 1.0 / options_.temperature;
+  const int slots = threads_for(std::max<index_t>(B, 1), num_threads);
+  std::vector<Eigen::ArrayXf> exp_scratch(static_cast<std::size_t>(slots));
   const index_t M = options_.hard_pool;
   const index_t extra = share ? m_u : 0;
   const index_t cols = M + extra;
   out.pool.resize(cols);
   {
     Rng rng(seed, kStreamShared);
-    for (index_t i = 0; i < M; ++i) out.pool[i] = alias_ ? alias_->draw(rng) : draw_uniform(rng);
+    for (index_t i = 0; i < M; ++i) out.pool[i] = alias_ ? alias_->draw(rng) : uniform_id(rng, n_);
     Rng urng(seed, kStreamUniform);
-    for (index_t i = M; i < cols; ++i) out.pool[i] = draw_uniform(urng);
+    for (index_t i = M; i < cols; ++i) out.pool[i] = uniform_id(urng, n_);
   }
   out.pool_rows.resize(cols, d);
   parallel_for(n_tasks(cols, 256), num_threads, [&](std::int64_t task, int) {
@@ -419,7 +439,7 @@ void NegativeSampler::sample_score(const SamplerBatch& batch, std::uint64_t seed
     }
     const float* psi_b = batch.psi + b * d;
     for (index_t k = m_h; k < m; ++k) {
-      const index_t j = draw_uniform(rng);
+      const index_t j = uniform_id(rng, n_);
       const float* v = batch.items + j * d;
       float z = 0.0f;
       for (index_t c = 0; c < d; ++c) z += psi_b[c] * v[c];

@@ -116,6 +116,10 @@ class NegativeSampler {
  private:
   void sample_score(const SamplerBatch& batch, std::uint64_t seed, int num_threads,
                     NegativeDraws& out) const;
+  void sample_score_exact(const SamplerBatch& batch, std::uint64_t seed, int num_threads,
+                          NegativeDraws& out) const;
+  void sample_score_pool(const SamplerBatch& batch, std::uint64_t seed, int num_threads,
+                         NegativeDraws& out) const;
   void sample_in_batch(const SamplerBatch& batch, std::uint64_t seed, NegativeDraws& out) const;
   // kInBatch: log(pi_j / m) for the set the draws hold (see the header comment).
   float in_batch_log_q(const NegativeDraws& draws, index_t j) const;

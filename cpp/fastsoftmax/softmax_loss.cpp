@@ -269,9 +269,16 @@ double FullSoftmaxLoss::forward_backward_simd(const ConstMapRowMatrixXf& psi,
       }
     }
   });
-  // dL/dpsi_b = sum_t exp(m_tb - lse_b) * coef_b * P_t^T(:, b), tasks in order.
+  reduce_dpsi(part.n_tasks, Bp, dpsi);
+  subtract_targets(psi, items, targets, scale, dpsi, item_grad);
+  return loss;
+}
+
+// dL/dpsi_b = sum_t exp(m_tb - lse_b) * coef_b * P_t^T(:, b) over the item tasks, in order.
+void FullSoftmaxLoss::reduce_dpsi(index_t n_tasks, index_t Bp, MapRowMatrixXf* dpsi) const {
+  const index_t B = dpsi->rows(), d = dpsi->cols();
   dpsi->setZero();
-  for (index_t t = 0; t < part.n_tasks; ++t) {
+  for (index_t t = 0; t < n_tasks; ++t) {
     const float* mt = task_m_.data() + t * Bp;
     const float* P = task_p_.data() + t * d * Bp;
     for (index_t b = 0; b < B; ++b) {
@@ -279,8 +286,6 @@ double FullSoftmaxLoss::forward_backward_simd(const ConstMapRowMatrixXf& psi,
       for (index_t k = 0; k < d; ++k) (*dpsi)(b, k) += w * P[k * Bp + b];
     }
   }
-  subtract_targets(psi, items, targets, scale, dpsi, item_grad);
-  return loss;
 }
 
 double FullSoftmaxLoss::forward_backward_eigen(const ConstMapRowMatrixXf& psi,

@@ -133,6 +133,7 @@ class FullSoftmaxLoss final : public Loss {
   double forward_backward_simd(const ConstMapRowMatrixXf& psi, const ItemParamsView& items,
                                const TargetsView& targets, const LossContext& ctx,
                                MapRowMatrixXf* dpsi, ItemGradient* item_grad);
+  void reduce_dpsi(index_t n_tasks, index_t Bp, MapRowMatrixXf* dpsi) const;
   double forward_backward_eigen(const ConstMapRowMatrixXf& psi, const ItemParamsView& items,
                                 const TargetsView& targets, const LossContext& ctx,
                                 MapRowMatrixXf* dpsi, ItemGradient* item_grad);

@@ -114,10 +114,9 @@ pyb::tuple gradient_result(double loss, RowMatrixXf& dpsi, std::vector<index_t>&
   return pyb::make_tuple(loss, dp, r, g, gb);
 }
 
-}  // namespace
-
-void bind_sampled_softmax(pyb::module_& m) {
-  testing_module(m).def(
+// The test hooks, one function each.
+void def_sample_negatives(pyb::module_& t) {
+  t.def(
       "sample_negatives",
       [](const std::string& sampler, std::int64_t n_items, std::int64_t num_negatives, bool share,
          std::int64_t hard_pool, double temperature, double hard_fraction, pyb::handle weights,
@@ -168,8 +167,10 @@ void bind_sampled_softmax(pyb::module_& m) {
       pyb::arg("weights"), pyb::arg("psi"), pyb::arg("items"), pyb::arg("bias"),
       pyb::arg("indptr"), pyb::arg("indices"), pyb::arg("seed"), pyb::arg("num_threads"),
       "Test hook: one batch of negatives -> dict(ids, log_q, log_norm, m_hard).");
+}
 
-  testing_module(m).def(
+void def_sampled_softmax(pyb::module_& t) {
+  t.def(
       "sampled_softmax",
       [](pyb::handle psi, pyb::handle items, pyb::handle bias, pyb::handle indptr,
          pyb::handle indices, pyb::handle weights, pyb::handle ids, pyb::handle log_q,
@@ -221,8 +222,10 @@ void bind_sampled_softmax(pyb::module_& m) {
       pyb::arg("remove_accidental_hits"), pyb::arg("gravity"), pyb::arg("grad_scale"),
       pyb::arg("num_threads"),
       "Test hook: sampled softmax on given draws -> (loss, dpsi, item_rows, item_grad, bias_grad).");
+}
 
-  testing_module(m).def(
+void def_sampled_softmax_estimate(pyb::module_& t) {
+  t.def(
       "sampled_softmax_estimate",
       [](const std::string& sampler, std::int64_t num_negatives, bool share,
          std::int64_t hard_pool, double temperature, double hard_fraction,
@@ -259,8 +262,10 @@ void bind_sampled_softmax(pyb::module_& m) {
       pyb::arg("remove_accidental_hits"), pyb::arg("gravity"), pyb::arg("grad_scale"),
       pyb::arg("seed"), pyb::arg("num_threads"),
       "Test hook: draw negatives for `seed` and evaluate -> (loss, dpsi, rows, grad, bias_grad).");
+}
 
-  testing_module(m).def(
+void def_gravity_exact(pyb::module_& t) {
+  t.def(
       "gravity_exact",
       [](pyb::handle psi, pyb::handle items, double gamma, float grad_scale, int num_threads) {
         resolve_num_threads(num_threads);
@@ -281,6 +286,16 @@ void bind_sampled_softmax(pyb::module_& m) {
       },
       pyb::arg("psi"), pyb::arg("items"), pyb::arg("gamma"), pyb::arg("grad_scale"),
       pyb::arg("num_threads"), "Test hook: exact gravity -> (loss, dpsi, ditems).");
+}
+
+}  // namespace
+
+void bind_sampled_softmax(pyb::module_& m) {
+  pyb::module_ t = testing_module(m);
+  def_sample_negatives(t);
+  def_sampled_softmax(t);
+  def_sampled_softmax_estimate(t);
+  def_gravity_exact(t);
 }
 
 }  // namespace fastsoftmax::py
