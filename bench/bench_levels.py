@@ -1,5 +1,6 @@
 """Our kernels in two builds of fastsoftmax, alternated in the same run: a portable build's
-level (e.g. the avx2 build of a normal install) against a ``-DFASTSOFTMAX_NATIVE=ON`` build.
+level (e.g. the avx2 build of a normal install) against a ``-DFASTSOFTMAX_NATIVE=ON`` build, or
+the same level of two commits (before / after a change).
 
     python bench/bench_levels.py --a "$VENV/bin/python" --a-cpu avx2 \\
         --b "$NATIVE_VENV/bin/python" --repeats 5
@@ -42,7 +43,8 @@ def softmax_epoch(n_items, loss, batches):
     m = fs.SoftmaxModel(n_items, hidden=(256, 128), dim=64, embedding_dim=64, loss=loss,
                         num_negatives=256, epochs=1, batch_size=256)
     m.fit(feats, t, show_progress=False)  # build + warm up
-    return best(lambda: m.partial_fit(feats, t, show_progress=False))
+    more = getattr(m, "partial_fit", m.fit)  # builds before the estimator contract: fit continued
+    return best(lambda: more(feats, t, show_progress=False))
 
 out = {"level": fs._core.kernel_level}
 out["sampled epoch"] = softmax_epoch(100_000, "sampled", 40)
