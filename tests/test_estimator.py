@@ -205,3 +205,18 @@ def test_models_fitted_from_a_dataframe_recommend_in_original_ids():
     assert (got[0] == "").sum() == n_seen and np.isinf(scores[0][got[0] == ""]).all()
     with pytest.raises(KeyError):
         ds.recommend(mf, ["nobody"])
+
+
+def test_similar_queries_of_wals_by_cosine():
+    a = interactions()
+    mf = fs.WALS(6, iterations=3).fit(a, show_progress=False)
+    u = mf.query_embeddings().astype(np.float64)
+    unit = u / np.linalg.norm(u, axis=1, keepdims=True)
+    ids, scores = mf.similar_queries([4, 11], k=5)
+    for b, q in enumerate([4, 11]):
+        cos = unit @ unit[q]
+        cos[q] = -np.inf
+        np.testing.assert_array_equal(ids[b], np.argsort(-cos, kind="stable")[:5])
+        np.testing.assert_allclose(scores[b], np.sort(cos)[::-1][:5], atol=1e-5)
+    with pytest.raises(IndexError, match="query_ids: id 40 out of range"):
+        mf.similar_queries(40)

@@ -122,16 +122,23 @@ class Estimator:
         IndexError
             If an item id is out of range.
         """
-        from .retrieval import topk
+        return most_similar(np.asarray(self.item_embeddings), item_ids, "item_ids", k,
+                             self.num_threads)  # fmt: skip
 
-        v = np.asarray(self.item_embeddings)
-        ids = row_ids(item_ids, "item_ids", len(v))
-        norms = np.linalg.norm(v, axis=1)
-        unit = v / np.where(norms > 0, norms, 1)[:, None].astype(np.float32)
-        itself = sp.csr_matrix(
-            (np.ones(len(ids), np.float32), ids, np.arange(len(ids) + 1)), shape=(len(ids), len(v))
-        )
-        return topk(unit[ids], unit, k, exclude=itself, num_threads=self.num_threads)
+
+def most_similar(
+    v: np.ndarray, ids: Any, name: str, k: int, num_threads: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k rows of v by cosine with each of the rows ``ids``, the row itself left out."""
+    from .retrieval import topk
+
+    rows = row_ids(ids, name, len(v))
+    norms = np.linalg.norm(v, axis=1)
+    unit = v / np.where(norms > 0, norms, 1)[:, None].astype(np.float32)
+    itself = sp.csr_matrix(
+        (np.ones(len(rows), np.float32), rows, np.arange(len(rows) + 1)), shape=(len(rows), len(v))
+    )
+    return topk(unit[rows], unit, k, exclude=itself, num_threads=num_threads)
 
 
 def _equal(a: object, b: object) -> bool:

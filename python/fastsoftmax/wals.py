@@ -21,7 +21,7 @@ from ._validation import (
     check_real,
     check_seed,
 )
-from .estimator import Estimator, exclusion_union, row_ids
+from .estimator import Estimator, most_similar, exclusion_union, row_ids
 from .io import register_model, save_arrays
 
 __all__ = ["WALS"]
@@ -790,6 +790,32 @@ class WALS(Estimator):
             seen = self._seen[ids]
             exclude = seen if exclude is None else exclusion_union(seen, exclude)
         return topk(self._u[ids], self._v, k, exclude=exclude, num_threads=self.num_threads)
+
+    def similar_queries(self, query_ids: Any, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` training queries most similar to each given one by cosine similarity of the
+        query embeddings (exact); the query itself is left out.
+
+        Parameters
+        ----------
+        query_ids : int or array_like of int, shape (B,)
+            Query (row) ids in ``[0, n_queries)``.
+        k : int, default 10
+            Queries per query, >= 1.
+
+        Returns
+        -------
+        ids : numpy.ndarray, int64, shape (B, k)
+            Most similar first; padded with -1 when fewer than ``k`` other queries exist.
+        scores : numpy.ndarray, float32, shape (B, k)
+            Cosine similarities (0 for a zero embedding; padding: -inf).
+
+        Raises
+        ------
+        IndexError
+            If a query id is out of range.
+        """
+        self._check_fitted()
+        return most_similar(self._u, query_ids, "query_ids", k, self.num_threads)
 
     # -- persistence --------------------------------------------------------------------------
 
