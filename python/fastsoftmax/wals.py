@@ -21,7 +21,7 @@ from ._validation import (
     check_real,
     check_seed,
 )
-from .estimator import Estimator, most_similar, exclusion_union, row_ids
+from .estimator import Estimator, exclusion_union, most_similar, row_ids
 from .io import register_model, save_arrays
 
 __all__ = ["WALS"]
