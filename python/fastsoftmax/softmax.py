@@ -290,7 +290,7 @@ class SoftmaxModel(Estimator):
         updates (lazily for sparse rows). Not part of :meth:`loss` / :meth:`gradients`.
     batch_size : int, default 256
     epochs : int, default 100
-        Epochs per :meth:`fit` call (each call continues from the current parameters). With
+        Epochs of a :meth:`fit` call (from scratch; :meth:`partial_fit` continues). With
         ``validation`` and ``early_stopping``, an upper bound.
     num_threads : int, default 0
         Threads of the C++ pool; 0 means all cores. Results are bit-identical for a fixed seed and
@@ -367,7 +367,8 @@ class SoftmaxModel(Estimator):
     recall@10 at 1.5x the time). Other data may want hidden layers, e.g. with dense query features.
 
     Rows of the targets without any positive weight are an error (drop them before fitting).
-    Parameters are initialised at the first :meth:`fit`, when the feature schema is known (a
+    Parameters are initialised by every :meth:`fit` (and by a first :meth:`partial_fit`), when
+    the feature schema is known (a
     model with ``epochs=0`` is built by ``fit`` without training, e.g. to inspect
     :meth:`gradients` at the initial point). Training runs in C++ with the GIL released;
     Ctrl-C stops it between batches (or inside a long batch) with KeyboardInterrupt. The
@@ -661,7 +662,7 @@ class SoftmaxModel(Estimator):
             On Ctrl-C, noticed between batches (and inside long batches) within ~50 ms. The
             model keeps the parameters of the last completed optimiser step (a consistent state:
             every step is applied whole) and ``training_log`` lists the completed epochs only;
-            it predicts, saves and can continue training.
+            it predicts, saves and can continue training (:meth:`partial_fit`).
 
         Notes
         -----
