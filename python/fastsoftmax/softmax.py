@@ -368,11 +368,10 @@ class SoftmaxModel(Estimator):
 
     Rows of the targets without any positive weight are an error (drop them before fitting).
     Parameters are initialised by every :meth:`fit` (and by a first :meth:`partial_fit`), when
-    the feature schema is known (a
-    model with ``epochs=0`` is built by ``fit`` without training, e.g. to inspect
-    :meth:`gradients` at the initial point). Training runs in C++ with the GIL released;
-    Ctrl-C stops it between batches (or inside a long batch) with KeyboardInterrupt. The
-    optimiser state is not saved by :meth:`save`.
+    the feature schema is known (a model with ``epochs=0`` is built by ``fit`` without training,
+    e.g. to inspect :meth:`gradients` at the initial point). Training runs in C++ with the GIL
+    released; Ctrl-C stops it between batches (or inside a long batch) with KeyboardInterrupt.
+    The optimiser state is not saved by :meth:`save`.
     """
 
     #: fs.evaluate: queries are described by their features, not by row ids.
