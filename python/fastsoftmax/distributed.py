@@ -389,15 +389,8 @@ class DaskWALS:
             seed=seed,
         )
         self.client = client
-        self.dim = local.dim
-        self.unobserved_weight = local.unobserved_weight
-        self.regularization = local.regularization
-        self.iterations = local.iterations
-        self.solver = local.solver
-        self.cg_steps = local.cg_steps
-        self.init_scale = local.init_scale
-        self.num_threads = local.num_threads
-        self.seed = local.seed
+        for name, value in local.get_params().items():  # dim, unobserved_weight, ..., seed
+            setattr(self, name, value)
         self.num_row_blocks = (
             None
             if num_row_blocks is None
@@ -464,22 +457,12 @@ class DaskWALS:
         """A plain :class:`fastsoftmax.WALS` with these hyperparameters, embeddings and loss
         history, for ``fold_in``, ``objective``, ``save`` and retrieval on one machine."""
         self._check_fitted()
-        return WALS._from_arrays(
-            {
-                "dim": self.dim,
-                "unobserved_weight": self.unobserved_weight,
-                "regularization": self.regularization,
-                "iterations": self.iterations,
-                "solver": self.solver,
-                "cg_steps": self.cg_steps,
-                "init_scale": self.init_scale,
-                "num_threads": self.num_threads,
-                "seed": self.seed,
-                "query_embeddings": self.query_embeddings(),
-                "item_embeddings": self.item_embeddings,
-                "loss_history": np.asarray(self.loss_history, dtype=np.float64),
-            }
-        )
+        model = WALS(**{name: getattr(self, name) for name in WALS().get_params()})
+        # Copies: the WALS model may train further (partial_fit updates its arrays in place).
+        model._u = self.query_embeddings().copy()
+        model._v = self.item_embeddings.copy()
+        model.training_log = [dict(log) for log in self.training_log]
+        return model
 
     # -- helpers --------------------------------------------------------------------------------
 

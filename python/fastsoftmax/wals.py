@@ -70,8 +70,8 @@ def _training_data(interactions: Any, weights: Any) -> tuple[_Csr, tuple[int, in
 
 
 def _pattern(rows: _Csr, shape: tuple[int, int]) -> sp.csr_matrix:
-    """The training interactions' sparsity pattern (int8 ones), for ``filter_seen``: it shares
-    the index arrays of ``rows`` and adds one byte per entry."""
+    """The training interactions' sparsity pattern (int8 ones), for ``filter_seen``. It keeps
+    the index arrays of ``rows`` (int64) alive after fit and adds one byte per entry."""
     ones = np.ones(len(rows.indices), dtype=np.int8)
     return sp.csr_matrix((ones, rows.indices, rows.indptr), shape=shape, copy=False)
 
@@ -822,15 +822,8 @@ class WALS(Estimator):
     def _to_arrays(self) -> dict[str, np.ndarray]:
         self._check_fitted()
         return {
-            "dim": np.int64(self.dim),
-            "unobserved_weight": np.float64(self.unobserved_weight),
-            "regularization": np.float64(self.regularization),
-            "iterations": np.int64(self.iterations),
-            "solver": np.str_(self.solver),
-            "cg_steps": np.int64(self.cg_steps),
-            "init_scale": np.float64(self.init_scale),
-            "num_threads": np.int64(self.num_threads),
-            "seed": np.uint64(self.seed),
+            **{name: np.asarray(value) for name, value in self._config().items()},
+            "seed": np.uint64(self.seed),  # the whole range [0, 2**64)
             "query_embeddings": self._u,
             "item_embeddings": self._v,
             "loss_history": np.asarray(self.loss_history, dtype=np.float64),
