@@ -1,37 +1,28 @@
 #include <cstdint>
-#include <utility>
+#include <type_traits>
 
 #include "binding_utils.h"
+#include "exclude_arg.h"
 #include "fastsoftmax/topk.h"
 
 namespace fastsoftmax::py {
 
 namespace {
 
-template <class Index>
 pyb::tuple run_topk(const pyb::array_t<float, pyb::array::c_style>& q,
                     const pyb::array_t<float, pyb::array::c_style>& x, std::int64_t k,
-                    const pyb::array_t<std::int64_t, pyb::array::c_style>* indptr,
-                    pyb::handle indices_obj, int num_threads) {
+                    pyb::handle indptr_obj, pyb::handle indices_obj, int num_threads) {
   const index_t n_queries = q.shape(0), dim = q.shape(1), n_items = x.shape(0);
-  ExcludeCsr<Index> exclude;
-  pyb::array_t<Index, pyb::array::c_style> indices;
-  if (indptr != nullptr) {
-    indices = require_array<Index>(indices_obj, "exclude.indices", 1);
-    validate_exclude<Index>(indptr->data(), indptr->shape(0), indices.data(), indices.shape(0),
-                            n_queries, n_items);
-    exclude.indptr = indptr->data();
-    exclude.indices = indices.data();
-  }
   pyb::array_t<std::int64_t> ids({n_queries, static_cast<index_t>(k)});
   pyb::array_t<float> scores({n_queries, static_cast<index_t>(k)});
   std::int64_t* ids_ptr = ids.mutable_data();
   float* scores_ptr = scores.mutable_data();
-  {
+  with_exclude(indptr_obj, indices_obj, n_queries, n_items, [&](auto exclude) {
+    using Index = std::remove_cv_t<std::remove_pointer_t<decltype(exclude.indices)>>;
     ReleaseGil release;
     topk<Index>(q.data(), n_queries, x.data(), n_items, dim, k, exclude, ids_ptr, scores_ptr,
                 num_threads);
-  }
+  });
   return pyb::make_tuple(ids, scores);
 }
 
@@ -50,16 +41,7 @@ void bind_topk(pyb::module_& m) {
         }
         if (k <= 0) throw std::invalid_argument(str_cat("k: expected an integer >= 1, got ", k));
         resolve_num_threads(num_threads);
-        if (indptr_obj.is_none()) {
-          return run_topk<std::int64_t>(q, x, k, nullptr, indices_obj, num_threads);
-        }
-        auto indptr = require_array<std::int64_t>(indptr_obj, "exclude.indptr", 1);
-        if (pyb::isinstance<pyb::array>(indices_obj) &&
-            pyb::reinterpret_borrow<pyb::array>(indices_obj).dtype().is(
-                pyb::dtype::of<std::int32_t>())) {
-          return run_topk<std::int32_t>(q, x, k, &indptr, indices_obj, num_threads);
-        }
-        return run_topk<std::int64_t>(q, x, k, &indptr, indices_obj, num_threads);
+        return run_topk(q, x, k, indptr_obj, indices_obj, num_threads);
       },
       pyb::arg("queries"), pyb::arg("items"), pyb::arg("k"), pyb::arg("exclude_indptr"),
       pyb::arg("exclude_indices"), pyb::arg("num_threads"),
