@@ -11,6 +11,7 @@ from .baselines import Popularity
 from .config import show_config
 from .evaluation import evaluate
 from .io import load, register_model
+from .ivf_index import ExactIndex, IVFIndex, build_index
 from .retrieval import topk
 from .sampler import AliasSampler
 from .softmax import QueryFeatures, SoftmaxModel
@@ -21,10 +22,13 @@ __version__: str = _core.__version__
 __all__ = [
     "WALS",
     "AliasSampler",
+    "ExactIndex",
+    "IVFIndex",
     "Popularity",
     "QueryFeatures",
     "SoftmaxModel",
     "__version__",
+    "build_index",
     "datasets",
     "evaluate",
     "load",
