@@ -264,7 +264,12 @@ class _Bundle:
 
 
 def recommend(args: argparse.Namespace) -> int:
-    """``fastsoftmax recommend``: top-k items for users given by their original ids."""
+    """``fastsoftmax recommend``: top-k items for users given by their original ids (--user),
+    or for every training user, written to a Parquet file (--all --out)."""
+    if getattr(args, "all", False):
+        return _recommend_all(args)
+    if getattr(args, "out", None) is not None:
+        raise _UserError("--out: only with --all (--user prints its recommendations)")
     b = _Bundle(args.model)
     missing = [u for u in args.user if u not in b.user_row]
     if missing:
@@ -282,6 +287,29 @@ def recommend(args: argparse.Namespace) -> int:
         if j >= 0
     ]  # fmt: skip
     _print_records(records, getattr(args, "format", "table"))
+    return 0
+
+
+def _recommend_all(args: argparse.Namespace) -> int:
+    """``recommend --all --out FILE``: every training user's top-k, original user and item ids
+    (as the model file holds them: strings), the user's training items excluded."""
+    if args.out is None:
+        raise _UserError("--all: needs --out FILE.parquet (where to write every user's top-k)")
+    try:
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise _UserError(
+            "--all: writing Parquet needs pyarrow: pip install 'fastsoftmax[data]'"
+        ) from None
+    b = _Bundle(args.model)
+    k = min(args.k, len(b.item_ids))
+    labels = {"query_labels": b.user_ids, "item_labels": b.item_ids}
+    if isinstance(b.model, SoftmaxModel):  # every user's features, the training items as history
+        feats = _features(None, b.train, None, b.dense, b.categorical)
+        rows = b.model.recommend_all(feats, k, out=args.out, exclude=b.train, **labels)
+    else:
+        rows = b.model.recommend_all(k, out=args.out, exclude=b.train, **labels)
+    print(f"wrote {rows:,} recommendations for {len(b.user_ids):,} users to {args.out}")
     return 0
 
 

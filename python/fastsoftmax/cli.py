@@ -204,15 +204,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=_non_negative_int, default=0, help="0 = all cores")
     train.add_argument("--no-progress", action="store_true")
 
-    rec = sub.add_parser("recommend", help="top-k items for a user of a trained model",
-                         description="Recommend items for a user (original ids in and out); "
-                         "the user's training items are excluded.")  # fmt: skip
+    rec = sub.add_parser("recommend", help="top-k items for users of a trained model",
+                         description="Recommend items for users (original ids in and out); "
+                         "each user's training items are excluded. --user prints them; --all "
+                         "writes every training user's top-k to a Parquet file (--out; needs "
+                         "pyarrow: pip install 'fastsoftmax[data]').")  # fmt: skip
     rec.add_argument("--model", required=True, help="model file written by 'fastsoftmax train'")
-    rec.add_argument("--user", required=True, action="append",
+    who = rec.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", action="append",
                      help="original user id (repeat for several users)")  # fmt: skip
-    rec.add_argument("-k", type=_positive_int, default=10)
+    who.add_argument("--all", action="store_true",
+                     help="every training user, written to --out")  # fmt: skip
+    rec.add_argument("-k", "--k", type=_positive_int, default=10, help="items per user")
     rec.add_argument("--format", choices=("table", "json", "csv"), default="table",
-                     help="aligned columns, a JSON list of records, or CSV with a header")  # fmt: skip
+                     help="--user: aligned columns, a JSON list of records, or CSV with a "
+                     "header")  # fmt: skip
+    rec.add_argument("--out", default=None, metavar="FILE",
+                     help="--all: the Parquet file to write (columns query, rank, item, score; "
+                     "an existing file is replaced)")  # fmt: skip
 
     ev = sub.add_parser("evaluate", help="evaluate a trained model on a data set",
                         description="Evaluate a trained model against the interactions in "

@@ -30,6 +30,7 @@ from ._validation import (
 )
 from .estimator import Estimator, exclusion_union
 from .io import register_model, save_arrays
+from .recommend_all import DEFAULT_BATCH_SIZE, _query_feature_rows, write_recommendations
 
 __all__ = ["QueryFeatures", "SoftmaxModel"]
 
@@ -880,6 +881,90 @@ class SoftmaxModel(Estimator):
             psi = np.hstack([psi, np.ones((len(psi), 1), dtype=np.float32)])
             items = np.hstack([items, bias[:, None]])
         return topk(psi, items, k, exclude=exclude, num_threads=self.num_threads)
+
+    def recommend_all(
+        self,
+        feats: QueryFeatures,
+        k: int = 10,
+        *,
+        out: str | os.PathLike,
+        exclude: Any = None,
+        filter_seen: bool = False,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        query_labels: Any = None,
+        item_labels: Any = None,
+        progress: bool | None = None,
+    ) -> int:
+        """The top-``k`` items of every row of ``feats``, streamed to the Parquet file ``out``.
+
+        The rows of ``recommend(feats, k, exclude=exclude, filter_seen=filter_seen)``,
+        computed ``batch_size`` queries at a time (one Parquet row group each; the features
+        and ``exclude`` are sliced per batch), so memory stays O(batch_size * (k + dim)) on top
+        of the inputs, whatever N. Long format: columns ``query`` (row of ``feats`` or its
+        label), ``rank`` (int32, from 1), ``item`` (item id or label), ``score`` (float32);
+        padding (fewer than ``k`` eligible items) is left out. Written atomically (see
+        :func:`fastsoftmax.recommend_all.write_recommendations`). Needs pyarrow
+        (``pip install 'fastsoftmax[data]'``).
+
+        Parameters
+        ----------
+        feats : QueryFeatures or fastsoftmax.datasets.Features
+            N queries.
+        k : int, default 10
+            Items per query, >= 1.
+        out : str or os.PathLike
+            The Parquet file (its folder must exist; an existing file is replaced).
+        exclude : scipy.sparse matrix, shape (N, n_items), optional
+            Items not to recommend per query (e.g. the training interactions).
+        filter_seen : bool, default False
+            Also leave out the items of each query's ``history`` bag, as in :meth:`recommend`.
+        batch_size : int, default 4096
+            Queries per batch, >= 1.
+        query_labels : array_like, shape (N,), optional
+            Labels (integers or strings, e.g. the original user ids) written instead of the
+            row numbers of ``feats``.
+        item_labels : array_like, shape (n_items,), optional
+            Labels written instead of the item ids.
+        progress : bool, optional
+            tqdm progress bar on stderr; default: only when stderr is a terminal.
+
+        Returns
+        -------
+        int
+            Rows written.
+
+        Raises
+        ------
+        RuntimeError
+            If the model is not fitted.
+        ImportError
+            If pyarrow is not installed.
+        TypeError
+            For an argument of the wrong type (``feats`` not query features, ``exclude`` not
+            sparse, labels neither integers nor strings, ...).
+        ValueError, IndexError
+            For ``k`` or ``batch_size`` < 1, ``out`` a folder or in a missing folder, labels of
+            the wrong length, ``exclude`` of the wrong shape, features that do not fit the
+            model, or ``filter_seen`` without a history bag over the n_items items.
+        """
+        self._require_built()
+        if not isinstance(feats, QueryFeatures) and not callable(getattr(feats, "take", None)):
+            feats = _as_query_features(feats)
+        n = len(feats)
+        if exclude is not None:
+            exclude = as_csr(exclude, "exclude", dtype=None, shape=(n, self.n_items),
+                             canonical=False)  # fmt: skip
+
+        def batch(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            lo, hi = int(rows[0]), int(rows[-1]) + 1
+            part = None if exclude is None else exclude[lo:hi]
+            return self.recommend(_query_feature_rows(feats, lo, hi), k, exclude=part,
+                                  filter_seen=filter_seen)  # fmt: skip
+
+        return write_recommendations(
+            batch, n, k, out, batch_size=batch_size, query_labels=query_labels,
+            item_labels=item_labels, n_items=self.n_items, progress=progress,
+        )  # fmt: skip
 
     def loss(self, feats: QueryFeatures, targets: Any, *, sample_weight: Any = None) -> float:
         """Loss of the configured kind over the given rows (without the L2 term): the mean over

@@ -23,6 +23,7 @@ from ._validation import (
 )
 from .estimator import Estimator, exclusion_union, most_similar, row_ids
 from .io import register_model, save_arrays
+from .recommend_all import DEFAULT_BATCH_SIZE, write_recommendations
 
 __all__ = ["WALS"]
 
@@ -790,6 +791,89 @@ class WALS(Estimator):
             seen = self._seen[ids]
             exclude = seen if exclude is None else exclusion_union(seen, exclude)
         return topk(self._u[ids], self._v, k, exclude=exclude, num_threads=self.num_threads)
+
+    def recommend_all(
+        self,
+        k: int = 10,
+        *,
+        out: str | os.PathLike,
+        exclude: Any = None,
+        filter_seen: bool = False,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        query_labels: Any = None,
+        item_labels: Any = None,
+        progress: bool | None = None,
+    ) -> int:
+        """The top-``k`` items of every training query, streamed to the Parquet file ``out``.
+
+        The rows of ``recommend(arange(n_queries), k, exclude=exclude,
+        filter_seen=filter_seen)``, computed ``batch_size`` queries at a time (one Parquet row
+        group each), so memory stays O(batch_size * k) whatever n_queries. Long format:
+        columns ``query`` (row id or label), ``rank`` (int32, from 1), ``item`` (item id or
+        label), ``score`` (float32); padding (fewer than ``k`` eligible items) is left out.
+        Written atomically (see :func:`fastsoftmax.recommend_all.write_recommendations`).
+        Needs pyarrow (``pip install 'fastsoftmax[data]'``).
+
+        Parameters
+        ----------
+        k : int, default 10
+            Items per query, >= 1.
+        out : str or os.PathLike
+            The Parquet file (its folder must exist; an existing file is replaced).
+        exclude : scipy.sparse matrix, shape (n_queries, n_items), optional
+            Items not to recommend, row ``q`` for query ``q`` (e.g. the training interactions
+            of a loaded model).
+        filter_seen : bool, default False
+            Also leave out each query's items in the interactions of the last :meth:`fit` /
+            :meth:`partial_fit`, as :meth:`recommend` does (False by default, as there: a
+            loaded model does not have them; pass ``exclude=train`` then).
+        batch_size : int, default 4096
+            Queries per batch, >= 1.
+        query_labels : array_like, shape (n_queries,), optional
+            Labels (integers or strings, e.g. the original user ids) written instead of the
+            query row ids.
+        item_labels : array_like, shape (n_items,), optional
+            Labels written instead of the item ids.
+        progress : bool, optional
+            tqdm progress bar on stderr; default: only when stderr is a terminal.
+
+        Returns
+        -------
+        int
+            Rows written.
+
+        Raises
+        ------
+        RuntimeError
+            If the model is not fitted.
+        ImportError
+            If pyarrow is not installed.
+        TypeError
+            For an argument of the wrong type (``exclude`` not sparse, labels neither integers
+            nor strings, ...).
+        ValueError
+            For ``k`` or ``batch_size`` < 1, ``out`` a folder or in a missing folder, labels of
+            the wrong length, ``exclude`` of the wrong shape, or ``filter_seen`` on a model
+            without its training interactions (loaded).
+        """
+        self._check_fitted()
+        shape = (len(self._u), len(self._v))
+        if filter_seen and self._seen is None:
+            raise ValueError(
+                "filter_seen: the model has no training interactions (it was loaded from a "
+                "file); pass exclude=train instead"
+            )
+        if exclude is not None:
+            exclude = as_csr(exclude, "exclude", dtype=None, shape=shape, canonical=False)
+
+        def batch(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            part = None if exclude is None else exclude[int(rows[0]) : int(rows[-1]) + 1]
+            return self.recommend(rows, k, exclude=part, filter_seen=filter_seen)
+
+        return write_recommendations(
+            batch, shape[0], k, out, batch_size=batch_size, query_labels=query_labels,
+            item_labels=item_labels, n_items=shape[1], progress=progress,
+        )  # fmt: skip
 
     def similar_queries(self, query_ids: Any, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` training queries most similar to each given one by cosine similarity of the
