@@ -220,3 +220,49 @@ def test_similar_queries_of_wals_by_cosine():
         np.testing.assert_allclose(scores[b], np.sort(cos)[::-1][:5], atol=1e-5)
     with pytest.raises(IndexError, match="query_ids: id 40 out of range"):
         mf.similar_queries(40)
+
+
+@pytest.mark.parametrize("method", ["ivf", "exact"])
+def test_recommend_with_an_index_of_every_list_equals_exact(method, tmp_path):
+    a = interactions(n_rows=60, n_items=50)
+    mf = fs.WALS(4, iterations=2).fit(a, show_progress=False)
+    model, feats, t = softmax_setup(item_bias=True)
+    model.fit(feats, t, show_progress=False)
+    params = {"n_lists": 5, "n_probe": 5} if method == "ivf" else {}
+    rows = np.arange(40)
+    for m, queries in ((mf, rows), (model, feats)):
+        index = m.build_index(method, **params)
+        assert index.dim == (4 if m is mf else 9)  # the softmax model's bias is one more column
+        for kw in ({}, {"filter_seen": True}):
+            exact = m.recommend(queries, k=7, **kw)
+            approx = m.recommend(queries, k=7, index=index, **kw)
+            np.testing.assert_array_equal(approx[0], exact[0])
+            np.testing.assert_array_equal(approx[1], exact[1])
+        # k beyond the catalogue: padded as in exact search
+        n = m.item_embeddings.shape[0]
+        ids, scores = m.recommend(queries, k=n + 3, index=index)
+        assert (ids[:, n:] == -1).all() and np.isneginf(scores[:, n:]).all()
+    pq = pytest.importorskip("pyarrow.parquet")
+    index = mf.build_index(method, **params)
+    mf.recommend_all(4, out=tmp_path / "a.parquet", index=index)
+    mf.recommend_all(4, out=tmp_path / "b.parquet")
+    assert pq.read_table(tmp_path / "a.parquet").equals(pq.read_table(tmp_path / "b.parquet"))
+
+
+def test_an_index_of_other_items_is_refused():
+    a = interactions()
+    mf = fs.WALS(4, iterations=2).fit(a, show_progress=False)
+    index = mf.build_index(n_lists=3)
+    mf.recommend(0, k=3, index=index)
+    mf.partial_fit(a, iterations=1, show_progress=False)  # retrained: other item vectors
+    with pytest.raises(ValueError, match="other item embeddings"):
+        mf.recommend(0, k=3, index=index)
+    other = fs.WALS(4, iterations=1).fit(interactions(n_items=31), show_progress=False)
+    with pytest.raises(ValueError, match="built for 30 items"):
+        other.recommend(0, k=3, index=index)
+    model, feats, t = softmax_setup()
+    model.fit(feats, t, show_progress=False)
+    with pytest.raises(ValueError, match="dim"):  # 8-d items vs a 4-d index
+        model.recommend(feats, k=3, index=index)
+    with pytest.raises(TypeError, match="index"):
+        mf.recommend(0, k=3, index="ivf")

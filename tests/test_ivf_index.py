@@ -70,10 +70,10 @@ def test_default_probes_find_most_true_neighbours(data):
     assert r1 < recall(ids, ref_ids) <= r4
 
 
-def test_lists_partition_the_items_by_nearest_centroid():
+def test_l2_lists_partition_the_items_by_nearest_centroid():
     rng = np.random.default_rng(0)
     x, _, _ = blobs(rng, 800, 8, 8, spread=1.0)
-    index = fs.build_index(x, n_lists=8, iterations=50, max_train=800, seed=5)
+    index = fs.build_index(x, n_lists=8, iterations=50, max_train=800, clustering="l2", seed=5)
     core = index._core
     list_ids, offsets, centroids = core.list_ids(), core.list_offsets(), core.centroids()
     np.testing.assert_array_equal(np.sort(list_ids), np.arange(800))
@@ -88,11 +88,36 @@ def test_lists_partition_the_items_by_nearest_centroid():
     np.testing.assert_array_equal(core.gather(np.array([5, 0, 799])), x[[5, 0, 799]])
 
 
-def test_zero_iterations_uses_sampled_items_as_centroids():
+def test_spherical_lists_partition_the_items_by_largest_inner_product():
+    rng = np.random.default_rng(1)
+    x, _, _ = blobs(rng, 900, 8, 6, spread=1.0)
+    index = fs.build_index(x, n_lists=6, iterations=50, max_train=900, seed=2)
+    core = index._core
+    list_ids, offsets, centroids = core.list_ids(), core.list_offsets(), core.centroids()
+    scale = np.linalg.norm(centroids, axis=1)
+    unit = centroids / scale[:, None]
+    ip = x.astype(np.float64) @ unit.T.astype(np.float64)
+    for lst in range(6):
+        members = list_ids[offsets[lst] : offsets[lst + 1]]
+        assert (ip[members].argmax(1) == lst).all()
+        # converged: each direction is that of its list's mean ...
+        mean = x[members].mean(0)
+        np.testing.assert_allclose(unit[lst], mean / np.linalg.norm(mean), atol=1e-5)
+        # ... and the probe vector's length is the list's largest item norm
+        np.testing.assert_allclose(scale[lst], np.linalg.norm(x[members], axis=1).max(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("clustering", ["spherical", "l2"])
+def test_zero_iterations_uses_sampled_items_as_centroids(clustering):
     rng = np.random.default_rng(2)
     x = rng.normal(size=(300, 6)).astype(np.float32)
-    centroids = fs.build_index(x, n_lists=12, iterations=0).centroids
-    assert all((x == c).all(1).any() for c in centroids)
+    centroids = fs.build_index(x, n_lists=12, iterations=0, clustering=clustering).centroids
+    if clustering == "spherical":  # directions of sampled items (then scaled)
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        unit = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
+        assert all(np.isclose(x, c, atol=1e-6).all(1).any() for c in unit)
+    else:
+        assert all((x == c).all(1).any() for c in centroids)
     assert len(np.unique(centroids, axis=0)) == 12
 
 
@@ -197,6 +222,7 @@ def test_check_items_detects_other_items(data):
     ("kwargs", "error", "match"),
     [
         ({"method": "hnsw"}, ValueError, "method"),
+        ({"clustering": "cosine"}, ValueError, "clustering"),
         ({"n_lists": 0}, ValueError, "n_lists"),
         ({"n_lists": 10**6}, ValueError, "n_lists"),
         ({"n_lists": 2.5}, TypeError, "n_lists"),

@@ -45,24 +45,36 @@ RowMatrixXf sample_rows(const float* items, index_t n, index_t d, index_t m, std
   return sample;
 }
 
-// labels[i] = the centroid nearest to point i in L2 (lowest id on ties): the top-1 inner product
-// of [x, 1] with [c, -|c|^2 / 2], computed by topk() on blocks of augmented points.
-void assign_nearest(const float* points, index_t m, index_t d, const RowMatrixXf& centroids,
-                    std::int64_t* labels, int num_threads) {
-  const index_t n_lists = centroids.rows();
-  RowMatrixXf c_aug(n_lists, d + 1);
+// labels[i] = the list of point i (lowest id on ties), by the top-1 inner product on the top-k
+// kernel: spherical lists take the largest x . c (unit centroids); L2 lists the nearest centroid,
+// the largest [x, 1] . [c, -|c|^2 / 2]. Points are processed in blocks of kAssignBlock.
+void assign_lists(const float* points, index_t m, index_t d, const RowMatrixXf& centroids,
+                  bool spherical, std::int64_t* labels, int num_threads) {
+  const index_t n_lists = centroids.rows(), da = spherical ? d : d + 1;
+  RowMatrixXf c_aug(n_lists, da);
   c_aug.leftCols(d) = centroids;
-  c_aug.col(d) = -0.5f * centroids.rowwise().squaredNorm();
-  RowMatrixXf x_aug(std::min(m, kAssignBlock), d + 1);
-  std::vector<float> best(static_cast<std::size_t>(x_aug.rows()));
+  if (!spherical) c_aug.col(d) = -0.5f * centroids.rowwise().squaredNorm();
+  RowMatrixXf x_aug(spherical ? 0 : std::min(m, kAssignBlock), da);
+  std::vector<float> best(static_cast<std::size_t>(std::min(m, kAssignBlock)));
   for (index_t i0 = 0; i0 < m; i0 += kAssignBlock) {
     const index_t nb = std::min(kAssignBlock, m - i0);
-    x_aug.topRows(nb).leftCols(d) = ConstMapRowMatrixXf(points + i0 * d, nb, d);
-    x_aug.topRows(nb).col(d).setOnes();
-    topk(x_aug.data(), nb, c_aug.data(), n_lists, d + 1, 1, labels + i0, best.data(),
-         num_threads);
+    const float* block = points + i0 * d;
+    if (!spherical) {
+      x_aug.topRows(nb).leftCols(d) = ConstMapRowMatrixXf(block, nb, d);
+      x_aug.topRows(nb).col(d).setOnes();
+      block = x_aug.data();
+    }
+    topk(block, nb, c_aug.data(), n_lists, da, 1, labels + i0, best.data(), num_threads);
     for (index_t i = 0; i < nb; ++i) labels[i0 + i] = std::max<std::int64_t>(labels[i0 + i], 0);
     check_interrupt();
+  }
+}
+
+// Spherical lists: centroids scaled to unit norm (a zero centroid stays zero).
+void normalize_rows(RowMatrixXf& centroids) {
+  for (index_t c = 0; c < centroids.rows(); ++c) {
+    const float norm = centroids.row(c).norm();
+    if (norm > 0) centroids.row(c) /= norm;
   }
 }
 
@@ -85,9 +97,23 @@ void split_empty(RowMatrixXf& centroids, std::vector<index_t>& counts) {
   }
 }
 
+// Spherical lists are probed by q . c_l with c_l = (unit centroid) x (largest item norm in the
+// list): an estimate of the list's best inner product. Lists of a direction hold items of very
+// different norms (a popular item's embedding may be 1000 times longer than a rare one's), and
+// the best inner products come from the long ones; probing by direction alone misses them.
+void scale_by_max_norm(const float* items, index_t d, const std::vector<std::int64_t>& labels,
+                       RowMatrixXf& centroids) {
+  std::vector<float> max_norm(static_cast<std::size_t>(centroids.rows()), 0.0f);
+  for (std::size_t i = 0; i < labels.size(); ++i) {
+    const float norm = ConstMapRowMatrixXf(items + i * d, 1, d).norm();
+    max_norm[labels[i]] = std::max(max_norm[labels[i]], norm);
+  }
+  for (index_t c = 0; c < centroids.rows(); ++c) centroids.row(c) *= max_norm[c];
+}
+
 // Lloyd's k-means on the rows of `train` from n_lists distinct seeded starting rows.
-RowMatrixXf kmeans(const RowMatrixXf& train, index_t n_lists, int iterations, std::uint64_t seed,
-                   int num_threads) {
+RowMatrixXf kmeans(const RowMatrixXf& train, index_t n_lists, int iterations, bool spherical,
+                   std::uint64_t seed, int num_threads) {
   const index_t m = train.rows(), d = train.cols();
   std::vector<index_t> perm(m);
   std::iota(perm.begin(), perm.end(), 0);
@@ -98,12 +124,13 @@ RowMatrixXf kmeans(const RowMatrixXf& train, index_t n_lists, int iterations, st
   }
   RowMatrixXf centroids(n_lists, d);
   for (index_t c = 0; c < n_lists; ++c) centroids.row(c) = train.row(perm[c]);
+  if (spherical) normalize_rows(centroids);
 
   std::vector<std::int64_t> labels(m);
   std::vector<index_t> counts(n_lists);
   RowMatrixXd sums(n_lists, d);
   for (int it = 0; it < iterations; ++it) {
-    assign_nearest(train.data(), m, d, centroids, labels.data(), num_threads);
+    assign_lists(train.data(), m, d, centroids, spherical, labels.data(), num_threads);
     sums.setZero();
     std::fill(counts.begin(), counts.end(), 0);
     for (index_t i = 0; i < m; ++i) {  // in row order: deterministic
@@ -114,6 +141,7 @@ RowMatrixXf kmeans(const RowMatrixXf& train, index_t n_lists, int iterations, st
       if (counts[c] > 0) centroids.row(c) = (sums.row(c) / counts[c]).cast<float>();
     }
     split_empty(centroids, counts);
+    if (spherical) normalize_rows(centroids);
   }
   return centroids;
 }
@@ -187,11 +215,12 @@ IvfIndex IvfIndex::build(const float* items, index_t n_items, index_t dim,
   }
   const index_t m = std::min(n_items, options.max_train);
   const RowMatrixXf train = sample_rows(items, n_items, dim, m, options.seed);
-  const RowMatrixXf centroids =
-      kmeans(train, options.n_lists, options.iterations, options.seed, threads);
+  RowMatrixXf centroids =
+      kmeans(train, options.n_lists, options.iterations, options.spherical, options.seed, threads);
 
   std::vector<std::int64_t> labels(n_items);
-  assign_nearest(items, n_items, dim, centroids, labels.data(), threads);
+  assign_lists(items, n_items, dim, centroids, options.spherical, labels.data(), threads);
+  if (options.spherical) scale_by_max_norm(items, dim, labels, centroids);
 
   IvfIndex index;
   index.dim_ = dim;

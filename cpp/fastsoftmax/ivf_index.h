@@ -1,10 +1,14 @@
 #pragma once
 // An inverted-file (IVF) index for approximate maximum-inner-product search.
 //
-// Build: k-means (Lloyd, on a seeded sample of the items) splits the items into n_lists lists;
-// each item goes to its nearest centroid in L2. Nearest-centroid assignment is the top-1 inner
-// product of [x, 1] with [c, -|c|^2 / 2], so it runs on the exact top-k kernel. Each list stores
-// its items' vectors as pre-transposed panels of 16 (panel_scan.h) in ascending item-id order.
+// Build: k-means (Lloyd, on a seeded sample of the items) splits the items into n_lists lists.
+// Spherical lists (the default) group items by direction: unit centroids, each item in the list
+// of its largest x . c; each centroid is then scaled by the largest item norm in its list, so
+// that probing by q . c estimates a list's best inner product (directions alone miss the long
+// embeddings of popular items, which win inner-product searches). L2 lists: each item in the list
+// of its nearest mean. Either assignment is a top-1 inner product ([x, 1] . [c, -|c|^2 / 2] for
+// L2), so it runs on the exact top-k kernel. Each list stores its items' vectors as pre-transposed
+// panels of 16 (panel_scan.h) in ascending item-id order.
 //
 // Search: a query probes the n_probe lists whose centroids have the largest inner product with it
 // and returns the best k items of those lists by exact inner product. Queries of a batch are
@@ -32,6 +36,7 @@ struct IvfBuildOptions {
   index_t n_lists = 1;      // number of lists, in [1, n_items]
   int iterations = 10;      // Lloyd iterations, >= 0 (0: the initial sample is the centroids)
   index_t max_train = 0;    // items used to train k-means (a seeded sample), >= n_lists
+  bool spherical = true;    // lists by direction, probed by norm-scaled centroids (else L2 k-means)
   std::uint64_t seed = 0;   // sample and initialisation
   int num_threads = 0;      // 0 = all cores
 };

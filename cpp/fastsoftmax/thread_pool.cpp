@@ -166,8 +166,12 @@ int resolve_num_threads(int num_threads) {
     throw_invalid("num_threads: expected an integer >= 0 (0 = all cores), got ", num_threads);
   }
   if (num_threads == 0) {
-    const unsigned hw = std::thread::hardware_concurrency();
-    return hw == 0 ? 1 : static_cast<int>(hw);
+    // Asked once: hardware_concurrency() reads /sys on Linux (~10 us, as long as a small search).
+    static const int cores = [] {
+      const unsigned hw = std::thread::hardware_concurrency();
+      return hw == 0 ? 1 : static_cast<int>(hw);
+    }();
+    return cores;
   }
   return num_threads;
 }

@@ -5,8 +5,9 @@
   returning True stops training. ``training_log`` lists one ``logs`` dict per completed epoch.
 * ``query_embeddings(queries)`` and the property ``item_embeddings`` give the two sides of the
   score ``query . item``; ``recommend(queries, k)`` returns ``(ids, scores)`` of shape (B, k)
-  for B queries (one query: (1, k)); ``similar_items(item_ids, k)`` ranks items by the cosine
-  of their embeddings.
+  for B queries (one query: (1, k)), exactly or, with ``index=model.build_index()``, by
+  approximate search; ``recommend_all`` streams every query's top-k to Parquet;
+  ``similar_items(item_ids, k)`` ranks items by the cosine of their embeddings.
 * Hyperparameters are the constructor's arguments: ``get_params()`` returns them,
   ``set_params(**params)`` changes them (checked as the constructor checks them; they take
   effect at the next ``fit``), and ``repr`` shows those that differ from their defaults.
@@ -99,6 +100,64 @@ class Estimator:
         return f"{type(self).__name__}({', '.join(shown)})"
 
     # -- retrieval ---------------------------------------------------------------------------
+    def _serving_items(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """The item side of the retrieval score (all items, or the given rows), float32 (n, d'):
+        the item embeddings; models with more terms in the score (an item bias) add columns."""
+        v = np.asarray(self.item_embeddings)
+        return v if rows is None else v[rows]
+
+    def _serving_queries(self, queries: np.ndarray) -> np.ndarray:
+        """The query side matching :meth:`_serving_items` (B, d')."""
+        return queries
+
+    def build_index(self, method: str = "ivf", **params: Any) -> Any:
+        """An index over the model's items for :meth:`recommend` (``index=``): approximate
+        search for large catalogues.
+
+        The index holds the vectors the model scores with (the item embeddings; for a
+        :class:`fastsoftmax.SoftmaxModel` with ``item_bias``, the bias as one more column), so
+        ``recommend(..., index=index)`` returns the model's scores. Rebuild it after training
+        again: ``recommend`` checks that the index matches the current items.
+
+        Parameters
+        ----------
+        method : {"ivf", "exact"}, default "ivf"
+        **params
+            Passed to :func:`fastsoftmax.build_index` (``n_lists``, ``n_probe``, ``seed``, ...);
+            ``num_threads`` defaults to the model's.
+
+        Returns
+        -------
+        fastsoftmax.IVFIndex or fastsoftmax.ExactIndex
+        """
+        from .ivf_index import build_index
+
+        params.setdefault("num_threads", self.num_threads)
+        return build_index(self._serving_items(), method, **params)
+
+    def _top_items(
+        self, queries: np.ndarray, k: int, exclude: Any, index: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of the serving score for query embeddings (B, d): exact, or by ``index``
+        (checked against the model's items; k beyond n_items padded as in exact search)."""
+        from .ivf_index import ExactIndex, IVFIndex
+        from .retrieval import topk
+
+        q = self._serving_queries(queries)
+        if index is None:
+            return topk(q, self._serving_items(), k, exclude=exclude, num_threads=self.num_threads)
+        if not isinstance(index, IVFIndex | ExactIndex):
+            raise TypeError(
+                f"index: expected an index from model.build_index(), got {type(index).__name__}"
+            )
+        n = len(self.item_embeddings)
+        shape = (n, self._serving_items(np.array([0])).shape[1])
+        index._check_source(shape, self._serving_items, "index")
+        ids, scores = index.search(q, min(k, n), exclude=exclude)
+        if k > n:
+            ids = np.pad(ids, ((0, 0), (0, k - n)), constant_values=-1)
+            scores = np.pad(scores, ((0, 0), (0, k - n)), constant_values=-np.inf)
+        return ids, scores
     def similar_items(self, item_ids: Any, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` items most similar to each given item by cosine similarity of the item
         embeddings (exact, via :func:`fastsoftmax.topk`); the item itself is left out.

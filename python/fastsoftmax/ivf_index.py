@@ -36,6 +36,7 @@ def build_index(
     n_probe: int | None = None,
     iterations: int = 10,
     max_train: int | None = None,
+    clustering: str = "spherical",
     seed: int = 0,
     num_threads: int = 0,
 ) -> IVFIndex | ExactIndex:
@@ -50,15 +51,22 @@ def build_index(
         ``"ivf"``: an inverted-file index (k-means lists, approximate; see :class:`IVFIndex`).
         ``"exact"``: :class:`ExactIndex`, exhaustive search with :func:`fastsoftmax.topk`.
     n_lists : int, optional
-        IVF only: number of k-means lists, in [1, n_items]. Default ``round(2 sqrt(n_items))``.
+        IVF only: number of k-means lists, in [1, n_items]. Default ``round(4 sqrt(n_items))``
+        (4,000 lists of ~250 items for 1e6 items).
     n_probe : int, optional
         IVF only: lists scanned per query by default (the recall/speed knob, changeable later
-        via ``index.n_probe`` or ``search(n_probe=)``). Default ``ceil(n_lists / 40)``, at least 1.
+        via ``index.n_probe`` or ``search(n_probe=)``). Default ``max(ceil(n_lists / 250), 8)``
+        (at most n_lists): 16 for 1e6 items, recall@10 0.96-0.99 in bench/bench_ann.py.
     iterations : int, default 10
         IVF only: k-means (Lloyd) iterations.
     max_train : int, optional
         IVF only: k-means trains on a seeded sample of this many items (>= n_lists). Default
         ``min(n_items, 64 n_lists)``; every item is then assigned to its nearest centroid.
+    clustering : {"spherical", "l2"}, default "spherical"
+        IVF only: ``"spherical"`` groups items by direction (unit centroids, largest inner
+        product) and probes each list by its centroid scaled to the list's largest item norm,
+        which keeps the long embeddings of popular items findable; ``"l2"`` is plain k-means
+        (nearest mean), probed by the mean. See bench/README.md for the comparison.
     seed : int, default 0
         IVF only: seed of the sample and of the initial centroids.
     num_threads : int, default 0
@@ -85,6 +93,7 @@ def build_index(
     True
     """
     method = check_choice(method, "method", _METHODS)
+    clustering = check_choice(clustering, "clustering", ("spherical", "l2"))
     items = as_real_array(item_embeddings, "item_embeddings", dtype=np.float32, ndim=2)
     if items.shape[0] == 0 or items.shape[1] == 0:
         raise ValueError(f"item_embeddings: expected a non-empty (n_items, dim) array, "
@@ -99,7 +108,7 @@ def build_index(
         return ExactIndex(items, num_threads=num_threads)
     n = items.shape[0]
     if n_lists is None:
-        n_lists = max(1, min(n, round(2 * math.sqrt(n))))
+        n_lists = max(1, min(n, round(4 * math.sqrt(n))))
     n_lists = check_int(n_lists, "n_lists", minimum=1)
     if n_lists > n:
         raise ValueError(f"n_lists: expected at most n_items = {n}, got {n_lists}")
@@ -109,10 +118,10 @@ def build_index(
     if max_train < n_lists:
         raise ValueError(f"max_train: expected at least n_lists = {n_lists}, got {max_train}")
     iterations = check_int(iterations, "iterations", minimum=0)
-    core = _core.IvfIndex.build(items, n_lists, iterations, max_train, check_seed(seed),
-                                num_threads)  # fmt: skip
+    core = _core.IvfIndex.build(items, n_lists, iterations, max_train, clustering == "spherical",
+                                check_seed(seed), num_threads)  # fmt: skip
     if n_probe is None:
-        n_probe = max(1, math.ceil(n_lists / 40))
+        n_probe = max(math.ceil(n_lists / 250), min(n_lists, 8))
     return IVFIndex(core, n_probe=n_probe, num_threads=num_threads)
 
 
@@ -162,16 +171,20 @@ class _Index:
             If the shape or a compared vector differs.
         """
         items = np.asarray(item_embeddings)
-        if items.shape != (self.n_items, self.dim):
+        self._check_source(items.shape, lambda ids: items[ids], name)
+
+    def _check_source(self, shape: tuple, rows_of: Any, name: str) -> None:
+        """check_items for items of this shape whose rows ``rows_of(ids)`` returns."""
+        if tuple(shape) != (self.n_items, self.dim):
             raise ValueError(
-                f"{name}: built for {self.n_items} items of dim {self.dim}, but the model has "
-                f"item embeddings of shape {items.shape}; rebuild it with model.build_index()"
+                f"{name}: built for {self.n_items} items of dim {self.dim}, but the items have "
+                f"shape {tuple(shape)}; rebuild it (model.build_index())"
             )
         ids = np.unique(np.linspace(0, self.n_items - 1, _FINGERPRINT_ROWS).astype(np.int64))
-        if not np.array_equal(self._vectors_of(ids), items[ids].astype(np.float32)):
+        if not np.array_equal(self._vectors_of(ids), np.asarray(rows_of(ids), np.float32)):
             raise ValueError(
-                f"{name}: built for other item embeddings than the model's (retrained or another "
-                "model); rebuild it with model.build_index()"
+                f"{name}: built for other item embeddings (a retrained or another model); "
+                "rebuild it (model.build_index())"
             )
 
 

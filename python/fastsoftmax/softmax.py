@@ -842,9 +842,11 @@ class SoftmaxModel(Estimator):
         return v
 
     def recommend(
-        self, feats: QueryFeatures, k: int = 10, *, exclude: Any = None, filter_seen: bool = False
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` items per query by score ``psi(x) . V_j (+ b_j)`` (exact, via fs.topk).
+        self, feats: QueryFeatures, k: int = 10, *, exclude: Any = None,
+        filter_seen: bool = False, index: Any = None,
+    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """Top-``k`` items per query by score ``psi(x) . V_j (+ b_j)``: exact (fs.topk), or
+        approximate with an ``index`` from :meth:`build_index`.
 
         Parameters
         ----------
@@ -856,6 +858,9 @@ class SoftmaxModel(Estimator):
         filter_seen : bool, default False
             Also leave out the items of each query's ``history`` bag (a model with a history
             feature over the n_items items).
+        index : fastsoftmax.IVFIndex or fastsoftmax.ExactIndex, optional
+            From :meth:`build_index` on this model as it is now (checked: an index of other
+            items is a ValueError).
 
         Returns
         -------
@@ -863,8 +868,6 @@ class SoftmaxModel(Estimator):
             Best first; padded with -1 when fewer than k items are eligible.
         scores : numpy.ndarray, float32, shape (N, k)
         """
-        from .retrieval import topk
-
         psi = self.query_embeddings(feats)
         if filter_seen:
             seen = self._history_matrix(_as_query_features(feats))
@@ -874,13 +877,21 @@ class SoftmaxModel(Estimator):
                     "pass exclude= instead"
                 )
             exclude = seen if exclude is None else exclusion_union(seen, exclude)
-        items = self.item_embeddings
-        if self.item_bias:
-            # psi . V_j + b_j == [psi, 1] . [V_j, b_j]
-            bias = self._impl.parameters()["item_bias"]
-            psi = np.hstack([psi, np.ones((len(psi), 1), dtype=np.float32)])
-            items = np.hstack([items, bias[:, None]])
-        return topk(psi, items, k, exclude=exclude, num_threads=self.num_threads)
+        return self._top_items(psi, k, exclude, index)
+
+    # psi . V_j + b_j == [psi, 1] . [V_j, b_j]: with an item bias, one more column on each side.
+    def _serving_items(self, rows: np.ndarray | None = None) -> np.ndarray:
+        items = super()._serving_items(rows)
+        if not self.item_bias:
+            return items
+        bias = self._impl.parameters()["item_bias"]
+        bias = bias if rows is None else bias[rows]
+        return np.hstack([items, bias[:, None]])
+
+    def _serving_queries(self, queries: np.ndarray) -> np.ndarray:
+        if not self.item_bias:
+            return queries
+        return np.hstack([queries, np.ones((len(queries), 1), dtype=np.float32)])
 
     def recommend_all(
         self,
@@ -894,11 +905,12 @@ class SoftmaxModel(Estimator):
         query_labels: Any = None,
         item_labels: Any = None,
         progress: bool | None = None,
+        index: Any = None,
     ) -> int:
         """The top-``k`` items of every row of ``feats``, streamed to the Parquet file ``out``.
 
-        The rows of ``recommend(feats, k, exclude=exclude, filter_seen=filter_seen)``,
-        computed ``batch_size`` queries at a time (one Parquet row group each; the features
+        The rows of ``recommend(feats, k, exclude=exclude, filter_seen=filter_seen,
+        index=index)``, computed ``batch_size`` queries at a time (one Parquet row group each; the features
         and ``exclude`` are sliced per batch), so memory stays O(batch_size * (k + dim)) on top
         of the inputs, whatever N. Long format: columns ``query`` (row of ``feats`` or its
         label), ``rank`` (int32, from 1), ``item`` (item id or label), ``score`` (float32);
@@ -927,6 +939,9 @@ class SoftmaxModel(Estimator):
             Labels written instead of the item ids.
         progress : bool, optional
             tqdm progress bar on stderr; default: only when stderr is a terminal.
+        index : fastsoftmax.IVFIndex or fastsoftmax.ExactIndex, optional
+            Approximate search with an index from :meth:`build_index` (as in
+            :meth:`recommend`).
 
         Returns
         -------
@@ -959,7 +974,7 @@ class SoftmaxModel(Estimator):
             lo, hi = int(rows[0]), int(rows[-1]) + 1
             part = None if exclude is None else exclude[lo:hi]
             return self.recommend(_query_feature_rows(feats, lo, hi), k, exclude=part,
-                                  filter_seen=filter_seen)  # fmt: skip
+                                  filter_seen=filter_seen, index=index)  # fmt: skip
 
         return write_recommendations(
             batch, n, k, out, batch_size=batch_size, query_labels=query_labels,

@@ -747,10 +747,11 @@ class WALS(Estimator):
     # -- retrieval ----------------------------------------------------------------------------
 
     def recommend(
-        self, query_ids: Any, k: int = 10, *, exclude: Any = None, filter_seen: bool = False
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` items by score ``u_q . v_j`` for training queries (exact, via
-        :func:`fastsoftmax.topk`).
+        self, query_ids: Any, k: int = 10, *, exclude: Any = None,
+        filter_seen: bool = False, index: Any = None,
+    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """Top-``k`` items by score ``u_q . v_j`` for training queries: exact
+        (:func:`fastsoftmax.topk`), or approximate with an ``index`` from :meth:`build_index`.
 
         Parameters
         ----------
@@ -763,6 +764,9 @@ class WALS(Estimator):
         filter_seen : bool, default False
             Also leave out each query's items in the interactions of the last
             :meth:`fit` / :meth:`partial_fit` (not kept by :meth:`save`).
+        index : fastsoftmax.IVFIndex or fastsoftmax.ExactIndex, optional
+            From :meth:`build_index` on this model as it is now (checked: an index of other
+            items is a ValueError).
 
         Returns
         -------
@@ -778,8 +782,6 @@ class WALS(Estimator):
         ValueError
             With ``filter_seen`` on a model without its training interactions (loaded).
         """
-        from .retrieval import topk
-
         self._check_fitted()
         ids = row_ids(query_ids, "query_ids", len(self._u))
         if filter_seen:
@@ -790,7 +792,7 @@ class WALS(Estimator):
                 )
             seen = self._seen[ids]
             exclude = seen if exclude is None else exclusion_union(seen, exclude)
-        return topk(self._u[ids], self._v, k, exclude=exclude, num_threads=self.num_threads)
+        return self._top_items(self._u[ids], k, exclude, index)
 
     def recommend_all(
         self,
@@ -803,12 +805,13 @@ class WALS(Estimator):
         query_labels: Any = None,
         item_labels: Any = None,
         progress: bool | None = None,
+        index: Any = None,
     ) -> int:
         """The top-``k`` items of every training query, streamed to the Parquet file ``out``.
 
         The rows of ``recommend(arange(n_queries), k, exclude=exclude,
-        filter_seen=filter_seen)``, computed ``batch_size`` queries at a time (one Parquet row
-        group each), so memory stays O(batch_size * k) whatever n_queries. Long format:
+        filter_seen=filter_seen, index=index)``, computed ``batch_size`` queries at a time (one
+        Parquet row group each), so memory stays O(batch_size * k) whatever n_queries. Long format:
         columns ``query`` (row id or label), ``rank`` (int32, from 1), ``item`` (item id or
         label), ``score`` (float32); padding (fewer than ``k`` eligible items) is left out.
         Written atomically (see :func:`fastsoftmax.recommend_all.write_recommendations`).
@@ -836,6 +839,9 @@ class WALS(Estimator):
             Labels written instead of the item ids.
         progress : bool, optional
             tqdm progress bar on stderr; default: only when stderr is a terminal.
+        index : fastsoftmax.IVFIndex or fastsoftmax.ExactIndex, optional
+            Approximate search with an index from :meth:`build_index` (as in
+            :meth:`recommend`).
 
         Returns
         -------
@@ -868,7 +874,7 @@ class WALS(Estimator):
 
         def batch(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             part = None if exclude is None else exclude[int(rows[0]) : int(rows[-1]) + 1]
-            return self.recommend(rows, k, exclude=part, filter_seen=filter_seen)
+            return self.recommend(rows, k, exclude=part, filter_seen=filter_seen, index=index)
 
         return write_recommendations(
             batch, shape[0], k, out, batch_size=batch_size, query_labels=query_labels,

@@ -29,14 +29,14 @@ void bind_ivf_index(pyb::module_& m) {
       .def_static(
           "build",
           [](pyb::handle items_obj, index_t n_lists, int iterations, index_t max_train,
-             std::uint64_t seed, int num_threads) {
+             bool spherical, std::uint64_t seed, int num_threads) {
             auto items = require_array<float>(items_obj, "items", 2);
-            IvfBuildOptions options{n_lists, iterations, max_train, seed, num_threads};
+            IvfBuildOptions options{n_lists, iterations, max_train, spherical, seed, num_threads};
             ReleaseGil release;
             return IvfIndex::build(items.data(), items.shape(0), items.shape(1), options);
           },
           pyb::arg("items"), pyb::arg("n_lists"), pyb::arg("iterations"), pyb::arg("max_train"),
-          pyb::arg("seed"), pyb::arg("num_threads"),
+          pyb::arg("spherical"), pyb::arg("seed"), pyb::arg("num_threads"),
           "k-means lists over the items (see fastsoftmax.build_index).")
       .def(pyb::init([](pyb::handle centroids_obj, pyb::handle offsets_obj, pyb::handle ids_obj,
                         pyb::handle vectors_obj) {
