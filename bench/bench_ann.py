@@ -147,9 +147,11 @@ def run_dataset(name: str, x: np.ndarray, q: np.ndarray, args: argparse.Namespac
             continue
         methods = {"fs IVF": lambda qq, p=n_probe: index.search(qq, k, n_probe=p)[0]}
         if fi is not None:
+
             def faiss_ivf(qq: np.ndarray, p: int = n_probe) -> np.ndarray:
                 fi.nprobe = p
                 return fi.search(qq, k)[1]
+
             methods["faiss IVF-Flat"] = faiss_ivf
         times = measure(methods, batch, single)
         for method, search in methods.items():
@@ -167,9 +169,11 @@ def run_dataset(name: str, x: np.ndarray, q: np.ndarray, args: argparse.Namespac
                        "build_s": time.perf_counter() - t0,
                        "memory_MB": faiss_bytes(faiss, hnsw) / 2**20})  # fmt: skip
         for ef in args.ef_search:
+
             def faiss_hnsw(qq: np.ndarray, ef: int = ef) -> np.ndarray:
                 hnsw.hnsw.efSearch = ef
                 return hnsw.search(qq, k)[1]
+
             t = measure({"hnsw": faiss_hnsw}, batch, single)["hnsw"]
             r = 0.5 * (recall(faiss_hnsw(batch), exact_batch)
                        + recall(faiss_hnsw(single), exact_single))  # fmt: skip

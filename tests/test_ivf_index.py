@@ -27,7 +27,7 @@ def kernel(request):
 @pytest.fixture(scope="module")
 def data():
     rng = np.random.default_rng(7)
-    x, centers, _ = blobs(rng, 6000, 24, 60)
+    x, _, _ = blobs(rng, 6000, 24, 60)
     q, _, _ = blobs(rng, 300, 24, 60)
     return x, q
 
@@ -178,7 +178,7 @@ def test_small_lists_are_topped_up_and_pads_only_when_nothing_is_left():
     keep[:, [2, 11, 29]] = True
     exclude = sp.csr_matrix(~keep)
     ids, scores = index.search(q, 5, exclude=exclude)
-    ref_ids, ref_scores = fs.topk(q, x, 5, exclude=exclude)
+    ref_ids, _ = fs.topk(q, x, 5, exclude=exclude)
     np.testing.assert_array_equal(ids, ref_ids)
     assert (ids[:, 3:] == -1).all() and np.isneginf(scores[:, 3:]).all()
 

@@ -267,6 +267,17 @@ def test_cli_recommend_all_writes_original_ids(csv_data, tmp_path, capsys, model
     written = [(u, r, i, round(s, 6)) for u, r, i, s in
                zip(recs["query"], recs["rank"], recs["item"], recs["score"], strict=True)]  # fmt: skip
     assert printed == [row for u in picked for row in written if row[0] == u]
+    # --index ivf: approximate search over the same users; its scores are the model's
+    ivf = tmp_path / "ivf.parquet"
+    assert main(["recommend", "--model", str(path), "--all", "--out", str(ivf), "--k", "4",
+                 "--index", "ivf"]) == 0  # fmt: skip
+    approx = _read(ivf)
+    assert len(approx["query"]) == 4 * len(users)
+    exact = {(u, i): s for u, i, s in zip(recs["query"], recs["item"], recs["score"], strict=True)}
+    found = [(u, i) in exact for u, i in zip(approx["query"], approx["item"], strict=True)]
+    assert np.mean(found) > 0.5
+    for u, i, s, hit in zip(approx["query"], approx["item"], approx["score"], found, strict=True):
+        assert not hit or s == exact[(u, i)]
 
 
 def test_cli_recommend_all_errors(csv_data, tmp_path, capsys):  # noqa: F811

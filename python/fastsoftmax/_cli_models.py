@@ -304,6 +304,8 @@ def _recommend_all(args: argparse.Namespace) -> int:
     b = _Bundle(args.model)
     k = min(args.k, len(b.item_ids))
     labels = {"query_labels": b.user_ids, "item_labels": b.item_ids}
+    if getattr(args, "index", "exact") == "ivf":  # approximate search (large catalogues)
+        labels["index"] = b.model.build_index("ivf")
     if isinstance(b.model, SoftmaxModel):  # every user's features, the training items as history
         feats = _features(None, b.train, None, b.dense, b.categorical)
         rows = b.model.recommend_all(feats, k, out=args.out, exclude=b.train, **labels)

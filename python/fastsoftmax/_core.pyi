@@ -26,11 +26,18 @@ def topk(
 class IvfIndex:
     @staticmethod
     def build(
-        items: np.ndarray, n_lists: int, iterations: int, max_train: int, seed: int,
+        items: np.ndarray,
+        n_lists: int,
+        iterations: int,
+        max_train: int,
+        seed: int,
         num_threads: int,
     ) -> IvfIndex: ...
     def __init__(
-        self, centroids: np.ndarray, list_offsets: np.ndarray, list_ids: np.ndarray,
+        self,
+        centroids: np.ndarray,
+        list_offsets: np.ndarray,
+        list_ids: np.ndarray,
         vectors: np.ndarray,
     ) -> None: ...
     def search(

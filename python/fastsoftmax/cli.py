@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--format", choices=("table", "json", "csv"), default="table",
                      help="--user: aligned columns, a JSON list of records, or CSV with a "
                      "header")  # fmt: skip
+    rec.add_argument("--index", choices=("exact", "ivf"), default="exact",
+                     help="--all: exact search, or approximate search with an IVF index "
+                     "(fs.build_index; faster for large catalogues)")  # fmt: skip
     rec.add_argument("--out", default=None, metavar="FILE",
                      help="--all: the Parquet file to write (columns query, rank, item, score; "
                      "an existing file is replaced)")  # fmt: skip

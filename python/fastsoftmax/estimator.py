@@ -158,6 +158,7 @@ class Estimator:
             ids = np.pad(ids, ((0, 0), (0, k - n)), constant_values=-1)
             scores = np.pad(scores, ((0, 0), (0, k - n)), constant_values=-np.inf)
         return ids, scores
+
     def similar_items(self, item_ids: Any, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` items most similar to each given item by cosine similarity of the item
         embeddings (exact, via :func:`fastsoftmax.topk`); the item itself is left out.

@@ -17,8 +17,14 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._validation import as_real_array, check_choice, check_finite, check_int, check_num_threads
-from ._validation import check_seed
+from ._validation import (
+    as_real_array,
+    check_choice,
+    check_finite,
+    check_int,
+    check_num_threads,
+    check_seed,
+)
 from .io import register_model, save_arrays
 
 __all__ = ["ExactIndex", "IVFIndex", "build_index"]
