@@ -140,6 +140,49 @@ FASTSOFTMAX_AVX2 bool tile_avx2(const float* q, const float* panel, index_t d, c
 #undef FASTSOFTMAX_ROW_CHECK
 #undef FASTSOFTMAX_ROW_STORE
 
+
+// One query x 4 panels: eight accumulators (two per panel), each lane one sequential FMA chain.
+FASTSOFTMAX_AVX2 std::uint64_t quad_avx2(const float* q, const float* panels, index_t d,
+                                         float thr, float* scores) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+  const float* x0 = panels;
+  const float* x1 = panels + kNR * d;
+  const float* x2 = panels + 2 * kNR * d;
+  const float* x3 = panels + 3 * kNR * d;
+  for (index_t p = 0; p < d; ++p) {
+    const __m256 b = _mm256_broadcast_ss(q + p * kMR);
+    const index_t o = p * kNR;
+    a0 = _mm256_fmadd_ps(b, _mm256_load_ps(x0 + o), a0);
+    a1 = _mm256_fmadd_ps(b, _mm256_load_ps(x0 + o + 8), a1);
+    a2 = _mm256_fmadd_ps(b, _mm256_load_ps(x1 + o), a2);
+    a3 = _mm256_fmadd_ps(b, _mm256_load_ps(x1 + o + 8), a3);
+    a4 = _mm256_fmadd_ps(b, _mm256_load_ps(x2 + o), a4);
+    a5 = _mm256_fmadd_ps(b, _mm256_load_ps(x2 + o + 8), a5);
+    a6 = _mm256_fmadd_ps(b, _mm256_load_ps(x3 + o), a6);
+    a7 = _mm256_fmadd_ps(b, _mm256_load_ps(x3 + o + 8), a7);
+  }
+  // (no lambda here: it would not inherit the function's AVX2 target)
+  const __m256 t = _mm256_set1_ps(thr);
+#define FASTSOFTMAX_BITS(a, shift)                                                      \
+  (static_cast<std::uint64_t>(_mm256_movemask_ps(_mm256_cmp_ps(a, t, _CMP_GT_OQ))) << shift)
+  const std::uint64_t mask = FASTSOFTMAX_BITS(a0, 0) | FASTSOFTMAX_BITS(a1, 8) |
+                             FASTSOFTMAX_BITS(a2, 16) | FASTSOFTMAX_BITS(a3, 24) |
+                             FASTSOFTMAX_BITS(a4, 32) | FASTSOFTMAX_BITS(a5, 40) |
+                             FASTSOFTMAX_BITS(a6, 48) | FASTSOFTMAX_BITS(a7, 56);
+#undef FASTSOFTMAX_BITS
+  if (mask != 0) {
+    _mm256_storeu_ps(scores, a0);
+    _mm256_storeu_ps(scores + 8, a1);
+    _mm256_storeu_ps(scores + 16, a2);
+    _mm256_storeu_ps(scores + 24, a3);
+    _mm256_storeu_ps(scores + 32, a4);
+    _mm256_storeu_ps(scores + 40, a5);
+    _mm256_storeu_ps(scores + 48, a6);
+    _mm256_storeu_ps(scores + 56, a7);
+  }
+  return mask;
+}
+
 #endif
 
 
@@ -151,11 +194,13 @@ Kernels select_kernels() {
 #if FASTSOFTMAX_SCAN_X86
   if (uses_avx2()) {
     return {{nullptr, &tile_avx2<1>, &tile_avx2<2>, &tile_avx2<3>, &tile_avx2<4>, &tile_avx2<5>,
-             &tile_avx2<6>}};
+             &tile_avx2<6>},
+            &quad_avx2};
   }
 #endif
   return {{nullptr, &tile_scalar<1>, &tile_scalar<2>, &tile_scalar<3>, &tile_scalar<4>,
-           &tile_scalar<5>, &tile_scalar<6>}};
+           &tile_scalar<5>, &tile_scalar<6>},
+          nullptr};
 }
 
 bool uses_avx2() {
@@ -229,6 +274,47 @@ void scan_panel(const Kernels& kern, const float* qpack, index_t nq, const float
   }
 }
 
+template <class Index>
+void scan_panels_one_query(const Kernels& kern, const float* qpack, const float* panels,
+                           index_t n_items, index_t d, const std::int64_t* ids,
+                           std::int64_t first_id, Heap& heap, float& thr,
+                           ExcludeCursors<Index> exclude, float* scores) {
+  constexpr index_t kQuad = 4 * kNR;
+  float thr_pad[kMR] = {thr, kInf, kInf, kInf, kInf, kInf};
+  index_t j0 = 0;
+  if (kern.quad != nullptr) {
+    const bool use_exclude = exclude.indices != nullptr;
+    for (; j0 + kQuad <= n_items; j0 += kQuad) {
+      // The next four panels are read from memory while these are scored.
+      const index_t next = std::min(n_items, j0 + 2 * kQuad);
+      const char* from = reinterpret_cast<const char*>(panels + (j0 + kQuad) * d);
+      const char* to = reinterpret_cast<const char*>(panels + ((next + kNR - 1) / kNR * kNR) * d);
+      for (; from < to; from += 64) __builtin_prefetch(from, 0, 0);
+      std::uint64_t m = kern.quad(qpack, panels + j0 * d, d, thr, scores);
+      for (; m != 0; m &= m - 1) {
+        const int l = __builtin_ctzll(m);
+        if (!(scores[l] > thr)) continue;  // the threshold may have risen since the kernel
+        const std::int64_t item = ids != nullptr ? ids[j0 + l] : first_id + j0 + l;
+        if (use_exclude) {
+          const std::int64_t end = exclude.end[0];
+          std::int64_t& cur = exclude.cursor[0];
+          while (cur < end && exclude.indices[cur] < item) ++cur;
+          if (cur < end && exclude.indices[cur] == item) continue;
+        }
+        thr = heap.offer(scores[l], item);
+      }
+    }
+  }
+  for (; j0 < n_items; j0 += kNR) {  // the rest panel by panel
+    const int valid = static_cast<int>(std::min<index_t>(kNR, n_items - j0));
+    thr_pad[0] = thr;
+    scan_panel<Index>(kern, qpack, 1, panels + j0 * d, valid, d,
+                      ids != nullptr ? ids + j0 : nullptr, first_id + j0, &heap, thr_pad,
+                      exclude, scores);
+    thr = thr_pad[0];
+  }
+}
+
 void write_sorted(std::vector<std::pair<float, std::int64_t>>& entries, index_t k,
                   std::int64_t* ids, float* scores) {
   std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) {
@@ -245,6 +331,14 @@ void write_sorted(std::vector<std::pair<float, std::int64_t>>& entries, index_t 
   }
 }
 
+template void scan_panels_one_query<std::int32_t>(const Kernels&, const float*, const float*,
+                                                  index_t, index_t, const std::int64_t*,
+                                                  std::int64_t, Heap&, float&,
+                                                  ExcludeCursors<std::int32_t>, float*);
+template void scan_panels_one_query<std::int64_t>(const Kernels&, const float*, const float*,
+                                                  index_t, index_t, const std::int64_t*,
+                                                  std::int64_t, Heap&, float&,
+                                                  ExcludeCursors<std::int64_t>, float*);
 template void scan_panel<std::int32_t>(const Kernels&, const float*, index_t, const float*, int,
                                        index_t, const std::int64_t*, std::int64_t, Heap*, float*,
                                        ExcludeCursors<std::int32_t>, float*);

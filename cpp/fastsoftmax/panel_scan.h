@@ -50,10 +50,19 @@ struct Heap {
 using TileFn = bool (*)(const float* q, const float* panel, index_t d, const float* thr,
                         float* tile, std::uint32_t* lanes);
 
-/// The tile kernels for MR = 1..6 (index 0 unused): AVX2+FMA when the CPU has it (and the scalar
-/// kernel is not forced), else the portable scalar kernels (identical results).
+/// Scores one packed query (q[p * kMR]) against 4 consecutive panels (panel j at
+/// panels + j * 16 * d): the 64 lanes whose score is > thr are set in the returned mask, and if
+/// any is, the 64 scores are stored into `scores` (panel by panel). Four panels at a time give
+/// a lone query eight independent FMA chains instead of two.
+using QuadFn = std::uint64_t (*)(const float* q, const float* panels, index_t d, float thr,
+                                 float* scores);
+
+/// The tile kernels for MR = 1..6 (index 0 unused) and the one-query kernel: AVX2+FMA when the
+/// CPU has it (and the scalar kernel is not forced), else the portable scalar kernels (identical
+/// results; quad is then nullptr and scan_panels_one_query uses tile[1]).
 struct Kernels {
   TileFn tile[kMR + 1];
+  QuadFn quad;
 };
 Kernels select_kernels();
 
@@ -94,6 +103,16 @@ template <class Index>
 void scan_panel(const Kernels& kern, const float* qpack, index_t nq, const float* panel, int valid,
                 index_t d, const std::int64_t* ids, std::int64_t first_id, Heap* heaps,
                 float* thr, ExcludeCursors<Index> exclude, float* tile);
+
+/// One packed query against consecutive panels holding n_items items (panel j at
+/// panels + j * 16 * d; the last one may be partial): the same offers to `heap` as scan_panel
+/// on each panel in turn (identical scores and results), faster for a lone query. thr is the
+/// heap's threshold (kept up to date); `exclude` has one cursor; `scores` holds 64 floats.
+template <class Index>
+void scan_panels_one_query(const Kernels& kern, const float* qpack, const float* panels,
+                           index_t n_items, index_t d, const std::int64_t* ids,
+                           std::int64_t first_id, Heap& heap, float& thr,
+                           ExcludeCursors<Index> exclude, float* scores);
 
 /// Sorts `entries` best first and writes a row of k outputs, padded with (-1, -inf).
 void write_sorted(std::vector<std::pair<float, std::int64_t>>& entries, index_t k,

@@ -182,10 +182,14 @@ def check_sparse_structure(value: object, name: str, *, column: str = "column in
 
 
 def check_finite(arr: np.ndarray, name: str) -> None:
-    """Raise ValueError if the float array ``arr`` holds NaN or inf (no temporary array)."""
+    """Raise ValueError if the float array ``arr`` holds NaN or inf (no large temporary)."""
     if arr.size == 0:
         return
-    with np.errstate(invalid="ignore"):
-        lo, hi = arr.min(), arr.max()
-    if not (np.isfinite(lo) and np.isfinite(hi)):
+    if arr.size <= 4096:  # small (a query): a temporary is cheaper than errstate's bookkeeping
+        finite = bool(np.isfinite(arr).all())
+    else:
+        with np.errstate(invalid="ignore"):
+            lo, hi = arr.min(), arr.max()
+        finite = bool(np.isfinite(lo) and np.isfinite(hi))
+    if not finite:
         raise ValueError(f"{name}: expected finite values, found NaN or inf")

@@ -67,7 +67,8 @@ def build_index(
         IVF only: k-means (Lloyd) iterations.
     max_train : int, optional
         IVF only: k-means trains on a seeded sample of this many items (>= n_lists). Default
-        ``min(n_items, 64 n_lists)``; every item is then assigned to its nearest centroid.
+        ``min(n_items, 256 n_lists)`` (faiss's default too). The early iterations use the first
+        64 per list of them, the last two all; every item is then assigned to its list.
     clustering : {"spherical", "l2"}, default "spherical"
         IVF only: ``"spherical"`` groups items by direction (unit centroids, largest inner
         product) and probes each list by its centroid scaled to the list's largest item norm,
@@ -119,7 +120,7 @@ def build_index(
     if n_lists > n:
         raise ValueError(f"n_lists: expected at most n_items = {n}, got {n_lists}")
     if max_train is None:
-        max_train = min(n, 64 * n_lists)
+        max_train = min(n, 256 * n_lists)
     max_train = check_int(max_train, "max_train", minimum=1)
     if max_train < n_lists:
         raise ValueError(f"max_train: expected at least n_lists = {n_lists}, got {max_train}")
