@@ -211,6 +211,17 @@ def test_loading_inconsistent_parts_is_an_error(tmp_path, data):
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(ValueError, match="list_ids"):
         fs.load(tmp_path / "bad.npz")
+    good = dict(np.load(tmp_path / "index.npz"))
+    for name, change, match in [
+        ("list_offsets", lambda o: np.r_[0, 600, o[2:]], "list_offsets"),  # beyond n_items
+        ("list_offsets", lambda o: o[:-1], "list_offsets|centroids"),
+        ("centroids", lambda c: np.where(c == c[0, 0], np.inf, c), "centroids"),
+        ("vectors", lambda v: v[:-1], "vectors"),
+    ]:
+        bad = {**good, name: change(good[name])}
+        np.savez(tmp_path / "bad.npz", **bad)
+        with pytest.raises(ValueError, match=match):
+            fs.load(tmp_path / "bad.npz")
 
 
 def test_check_items_detects_other_items(data):

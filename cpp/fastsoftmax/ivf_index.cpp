@@ -250,8 +250,9 @@ IvfIndex::IvfIndex(index_t dim, std::vector<float> centroids,
   }
   position_.assign(n, -1);
   for (index_t l = 0; l < n_lists; ++l) {
-    if (list_offsets_[l + 1] < list_offsets_[l]) {
-      throw_invalid("list_offsets: expected non-decreasing offsets, list ", l, " decreases");
+    if (list_offsets_[l + 1] < list_offsets_[l] || list_offsets_[l + 1] > n) {
+      throw_invalid("list_offsets: expected non-decreasing offsets in [0, ", n, "], list ", l,
+                    " is not");
     }
     for (std::int64_t pos = list_offsets_[l]; pos < list_offsets_[l + 1]; ++pos) {
       const std::int64_t id = list_ids_[pos];
@@ -267,6 +268,9 @@ IvfIndex::IvfIndex(index_t dim, std::vector<float> centroids,
   }
   for (index_t i = 0; i < n * dim; ++i) {
     if (!std::isfinite(vectors[i])) throw_invalid("vectors: expected finite values");
+  }
+  for (const float c : centroids_) {
+    if (!std::isfinite(c)) throw_invalid("centroids: expected finite values");
   }
   pack_rows(vectors, nullptr);  // rows in list order
 }
