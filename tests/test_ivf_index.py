@@ -141,9 +141,9 @@ def test_results_do_not_depend_on_threads_or_batching(kernel, data):
 
 def test_build_is_deterministic_for_a_seed(data):
     x, _ = data
-    a = fs.build_index(x, n_lists=30, seed=1, num_threads=1)
-    b = fs.build_index(x, n_lists=30, seed=1, num_threads=2)
-    c = fs.build_index(x, n_lists=30, seed=2)
+    a = fs.build_index(x, n_lists=30, max_train=1000, seed=1, num_threads=1)  # a sample
+    b = fs.build_index(x, n_lists=30, max_train=1000, seed=1, num_threads=2)
+    c = fs.build_index(x, n_lists=30, max_train=1000, seed=2)
     np.testing.assert_array_equal(a.centroids, b.centroids)
     np.testing.assert_array_equal(a._core.list_ids(), b._core.list_ids())
     assert not np.array_equal(a.centroids, c.centroids)

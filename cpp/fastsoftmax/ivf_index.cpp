@@ -19,15 +19,14 @@ using scan::kNR;
 
 constexpr index_t kAssignBlock = 16384;      // points per nearest-centroid top-k call
 constexpr index_t kProbeBlock = 192;         // queries per probe-selection task
+constexpr index_t kMinProbeChunk = 512;      // centroids per task when one query block is split
+constexpr index_t kMaxProbeChunks = 8;
 constexpr index_t kMaxSlotEntries = 1 << 22;  // bound on a search block's (query, probe) heaps
 constexpr float kSplitEps = 1.0f / 1024;     // relative perturbation when splitting a cluster
-constexpr index_t kWarmPerList = 64;         // training rows per list in the early iterations
-constexpr int kFullIterations = 2;           // last iterations on the whole training sample
 
 // ---- k-means ---------------------------------------------------------------------------------
 
-// A seeded sample of m distinct rows of items in random order (so that every prefix is a random
-// sample too), copied into a matrix.
+// A seeded sample of m distinct rows of items (in random order), copied into a matrix.
 RowMatrixXf sample_rows(const float* items, index_t n, index_t d, index_t m, std::uint64_t seed) {
   RowMatrixXf sample(m, d);
   std::vector<index_t> perm(n);
@@ -108,9 +107,7 @@ void scale_by_max_norm(const float* items, index_t d, const std::vector<std::int
 }
 
 // Lloyd's k-means on the rows of `train` (a random sample in random order), starting from its
-// first n_lists rows. The early iterations, which only need the rough layout, run on the first
-// kWarmPerList * n_lists rows; the last kFullIterations on all of them (2.5x less work than
-// every iteration on 256 rows per list, for the same lists).
+// first n_lists rows.
 RowMatrixXf kmeans(const RowMatrixXf& train, index_t n_lists, int iterations, bool spherical,
                    int num_threads) {
   const index_t m = train.rows(), d = train.cols();
@@ -121,12 +118,10 @@ RowMatrixXf kmeans(const RowMatrixXf& train, index_t n_lists, int iterations, bo
   std::vector<index_t> counts(n_lists);
   RowMatrixXd sums(n_lists, d);
   for (int it = 0; it < iterations; ++it) {
-    const index_t rows =
-        it < iterations - kFullIterations ? std::min(m, kWarmPerList * n_lists) : m;
-    assign_lists(train.data(), rows, d, centroids, spherical, labels.data(), num_threads);
+    assign_lists(train.data(), m, d, centroids, spherical, labels.data(), num_threads);
     sums.setZero();
     std::fill(counts.begin(), counts.end(), 0);
-    for (index_t i = 0; i < rows; ++i) {  // in row order: deterministic
+    for (index_t i = 0; i < m; ++i) {  // in row order: deterministic
       sums.row(labels[i]) += train.row(i).cast<double>();
       ++counts[labels[i]];
     }
@@ -335,43 +330,58 @@ void IvfIndex::gather_position(std::int64_t pos, float* out) const {
 IvfIndex::Probes IvfIndex::select_probes(const float* queries, index_t nb, index_t n_probe,
                                           int num_threads) const {
   const index_t n_lists = this->n_lists(), d = dim_;
-  Probes probes{std::vector<std::int64_t>(nb * n_probe, -1), std::vector<index_t>(nb, 0)};
+  // Tasks: query blocks x centroid chunks. A single block (a lone query, a small batch) splits
+  // the centroids so that the threads share the scan; the split depends on (nb, n_lists) only.
+  const index_t n_blocks = (nb + kProbeBlock - 1) / kProbeBlock;
+  const index_t n_chunks =
+      n_blocks > 1 ? 1 : std::clamp<index_t>(n_lists / kMinProbeChunk, 1, kMaxProbeChunks);
+  const index_t chunk = (n_lists + n_chunks - 1) / n_chunks / kNR * kNR + kNR;
+  std::vector<float> found_s(static_cast<std::size_t>(n_chunks * nb * n_probe));
+  std::vector<std::int64_t> found_id(found_s.size());
+  std::vector<index_t> found(static_cast<std::size_t>(n_chunks * nb), 0);
   const scan::Kernels kern = scan::select_kernels();
-  const index_t n_tasks = (nb + kProbeBlock - 1) / kProbeBlock;
-  parallel_for(n_tasks, num_threads, [&](std::int64_t task, int) {
-    const index_t q0 = task * kProbeBlock, nq = std::min(kProbeBlock, nb - q0);
-    std::vector<float> heap_s(nq * n_probe), scores(n_probe);
-    std::vector<std::int64_t> heap_id(nq * n_probe);
+  parallel_for(n_blocks * n_chunks, num_threads, [&](std::int64_t task, int) {
+    const index_t q0 = task / n_chunks * kProbeBlock, nq = std::min(kProbeBlock, nb - q0);
+    const index_t c = task % n_chunks, c0 = c * chunk, c1 = std::min(n_lists, c0 + chunk);
+    if (c0 >= c1) return;
     std::vector<scan::Heap> heaps(nq);
     std::vector<float> thr(nq + kMR, kInf);
     for (index_t i = 0; i < nq; ++i) {
-      heaps[i] = scan::Heap{heap_s.data() + i * n_probe, heap_id.data() + i * n_probe, n_probe, 0};
+      const std::size_t slot = (c * nb + q0 + i) * n_probe;
+      heaps[i] = scan::Heap{found_s.data() + slot, found_id.data() + slot, n_probe, 0};
       thr[i] = -kInf;
     }
     scan::AlignedBuffer qpack(static_cast<std::size_t>((nq + kMR - 1) / kMR * kMR * d));
     scan::pack_queries(queries + q0 * d, nullptr, nq, d, qpack.data);
     alignas(64) float tile[kMR * kNR];
+    const float* panels = centroid_panels_.data() + c0 * d;
     if (nq == 1) {
-      scan::scan_panels_one_query<std::int64_t>(kern, qpack.data, centroid_panels_.data(),
-                                                n_lists, d, nullptr, 0, heaps[0], thr[0], {},
-                                                tile);
+      scan::scan_panels_one_query<std::int64_t>(kern, qpack.data, panels, c1 - c0, d, nullptr,
+                                                c0, heaps[0], thr[0], {}, tile);
     } else {
-      for (index_t c0 = 0; c0 < n_lists; c0 += kNR) {
-        const int valid = static_cast<int>(std::min<index_t>(kNR, n_lists - c0));
-        scan::scan_panel<std::int64_t>(kern, qpack.data, nq, centroid_panels_.data() + c0 * d,
-                                       valid, d, nullptr, c0, heaps.data(), thr.data(), {},
-                                       tile);
+      for (index_t j = c0; j < c1; j += kNR) {
+        const int valid = static_cast<int>(std::min<index_t>(kNR, c1 - j));
+        scan::scan_panel<std::int64_t>(kern, qpack.data, nq, panels + (j - c0) * d, valid, d,
+                                       nullptr, j, heaps.data(), thr.data(), {}, tile);
       }
     }
-    std::vector<std::pair<float, std::int64_t>> entries;
-    for (index_t i = 0; i < nq; ++i) {
-      entries.clear();
-      for (index_t e = 0; e < heaps[i].size; ++e) entries.emplace_back(heaps[i].s[e], heaps[i].id[e]);
-      probes.count[q0 + i] = heaps[i].size;
-      scan::write_sorted(entries, n_probe, probes.lists.data() + (q0 + i) * n_probe,
-                         scores.data());
-    }
+    for (index_t i = 0; i < nq; ++i) found[c * nb + q0 + i] = heaps[i].size;
   });
+  // Each query's best n_probe lists over the chunks, best first.
+  Probes probes{std::vector<std::int64_t>(nb * n_probe, -1), std::vector<index_t>(nb, 0)};
+  std::vector<std::pair<float, std::int64_t>> entries;
+  std::vector<float> scores(n_probe);
+  for (index_t b = 0; b < nb; ++b) {
+    entries.clear();
+    for (index_t c = 0; c < n_chunks; ++c) {
+      const std::size_t slot = (c * nb + b) * n_probe;
+      for (index_t e = 0; e < found[c * nb + b]; ++e) {
+        entries.emplace_back(found_s[slot + e], found_id[slot + e]);
+      }
+    }
+    scan::write_sorted(entries, n_probe, probes.lists.data() + b * n_probe, scores.data());
+    probes.count[b] = std::min<index_t>(n_probe, static_cast<index_t>(entries.size()));
+  }
   return probes;
 }
 

@@ -317,10 +317,11 @@ void scan_panels_one_query(const Kernels& kern, const float* qpack, const float*
 
 void write_sorted(std::vector<std::pair<float, std::int64_t>>& entries, index_t k,
                   std::int64_t* ids, float* scores) {
-  std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) {
-    return worse(b.first, b.second, a.first, a.second);
-  });
-  const auto m = static_cast<index_t>(entries.size());
+  const auto m = std::min(k, static_cast<index_t>(entries.size()));
+  std::partial_sort(entries.begin(), entries.begin() + m, entries.end(),
+                    [](const auto& a, const auto& b) {
+                      return worse(b.first, b.second, a.first, a.second);
+                    });
   for (index_t i = 0; i < m; ++i) {
     scores[i] = entries[i].first;
     ids[i] = entries[i].second;

@@ -114,7 +114,8 @@ void scan_panels_one_query(const Kernels& kern, const float* qpack, const float*
                            std::int64_t first_id, Heap& heap, float& thr,
                            ExcludeCursors<Index> exclude, float* scores);
 
-/// Sorts `entries` best first and writes a row of k outputs, padded with (-1, -inf).
+/// Writes the best min(k, entries) of `entries` (reordered) best first as a row of k outputs,
+/// padded with (-1, -inf).
 void write_sorted(std::vector<std::pair<float, std::int64_t>>& entries, index_t k,
                   std::int64_t* ids, float* scores);
 

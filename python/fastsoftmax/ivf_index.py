@@ -67,8 +67,9 @@ def build_index(
         IVF only: k-means (Lloyd) iterations.
     max_train : int, optional
         IVF only: k-means trains on a seeded sample of this many items (>= n_lists). Default
-        ``min(n_items, 256 n_lists)`` (faiss's default too). The early iterations use the first
-        64 per list of them, the last two all; every item is then assigned to its list.
+        ``min(n_items, 256 n_lists)`` (faiss's default too); every item is then assigned to its
+        list. Build time grows with ``iterations * max_train * n_lists``: a smaller sample
+        builds faster for somewhat lower recall per probe (bench/README.md).
     clustering : {"spherical", "l2"}, default "spherical"
         IVF only: ``"spherical"`` groups items by direction (unit centroids, largest inner
         product) and probes each list by its centroid scaled to the list's largest item norm,
