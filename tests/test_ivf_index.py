@@ -285,3 +285,26 @@ def test_bad_search_arguments(data, method):
             index.search(q, 3, n_probe=index.n_lists + 1)
         with pytest.raises(ValueError, match="n_probe"):
             index.n_probe = 0
+
+
+def test_long_vectors_stay_findable_when_norms_are_skewed():
+    # Embeddings as a factorisation learns them: a few long vectors (popular items) win most
+    # inner-product searches. Probing by direction alone misses them; the norm-scaled probes
+    # find them (known answer: exact search).
+    rng = np.random.default_rng(4)
+    directions = rng.normal(size=(8000, 16)).astype(np.float32)
+    norms = np.exp(rng.normal(0.0, 1.5, size=(8000, 1))).astype(np.float32)
+    x = directions / np.linalg.norm(directions, axis=1, keepdims=True) * norms
+    q = rng.normal(size=(300, 16)).astype(np.float32)
+    exact, _ = fs.topk(q, x, 10)
+    index = fs.build_index(x, n_lists=100, n_probe=20)
+    assert recall(index.search(q, 10)[0], exact) >= 0.9
+    # the unscaled directions of the same lists (what a plain spherical index probes) do worse
+    unit = index.centroids / np.linalg.norm(index.centroids, axis=1, keepdims=True)
+    probes = np.argsort(-(q @ unit.T), axis=1)[:, :20]
+    lists = np.empty(len(x), np.int64)
+    offsets, list_ids = index._core.list_offsets(), index._core.list_ids()
+    for lst in range(index.n_lists):
+        lists[list_ids[offsets[lst] : offsets[lst + 1]]] = lst
+    found = np.mean([np.isin(lists[exact[b]], probes[b]).mean() for b in range(len(q))])
+    assert found < recall(index.search(q, 10)[0], exact) - 0.1
