@@ -15,7 +15,8 @@ For every knob value (n_probe for IVF, efSearch for HNSW): recall@10 against exa
 single-query latency (median of --single calls of one query each) and batch throughput (one
 call with --batch queries; queries/s). Ours and faiss are measured alternately, best of 3 each.
 "At recall >= target" (0.95 and 0.98) picks, per method, the first (cheapest) knob value of the
-sweep that reaches it. Build time and
+sweep that reaches it; the speed-ups compare our fastest setting there (the default n_lists =
+4 sqrt(n), or --more-lists) with each method. Build time and
 index memory are reported too. faiss uses its default OpenMP threads, ours num_threads=0: both
 all cores.
 """
@@ -161,6 +162,22 @@ def run_dataset(name: str, x: np.ndarray, q: np.ndarray, args: argparse.Namespac
                          "recall": r, "single_ms": 1e3 * times[method][0],
                          "batch_qps": len(batch) / times[method][1]})  # fmt: skip
         print(f"  {name} n_probe={n_probe} done", flush=True)
+    for n_lists in args.more_lists:  # ours with other list counts (the knob beyond n_probe)
+        t0 = time.perf_counter()
+        other = fs.build_index(x, n_lists=n_lists)
+        method = f"fs IVF {n_lists} lists"
+        builds.append({"data": name, "method": method, "n_lists": n_lists,
+                       "build_s": time.perf_counter() - t0, "memory_MB": ours_bytes / 2**20})  # fmt: skip
+        for n_probe in args.n_probe:
+
+            def search(qq: np.ndarray, p: int = n_probe, ix=other) -> np.ndarray:
+                return ix.search(qq, k, n_probe=p)[0]
+
+            t = measure({method: search}, batch, single)[method]
+            r = 0.5 * (recall(search(batch), exact_batch) + recall(search(single), exact_single))
+            rows.append({"data": name, "method": method, "knob": f"n_probe={n_probe}",
+                         "recall": r, "single_ms": 1e3 * t[0], "batch_qps": len(batch) / t[1]})  # fmt: skip
+        print(f"  {name} {method} done", flush=True)
     if faiss is not None and args.hnsw:
         t0 = time.perf_counter()
         hnsw = faiss.IndexHNSWFlat(x.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
@@ -194,7 +211,8 @@ def summarise(name: str, rows: list[dict]) -> list[dict]:
         for r in rows:
             if r["method"] != "fs.topk exact" and r["recall"] >= target:
                 at_target.setdefault(r["method"], r)
-        ours = at_target.get("fs IVF")
+        mine = [r for m, r in at_target.items() if m.startswith("fs IVF")]
+        ours = min(mine, key=lambda r: r["single_ms"]) if mine else None  # our best setting
         for method, r in at_target.items():
             out.append({
                 "data": name, "target": target, "method": method, "knob": r["knob"],
@@ -218,6 +236,8 @@ def main() -> None:
                         choices=["clustered", "wals"])  # fmt: skip
     parser.add_argument("--n-probe", type=int, nargs="+", default=[4, 8, 16, 24, 32, 48, 64])
     parser.add_argument("--ef-search", type=int, nargs="+", default=[16, 32, 64, 128])
+    parser.add_argument("--more-lists", type=int, nargs="*", default=[8000],
+                        help="also measure fs IVF with these n_lists (default: 8000 = 8 sqrt(n))")  # fmt: skip
     parser.add_argument("--no-hnsw", dest="hnsw", action="store_false")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -240,7 +260,7 @@ def main() -> None:
     print_table([b for res in results.values() for b in res["builds"]],
                 ["data", "method", "n_lists", "build_s", "memory_MB"])  # fmt: skip
     print(f"\nat recall@{args.k} >= target (the cheapest knob of each method that reaches it); "
-          "ours_*_speedup > 1: fs IVF is faster")  # fmt: skip
+          "ours_*_speedup > 1: our fastest setting at the target is faster")  # fmt: skip
     summary = [s for res in results.values() for s in res["summary"]]
     print_table(summary, ["data", "target", "method", "knob", "recall", "single_ms", "batch_qps",
                           "single_vs_exact", "batch_vs_exact", "ours_single_speedup",

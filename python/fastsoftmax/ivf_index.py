@@ -26,6 +26,7 @@ from ._validation import (
     check_seed,
 )
 from .io import register_model, save_arrays
+from .retrieval import _exclude_csr
 
 __all__ = ["ExactIndex", "IVFIndex", "build_index"]
 
@@ -58,7 +59,9 @@ def build_index(
         ``"exact"``: :class:`ExactIndex`, exhaustive search with :func:`fastsoftmax.topk`.
     n_lists : int, optional
         IVF only: number of k-means lists, in [1, n_items]. Default ``round(4 sqrt(n_items))``
-        (4,000 lists of ~250 items for 1e6 items).
+        (4,000 lists of ~250 items for 1e6 items). More lists cost build time (linear) and
+        probe selection per query, and can find more per probe on data with many small
+        clusters (bench/README.md).
     n_probe : int, optional
         IVF only: lists scanned per query by default (the recall/speed knob, changeable later
         via ``index.n_probe`` or ``search(n_probe=)``). Default ``max(ceil(n_lists / 250), 8)``
@@ -145,15 +148,14 @@ class _Index:
         raise NotImplementedError
 
     def _check_search(self, queries: Any, k: Any, exclude: Any, num_threads: Any) -> tuple:
-        from .retrieval import _exclude_csr
-
+        """Checked (queries, k, exclude indptr / indices, threads); the finiteness of the queries
+        is checked by the caller (the IVF binding does it in C++, cheaper for one query)."""
         q = as_real_array(queries, "queries", dtype=np.float32, ndim=2)
         if q.shape[1] != self.dim:
             raise ValueError(
                 f"queries: expected shape (B, {self.dim}) for an index of {self.dim}-d items, "
                 f"got {q.shape}"
             )
-        check_finite(q, "queries")
         k = check_int(k, "k", minimum=1)
         if k > self.n_items:
             raise ValueError(f"k: expected at most n_items = {self.n_items}, got {k}")
@@ -252,6 +254,7 @@ class ExactIndex(_Index):
         scores : numpy.ndarray, float32, shape (B, k)
         """
         q, k, indptr, indices, threads = self._check_search(queries, k, exclude, num_threads)
+        check_finite(q, "queries")
         return _core.topk(q, self._items, k, indptr, indices, threads)
 
     def save(self, path: str | os.PathLike) -> None:

@@ -1,3 +1,4 @@
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -65,6 +66,11 @@ void bind_ivf_index(pyb::module_& m) {
             if (q.shape(1) != index.dim()) {
               throw std::invalid_argument(str_cat("queries: expected ", index.dim(),
                                                   " columns, got ", q.shape(1)));
+            }
+            for (index_t i = 0; i < q.size(); ++i) {  // a NaN / inf query has no ranking
+              if (!std::isfinite(q.data()[i])) {
+                throw std::invalid_argument("queries: expected finite values, found NaN or inf");
+              }
             }
             if (k <= 0) throw std::invalid_argument(str_cat("k: expected >= 1, got ", k));
             resolve_num_threads(num_threads);
