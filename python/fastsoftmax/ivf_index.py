@@ -65,7 +65,7 @@ def build_index(
     n_probe : int, optional
         IVF only: lists scanned per query by default (the recall/speed knob, changeable later
         via ``index.n_probe`` or ``search(n_probe=)``). Default ``max(ceil(n_lists / 250), 8)``
-        (at most n_lists): 16 for 1e6 items, recall@10 0.96-0.99 in bench/bench_ann.py.
+        (at most n_lists): 16 for 1e6 items, recall@10 0.985-0.998 in bench/bench_ann.py.
     iterations : int, default 10
         IVF only: k-means (Lloyd) iterations.
     max_train : int, optional
