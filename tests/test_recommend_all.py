@@ -264,9 +264,15 @@ def test_cli_recommend_all_writes_original_ids(csv_data, tmp_path, capsys, model
     assert main([*argv, *(x for u in picked for x in ("--user", u))]) == 0
     printed = [(r["user"], int(r["rank"]), r["item"], float(r["score"]))
                for r in csv.DictReader(io.StringIO(capsys.readouterr().out))]  # fmt: skip
-    written = [(u, r, i, round(s, 6)) for u, r, i, s in
+    written = [(u, r, i, s) for u, r, i, s in
                zip(recs["query"], recs["rank"], recs["item"], recs["score"], strict=True)]  # fmt: skip
-    assert printed == [row for u in picked for row in written if row[0] == u]
+    expected = [row for u in picked for row in written if row[0] == u]
+    # Same users, ranks and items; scores to the printed 6 decimals (the query embeddings of 3
+    # users and of all users in one batch may differ in the last bit: the generic build's
+    # dense layers use Eigen, whose blocking depends on the batch size).
+    assert [row[:3] for row in printed] == [row[:3] for row in expected]
+    np.testing.assert_allclose([row[3] for row in printed], [row[3] for row in expected],
+                               rtol=0, atol=2e-6)  # fmt: skip
     # --index ivf: approximate search over the same users; its scores are the model's
     ivf = tmp_path / "ivf.parquet"
     assert main(["recommend", "--model", str(path), "--all", "--out", str(ivf), "--k", "4",
