@@ -3,7 +3,6 @@ import pytest
 import scipy.sparse as sp
 
 import fastsoftmax as fs
-from fastsoftmax import _core
 
 from reference import topk_reference
 
@@ -13,15 +12,6 @@ def blobs(rng, n, d, n_centers, spread=0.3):
     labels = rng.integers(0, n_centers, n)
     x = centers[labels] + spread * rng.normal(size=(n, d)).astype(np.float32)
     return x.astype(np.float32), centers, labels
-
-
-@pytest.fixture(params=["avx2", "scalar"])
-def kernel(request):
-    if request.param == "avx2" and not _core._testing.topk_uses_avx2():
-        pytest.skip("CPU without AVX2/FMA")
-    _core._testing.topk_force_scalar(request.param == "scalar")
-    yield request.param
-    _core._testing.topk_force_scalar(False)
 
 
 @pytest.fixture(scope="module")

@@ -19,15 +19,6 @@ def random_exclude(rng, b, n, density):
     return sp.random(b, n, density=density, format="csr", random_state=rng, dtype=np.float32)
 
 
-@pytest.fixture(params=["avx2", "scalar"])
-def kernel(request):
-    if request.param == "avx2" and not _core._testing.topk_uses_avx2():
-        pytest.skip("CPU without AVX2/FMA")
-    _core._testing.topk_force_scalar(request.param == "scalar")
-    yield request.param
-    _core._testing.topk_force_scalar(False)
-
-
 @pytest.mark.parametrize(
     ("b", "n", "d", "k"),
     [(50, 1000, 5, 10), (7, 333, 9, 37), (200, 130, 16, 1), (3, 20000, 3, 5), (1, 17, 1, 17)],

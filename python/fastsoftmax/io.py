@@ -8,13 +8,14 @@ method ``_from_arrays(arrays) -> model``, and its ``save(path)`` calls :func:`sa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -66,14 +67,24 @@ def save_arrays(path: str | os.PathLike, model_type: str, arrays: Mapping[str, A
     payload["model_type"] = np.array(model_type)
     payload["format_version"] = np.array(FORMAT_VERSION, dtype=np.int64)
     path = Path(os.fspath(path))
+    with atomic_file(path) as f:
+        np.savez(f, **payload)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A binary file that becomes ``path`` only once the block completes: written to a
+    temporary file in the same folder, flushed to disk, given the umask's permissions and
+    renamed over ``path``. On an exception (or KeyboardInterrupt) the temporary file is removed
+    and ``path`` is left as it was."""
     folder = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
+            yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it 0600; a saved model follows the umask
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it 0600; follow the umask
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ._validation import check_int
-from .io import _umask
+from .io import atomic_file
 
 __all__ = ["DEFAULT_BATCH_SIZE", "write_recommendations"]
 
@@ -205,61 +204,49 @@ def write_recommendations(
                         ("score", pa.float32())])  # fmt: skip
     ranks = np.arange(1, k + 1, dtype=np.int32)
     written = 0
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with (
-            os.fdopen(fd, "wb") as f,
-            tqdm(total=n_queries, disable=not show, desc="recommend_all", unit="query",
-                 file=sys.stderr) as bar,
-        ):  # fmt: skip
-            writer = pq.ParquetWriter(f, schema)
-            try:
-                for lo in range(0, n_queries, batch_size):
-                    rows = np.arange(lo, min(lo + batch_size, n_queries), dtype=np.int64)
-                    ids, scores = recommend_batch(rows)
-                    ids = np.asarray(ids)
-                    if ids.dtype.kind not in "iu":
-                        raise TypeError(
-                            f"recommend_batch: expected integer item ids, got dtype {ids.dtype}"
-                        )
-                    scores = np.asarray(scores, dtype=np.float32)
-                    if ids.shape != (len(rows), k) or scores.shape != ids.shape:
-                        raise ValueError(
-                            f"recommend_batch: expected ids and scores of shape "
-                            f"({len(rows)}, {k}) for {len(rows)} queries, got {ids.shape} and "
-                            f"{scores.shape}"
-                        )
-                    keep = ids >= 0
-                    count = int(keep.sum())
-                    if count:
-                        table = pa.Table.from_arrays([
-                            _column(pa, np.repeat(rows, keep.sum(axis=1)), query_labels,
-                                    query_type, "query_labels"),
-                            pa.array(np.broadcast_to(ranks, ids.shape)[keep]),
-                            _column(pa, ids[keep].astype(np.int64, copy=False), item_labels,
-                                    item_type, "item_labels"),
-                            pa.array(scores[keep]),
-                        ], schema=schema)  # fmt: skip
-                        writer.write_table(table, row_group_size=count)
-                        written += count
-                    bar.update(len(rows))
-            except BaseException:
-                try:
-                    writer.close()
-                except Exception:  # the first error is the one to report
-                    pass
-                raise
-            writer.close()
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it 0600; follow the umask
-        os.replace(tmp, path)
-    except BaseException:
+    with (
+        atomic_file(path) as f,
+        tqdm(total=n_queries, disable=not show, desc="recommend_all", unit="query",
+             file=sys.stderr) as bar,
+    ):  # fmt: skip
+        writer = pq.ParquetWriter(f, schema)
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+            for lo in range(0, n_queries, batch_size):
+                rows = np.arange(lo, min(lo + batch_size, n_queries), dtype=np.int64)
+                ids, scores = recommend_batch(rows)
+                ids = np.asarray(ids)
+                if ids.dtype.kind not in "iu":
+                    raise TypeError(
+                        f"recommend_batch: expected integer item ids, got dtype {ids.dtype}"
+                    )
+                scores = np.asarray(scores, dtype=np.float32)
+                if ids.shape != (len(rows), k) or scores.shape != ids.shape:
+                    raise ValueError(
+                        f"recommend_batch: expected ids and scores of shape "
+                        f"({len(rows)}, {k}) for {len(rows)} queries, got {ids.shape} and "
+                        f"{scores.shape}"
+                    )
+                keep = ids >= 0
+                count = int(keep.sum())
+                if count:
+                    table = pa.Table.from_arrays([
+                        _column(pa, np.repeat(rows, keep.sum(axis=1)), query_labels,
+                                query_type, "query_labels"),
+                        pa.array(np.broadcast_to(ranks, ids.shape)[keep]),
+                        _column(pa, ids[keep].astype(np.int64, copy=False), item_labels,
+                                item_type, "item_labels"),
+                        pa.array(scores[keep]),
+                    ], schema=schema)  # fmt: skip
+                    writer.write_table(table, row_group_size=count)
+                    written += count
+                bar.update(len(rows))
+        except BaseException:
+            try:
+                writer.close()
+            except Exception:  # the first error is the one to report
+                pass
+            raise
+        writer.close()
     return written
 
 
