@@ -48,6 +48,7 @@ def test_demo_writes_table_json_and_png(demo_run, capsys):
             assert 0 <= row["cold-start recall@10 (similar queries)"] <= 1
     md = (out / "results.md").read_text()
     assert md.startswith("| |") and "folding rate" in md and len(res["sentences"]) >= 5
+    pytest.importorskip("matplotlib")  # the figure (optional, the `test` extra installs it)
     assert res["files"] == {"json": "results.json", "markdown": "results.md",
                             "png": "folding.png"}  # fmt: skip
     png = out / "folding.png"

@@ -68,14 +68,32 @@ void SampledSoftmaxLoss::prepare(const TargetsView& all, const ItemParamsView& i
   build(counts.data());
 }
 
-double SampledSoftmaxLoss::forward_backward(const ConstMapRowMatrixXf& psi,
-                                            const ItemParamsView& items,
-                                            const TargetsView& targets, const LossContext& ctx,
-                                            MapRowMatrixXf* dpsi, ItemGradient* item_grad) {
+void SampledSoftmaxLoss::require_prepared() const {
   if (!impl_) {
     throw_invalid("sampler: '", config_.sampler,
                   "' is built from the training targets; call fit first");
   }
+}
+
+bool SampledSoftmaxLoss::candidates(const TargetsView& targets, const LossContext& ctx,
+                                    const float* psi, std::vector<index_t>* ids) {
+  require_prepared();
+  if (config_.sampler_options.kind == SamplerKind::kScore) return false;
+  const NegativeDraws& draws =
+      impl_->draw(SampledBatch{psi, ItemParamsView{n_items_, 0, nullptr, nullptr}, targets},
+                  batch_seed(ctx.seed, ctx.batch_index), ctx.num_threads, ctx.rows);
+  distinct_target_items(targets, ids);
+  ids->insert(ids->end(), draws.ids.begin(), draws.ids.end());
+  std::sort(ids->begin(), ids->end());
+  ids->erase(std::unique(ids->begin(), ids->end()), ids->end());
+  return true;
+}
+
+double SampledSoftmaxLoss::forward_backward(const ConstMapRowMatrixXf& psi,
+                                            const ItemParamsView& items,
+                                            const TargetsView& targets, const LossContext& ctx,
+                                            MapRowMatrixXf* dpsi, ItemGradient* item_grad) {
+  require_prepared();
   const bool backward = dpsi != nullptr && item_grad != nullptr;
   if (backward) {
     item_grad->kind = ItemGradient::Kind::kRowSparse;
@@ -94,12 +112,32 @@ double SampledSoftmaxLoss::forward_backward(const ConstMapRowMatrixXf& psi,
                                  ctx.num_threads, out, ctx.rows);
 }
 
-GravityLoss::GravityLoss(std::unique_ptr<Loss> inner, double gamma, index_t num_samples)
-    : inner_(std::move(inner)), gamma_(gamma), num_samples_(num_samples) {
+GravityLoss::GravityLoss(std::unique_ptr<Loss> inner, index_t n_items, double gamma,
+                         index_t num_samples)
+    : inner_(std::move(inner)), n_items_(n_items), gamma_(gamma), num_samples_(num_samples) {
   if (!(gamma >= 0) || !std::isfinite(gamma)) {
     throw_invalid("gravity: expected a finite value >= 0, got ", gamma);
   }
   if (num_samples < 1) throw_invalid("num_negatives: expected an integer >= 1, got ", num_samples);
+}
+
+void GravityLoss::draw_gramian_rows(const LossContext& ctx, index_t n_items) {
+  Rng rng(batch_seed(ctx.seed, ctx.batch_index), 0x67726176ULL);
+  ids_.resize(num_samples_);
+  for (auto& id : ids_) {
+    id = static_cast<index_t>(rng.uniform_int(static_cast<std::uint64_t>(n_items)));
+  }
+}
+
+bool GravityLoss::candidates(const TargetsView& targets, const LossContext& ctx,
+                             const float* psi, std::vector<index_t>* ids) {
+  if (inner_->item_gradient_kind() == ItemGradient::Kind::kDense) return false;
+  if (!inner_->candidates(targets, ctx, psi, ids)) return false;
+  draw_gramian_rows(ctx, n_items_);
+  ids->insert(ids->end(), ids_.begin(), ids_.end());
+  std::sort(ids->begin(), ids->end());
+  ids->erase(std::unique(ids->begin(), ids->end()), ids->end());
+  return true;
 }
 
 double GravityLoss::forward_backward(const ConstMapRowMatrixXf& psi, const ItemParamsView& items,
@@ -116,11 +154,9 @@ double GravityLoss::forward_backward(const ConstMapRowMatrixXf& psi, const ItemP
   // Row-sparse inner loss: item Gramian estimated on m uniform rows, (1/m) sum_s v_s v_s^T
   // (= sum_s v_s v_s^T / (m n Q) with Q = 1/n), unbiased for V^T V / n.
   const index_t m = num_samples_;
-  Rng rng(batch_seed(ctx.seed, ctx.batch_index), 0x67726176ULL);
-  ids_.resize(m);
+  draw_gramian_rows(ctx, n);
   rows_.resize(m, d);
   for (index_t i = 0; i < m; ++i) {
-    ids_[i] = static_cast<index_t>(rng.uniform_int(static_cast<std::uint64_t>(n)));
     rows_.row(i) = ConstMapRowMatrixXf(items.weights + ids_[i] * d, 1, d);
   }
   const RowMatrixXf gram_items = (rows_.transpose() * rows_) / static_cast<float>(m);

@@ -35,6 +35,9 @@ class SampledSoftmaxLoss final : public Loss {
   std::string name() const override { return "sampled"; }
   ItemGradient::Kind item_gradient_kind() const override { return ItemGradient::Kind::kRowSparse; }
   void prepare(const TargetsView& all_targets, const ItemParamsView& items) override;
+  /// The targets' items and the batch's negatives (drawn here; not for the score proposal).
+  bool candidates(const TargetsView& targets, const LossContext& ctx, const float* psi,
+                  std::vector<index_t>* ids) override;
   double forward_backward(const ConstMapRowMatrixXf& psi, const ItemParamsView& items,
                           const TargetsView& targets, const LossContext& ctx, MapRowMatrixXf* dpsi,
                           ItemGradient* item_grad) override;
@@ -44,6 +47,7 @@ class SampledSoftmaxLoss final : public Loss {
 
  private:
   void build(const double* weights);
+  void require_prepared() const;
   index_t n_items_;
   SampledLossConfig config_;
   std::unique_ptr<SampledSoftmax> impl_;
@@ -51,19 +55,25 @@ class SampledSoftmaxLoss final : public Loss {
 
 class GravityLoss final : public Loss {
  public:
-  /// `inner`: a "full" (dense) or "positives" (row-sparse) loss; gamma > 0.
-  GravityLoss(std::unique_ptr<Loss> inner, double gamma, index_t num_samples);
+  /// `inner`: a "full" (dense) or "positives" (row-sparse) loss over n_items items; gamma > 0.
+  GravityLoss(std::unique_ptr<Loss> inner, index_t n_items, double gamma, index_t num_samples);
   std::string name() const override { return inner_->name(); }
   ItemGradient::Kind item_gradient_kind() const override { return inner_->item_gradient_kind(); }
   void prepare(const TargetsView& all_targets, const ItemParamsView& items) override {
     inner_->prepare(all_targets, items);
   }
+  /// The inner loss's candidates and the rows of the Gramian estimate (none for "full").
+  bool candidates(const TargetsView& targets, const LossContext& ctx, const float* psi,
+                  std::vector<index_t>* ids) override;
   double forward_backward(const ConstMapRowMatrixXf& psi, const ItemParamsView& items,
                           const TargetsView& targets, const LossContext& ctx, MapRowMatrixXf* dpsi,
                           ItemGradient* item_grad) override;
 
  private:
+  // The batch's uniform rows of the Gramian estimate into ids_.
+  void draw_gramian_rows(const LossContext& ctx, index_t n_items);
   std::unique_ptr<Loss> inner_;
+  index_t n_items_;
   double gamma_;
   index_t num_samples_;
   std::vector<index_t> ids_, keys_;

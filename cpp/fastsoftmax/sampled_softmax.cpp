@@ -532,6 +532,31 @@ SampledSoftmax::SampledSoftmax(index_t n_items, const NegativeSamplerOptions& sa
   }
 }
 
+SamplerBatch SampledSoftmax::sampler_batch(const SampledBatch& batch,
+                                           const index_t* row_keys) const {
+  SamplerBatch sb;
+  sb.B = batch.targets.rows;
+  sb.dim = batch.items.dim;
+  sb.psi = batch.psi;
+  sb.items = batch.items.weights;
+  sb.bias = batch.items.bias;
+  sb.indptr = batch.targets.indptr;
+  sb.indices = batch.targets.indices;
+  sb.row_keys = row_keys;
+  return sb;
+}
+
+const NegativeDraws& SampledSoftmax::draw(const SampledBatch& batch, std::uint64_t seed,
+                                          int num_threads, const index_t* row_keys) {
+  if (sampler_.options().kind == SamplerKind::kScore) {
+    throw_invalid("sampler: 'score' draws from the current item embeddings, not before them");
+  }
+  sampler_.sample(sampler_batch(batch, row_keys), seed, num_threads, draws_);
+  predrawn_ = true;
+  predrawn_seed_ = seed;
+  return draws_;
+}
+
 double SampledSoftmax::forward_backward(const SampledBatch& batch, std::uint64_t seed,
                                         float grad_scale, int num_threads,
                                         const SampledGradients& out, const index_t* row_keys) {
@@ -541,16 +566,10 @@ double SampledSoftmax::forward_backward(const SampledBatch& batch, std::uint64_t
   const float* bias = batch.items.bias;
   const index_t* indptr = batch.targets.indptr;
   const index_t* indices = batch.targets.indices;
-  SamplerBatch sb;
-  sb.B = B;
-  sb.dim = d;
-  sb.psi = psi;
-  sb.items = items;
-  sb.bias = bias;
-  sb.indptr = indptr;
-  sb.indices = indices;
-  sb.row_keys = row_keys;
-  sampler_.sample(sb, seed, num_threads, draws_);
+  if (!(predrawn_ && predrawn_seed_ == seed)) {
+    sampler_.sample(sampler_batch(batch, row_keys), seed, num_threads, draws_);
+  }
+  predrawn_ = false;
   const index_t nnz = indptr[B];
   const float* pos_log_q = nullptr;
   if (options_.logq_correction && !options_.remove_accidental_hits) {

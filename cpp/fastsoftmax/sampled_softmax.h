@@ -118,7 +118,16 @@ class SampledSoftmax {
                           int num_threads, const SampledGradients& out,
                           const index_t* row_keys = nullptr);
 
+  /// Draws the negatives of a batch as forward_backward does first (batch.items is not read:
+  /// not for the score proposal) and keeps them: the next forward_backward with the same seed
+  /// uses them instead of drawing again.
+  const NegativeDraws& draw(const SampledBatch& batch, std::uint64_t seed, int num_threads,
+                            const index_t* row_keys = nullptr);
+
  private:
+  SamplerBatch sampler_batch(const SampledBatch& batch, const index_t* row_keys) const;
+  bool predrawn_ = false;  // draws_ were made by draw() for predrawn_seed_
+  std::uint64_t predrawn_seed_ = 0;
   NegativeSampler sampler_;
   SampledSoftmaxOptions options_;
   NegativeDraws draws_;

@@ -407,6 +407,18 @@ double FullSoftmaxLoss::forward_backward_eigen(const ConstMapRowMatrixXf& psi,
   return loss;
 }
 
+void distinct_target_items(const TargetsView& targets, std::vector<index_t>* ids) {
+  ids->assign(targets.indices, targets.indices + targets.indptr[targets.rows]);
+  std::sort(ids->begin(), ids->end());
+  ids->erase(std::unique(ids->begin(), ids->end()), ids->end());
+}
+
+bool PositivesOnlyLoss::candidates(const TargetsView& targets, const LossContext& ctx,
+                                   const float* psi, std::vector<index_t>* ids) {
+  distinct_target_items(targets, ids);
+  return true;
+}
+
 double PositivesOnlyLoss::forward_backward(const ConstMapRowMatrixXf& psi,
                                            const ItemParamsView& items, const TargetsView& targets,
                                            const LossContext& ctx, MapRowMatrixXf* dpsi,

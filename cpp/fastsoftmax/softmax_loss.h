@@ -51,6 +51,9 @@ struct TargetsView {
 };
 
 
+/// ids = the sorted distinct item ids of the targets' entries.
+void distinct_target_items(const TargetsView& targets, std::vector<index_t>* ids);
+
 /// Read-only view of the item side: V (n_items x dim, row-major) and an optional bias (n_items).
 struct ItemParamsView {
   index_t n_items = 0;
@@ -104,6 +107,16 @@ class Loss {
 
   /// Called once at the start of each fit with the targets of all training rows.
   virtual void prepare(const TargetsView& all_targets, const ItemParamsView& items) {}
+
+  /// The items whose rows of V (and bias) the next forward_backward with these targets and
+  /// context reads, when they are known before V is: writes them to *ids (sorted, unique) and
+  /// returns true (a sampled loss draws its negatives here and keeps them for that call). False
+  /// (the default) when it reads every row or needs V to choose them (hard negatives). A model
+  /// whose V is computed (an item tower) computes only these rows.
+  virtual bool candidates(const TargetsView& targets, const LossContext& ctx, const float* psi,
+                          std::vector<index_t>* ids) {
+    return false;
+  }
 
   /// See the contract above. psi is B x d (B == targets.rows, d == items.dim).
   virtual double forward_backward(const ConstMapRowMatrixXf& psi, const ItemParamsView& items,
@@ -162,6 +175,8 @@ class PositivesOnlyLoss final : public Loss {
  public:
   std::string name() const override { return "positives"; }
   ItemGradient::Kind item_gradient_kind() const override { return ItemGradient::Kind::kRowSparse; }
+  bool candidates(const TargetsView& targets, const LossContext& ctx, const float* psi,
+                  std::vector<index_t>* ids) override;
   double forward_backward(const ConstMapRowMatrixXf& psi, const ItemParamsView& items,
                           const TargetsView& targets, const LossContext& ctx, MapRowMatrixXf* dpsi,
                           ItemGradient* item_grad) override;

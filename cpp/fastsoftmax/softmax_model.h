@@ -1,21 +1,24 @@
 #pragma once
 // The softmax DNN and its training loop.
 //
-// Query tower: input x = [dense features | one embedding per categorical feature | one pooled
-// embedding per bag feature] -> Mlp -> psi(x) (dim). Item table V (n_items x dim), optional item
-// bias. A Loss (softmax_loss.h) turns psi, V and the batch targets into the loss and gradients;
-// the model back-propagates through the MLP and the embedding lookups and applies the optimiser:
-// dense for the MLP, row-sparse and lazy for the embedding tables, dense or row-sparse for V
-// depending on the loss.
+// Query tower (tower.h): query features -> psi(x) (dim). Items: a table V (n_items x dim) with an
+// optional item bias, or an item tower over item features (V_j = tower(features of item j);
+// new items get embeddings from their features without retraining). A Loss (softmax_loss.h) turns
+// psi, V and the batch targets into the loss and gradients; the model back-propagates through the
+// towers and applies the optimiser: dense for the MLPs, row-sparse and lazy for the embedding
+// tables, dense or row-sparse for the item table depending on the loss. With an item tower, each
+// step computes V only for the items the loss reads (Loss::candidates: a sampled loss's
+// positives and negatives), or for all items (full softmax, hard negatives), and back-propagates
+// the item gradient through the item tower.
 //
 // Determinism: epoch e visits the rows in the permutation drawn from Rng(seed, kShuffleStream + e);
 // batch i of the whole run has LossContext::batch_index = e * batches_per_epoch + i; all parallel
 // work is split into fixed chunks and reduced in a fixed order. A fixed seed and thread count
 // therefore give bit-identical parameters.
 //
-// Thread safety: fit_epoch, query_embeddings and evaluate share per-batch scratch and take an
-// internal lock, so concurrent calls on one model (Python threads with the GIL released) are
-// serialised rather than racing.
+// Thread safety: fit_epoch, query_embeddings, item_embeddings and evaluate share per-batch
+// scratch and take an internal lock, so concurrent calls on one model (Python threads with the
+// GIL released) are serialised rather than racing.
 
 #include <cstdint>
 #include <memory>
@@ -26,30 +29,10 @@
 #include "fastsoftmax/common.h"
 #include "fastsoftmax/embedding.h"
 #include "fastsoftmax/history.h"
-#include "fastsoftmax/mlp.h"
 #include "fastsoftmax/softmax_loss.h"
+#include "fastsoftmax/tower.h"
 
 namespace fastsoftmax {
-
-/// Names, vocabulary sizes and embedding dimensions of the query features.
-struct FeatureSchema {
-  index_t n_dense = 0;
-  std::vector<std::string> categorical_names;
-  std::vector<index_t> categorical_vocab, categorical_dim;
-  std::vector<std::string> bag_names;
-  std::vector<index_t> bag_vocab, bag_dim;
-};
-
-/// Query features of `rows` rows (pointers into caller-owned arrays).
-struct FeaturesView {
-  index_t rows = 0;
-  const float* dense = nullptr;                // rows x n_dense, row-major
-  std::vector<const index_t*> categorical;     // each: rows ids
-  std::vector<BagsView> bags;                  // each: CSR with rows rows
-  // A bag whose CSR rows are the batch positions 0..B-1 rather than data rows (the corrupted
-  // history of a training batch); -1: none.
-  index_t by_position_bag = -1;
-};
 
 struct SoftmaxModelConfig {
   index_t n_items = 0;
@@ -59,6 +42,10 @@ struct SoftmaxModelConfig {
   Pooling pooling = Pooling::kMean;
   HistoryConfig history;  // training-time corruption of a history bag (history.h)
   bool item_bias = false;
+  // An item tower over item features instead of the item table (no item bias then).
+  bool item_tower = false;
+  FeatureSchema item_features;
+  std::vector<index_t> item_hidden;
   OptimizerConfig optimizer;
   index_t batch_size = 256;
   std::uint64_t seed = 0;
@@ -78,15 +65,19 @@ class SoftmaxModel {
   const Loss& loss_function() const { return *loss_; }
 
   /// Checks ids against the vocabularies (std::out_of_range naming the feature) and shapes.
-  void check_features(const FeaturesView& features) const;
+  void check_features(const FeaturesView& features) const { query_.check_features(features); }
+  /// The same for item features (requires an item tower).
+  void check_item_features(const FeaturesView& features) const;
   /// Checks raw targets: rows == expected_rows, ids in [0, n_items), strictly increasing within a
   /// row, weights finite and >= 0, every row with a positive sum (std::invalid_argument /
   /// std::out_of_range naming `targets`).
   void check_targets(const TargetsView& targets, index_t expected_rows) const;
 
   /// One epoch over all rows (targets with raw weights; normalised per row here). Returns the
-  /// mean loss over the epoch's batches (each at the parameters before its step).
-  double fit_epoch(const FeaturesView& features, const TargetsView& targets, std::int64_t epoch);
+  /// mean loss over the epoch's batches (each at the parameters before its step). `items`: the
+  /// features of the n_items items (required with an item tower, ignored otherwise).
+  double fit_epoch(const FeaturesView& features, const TargetsView& targets, std::int64_t epoch,
+                   const FeaturesView* items = nullptr);
 
   /// keep[k] for every entry k of the history bag: whether fit's epoch `epoch` keeps it (the
   /// corruption's draws, for inspection; with HistoryTarget::kDropped a row whose targets are all
@@ -95,14 +86,18 @@ class SoftmaxModel {
 
   /// psi for every row into out (rows x dim).
   void query_embeddings(const FeaturesView& features, float* out);
+  /// The item tower's embedding of every row of `items` into out (rows x dim).
+  void item_embeddings(const FeaturesView& items, float* out);
 
   /// Mean loss over the rows; with `gradients` (one buffer per parameter, same shapes), also the
-  /// gradient of that mean loss. `seed` feeds the loss context (sampled losses).
+  /// gradient of that mean loss. `seed` feeds the loss context (sampled losses). `items` as in
+  /// fit_epoch.
   double evaluate(const FeaturesView& features, const TargetsView& targets, std::uint64_t seed,
-                  std::vector<RowMatrixXf>* gradients);
+                  std::vector<RowMatrixXf>* gradients, const FeaturesView* items = nullptr);
 
-  /// The trainable parameters in a fixed order with their names: mlp.<l>.weight, mlp.<l>.bias,
-  /// categorical.<name>, bags.<name>, item_embeddings, item_bias.
+  /// The trainable parameters in a fixed order with their names: the query tower's
+  /// (mlp.<l>.weight, mlp.<l>.bias, categorical.<name>, bags.<name>), then item_embeddings and
+  /// item_bias, or the item tower's (item_tower.mlp.<l>.weight, ...).
   std::vector<std::pair<std::string, Parameter*>> parameters();
 
   /// Calls the loss's prepare() with these (raw) targets and the current item table; fit calls it
@@ -115,39 +110,31 @@ class SoftmaxModel {
   void reset_optimizer_state();
 
  private:
-  // Forward through the tower for rows[0..B); psi ends up in ws_.acts.back(). `for_backward`:
-  // a backward_tower follows (its weight packing is done in the forward's parallel region).
-  // `side_task`: independent work run as one more task of the forward's region.
-  void forward_tower(const FeaturesView& features, const index_t* rows, index_t B,
-                     bool for_backward = false,
-                     const std::function<void()>& side_task = nullptr);
+  // The items' parameters as the loss sees them. With an item tower: runs the tower over the
+  // items the loss will read (all of them, or its candidates) into item_values_ (the tower's
+  // rows tower_rows_) and returns a view of them.
+  ItemParamsView item_view(const TargetsView& targets, const LossContext& ctx, const float* psi,
+                           const FeaturesView* items, bool for_backward);
+  // Back-propagates the loss's item gradient through the item tower (after item_view).
+  void item_tower_backward(const FeaturesView& items, bool accumulate);
+  const FeaturesView& require_items(const FeaturesView* items) const;
   // Gathers the targets of rows[0..B) into the batch CSR with normalised weights.
   TargetsView gather_targets(const TargetsView& targets, const index_t* rows, index_t B);
-  // Back-propagates dL/dpsi (in ws_.grads.back()) into the MLP gradients (added to dW_ / db_
-  // with `accumulate`, else written over them) and the embedding row gradients (reset first).
-  void backward_tower(const FeaturesView& features, const index_t* rows, index_t B,
-                      bool accumulate);
-  ItemParamsView item_view() const;
-  // The rows of bag i's CSR for a batch of data rows `rows` (batch positions for a by-position
-  // bag).
-  const index_t* bag_rows(const FeaturesView& x, std::size_t i, const index_t* rows) const;
+  // The optimiser steps of one training batch.
+  void step(const OptimizerConfig& opt);
+  // Adds the last batch's item gradient to gradients (evaluate; g: items' first parameter).
+  void add_item_gradients(std::vector<RowMatrixXf>& gradients, std::size_t g);
 
   SoftmaxModelConfig config_;
   std::unique_ptr<Loss> loss_;
-  std::mutex mutex_;  // held by fit_epoch / query_embeddings / evaluate
-  Mlp mlp_;
-  std::vector<Parameter> categorical_tables_;
-  std::vector<Parameter> bag_tables_;
-  Parameter items_;      // n_items x dim
+  std::mutex mutex_;  // held by fit_epoch / query_embeddings / item_embeddings / evaluate
+  Tower query_;
+  Tower item_tower_;     // with config_.item_tower
+  Parameter items_;      // n_items x dim (empty with an item tower)
   Parameter item_bias_;  // n_items x 1 (empty without bias)
-  std::vector<index_t> offsets_cat_, offsets_bag_;  // column offsets in the tower input
   std::int64_t steps_ = 0;
 
   // Per-batch scratch, reused.
-  Mlp::Workspace ws_;
-  std::vector<RowMatrixXf> dW_, db_;
-  std::vector<RowGradient> cat_grads_;
-  std::vector<BagGradient> bag_grads_;
   std::vector<UpdateJob> update_jobs_;
   ItemGradient item_grad_;
   std::vector<index_t> perm_;
@@ -155,6 +142,11 @@ class SoftmaxModel {
   std::vector<float> batch_weights_;
   HistoryCorruption history_;
   std::vector<index_t> positions_;  // 0, 1, 2, ...: the rows of a by-position bag
+  // Item tower: the items of the last item_view (sorted; all items when the loss reads all) and
+  // V at those rows (item_values_, n_items x dim; only those rows are current).
+  std::vector<index_t> tower_rows_, all_items_;
+  bool tower_all_ = false;
+  RowMatrixXf item_values_;
 };
 
 }  // namespace fastsoftmax

@@ -163,6 +163,15 @@ class QueryFeatures:
         )
 
 
+def _layer_sizes(sizes: object, name: str) -> tuple[int, ...]:
+    """Hidden layer sizes: an int or a sequence of ints >= 1, as a tuple."""
+    if isinstance(sizes, numbers.Integral):
+        sizes = (sizes,)
+    if isinstance(sizes, str | bytes) or not hasattr(sizes, "__iter__"):
+        raise TypeError(f"{name}: expected a sequence of layer sizes, got {type(sizes).__name__}")
+    return tuple(check_int(h, name, minimum=1) for h in sizes)
+
+
 def _as_query_features(feats: object, name: str = "feats") -> QueryFeatures:
     """QueryFeatures as is; a ``fs.datasets.Features`` wrapped; anything else a TypeError."""
     if isinstance(feats, QueryFeatures):
@@ -350,6 +359,8 @@ class SoftmaxModel(Estimator):
         Coefficient of the gravity term ``<Psi^T Psi / B, V^T V / n>_F`` (any loss): exact for
         ``"full"``; ``V^T V / n`` estimated on the sampled rows (``"sampled"``) or on
         ``num_negatives`` uniform rows (``"positives"``).
+    item_hidden : sequence of int, default ()
+        Sizes of the ReLU layers of the item tower (``fit(item_features=...)``; empty: linear).
 
     Attributes
     ----------
@@ -377,7 +388,10 @@ class SoftmaxModel(Estimator):
 
     #: fs.evaluate: queries are described by their features, not by row ids.
     needs_query_features = True
-    _fitted_state = ("_impl", "_schema", "_epoch", "training_log", "best_epoch")
+    _fitted_state = (
+        "_impl", "_schema", "_item_schema", "_item_features", "_added_items", "_epoch",
+        "training_log", "best_epoch",
+    )  # fmt: skip
 
     # The sampled-softmax options, read-only attributes (change them with set_params). The
     # ``loss`` hyperparameter is the attribute ``loss_kind``: ``loss`` is the method.
@@ -426,11 +440,11 @@ class SoftmaxModel(Estimator):
         logq_correction: bool = True,
         remove_accidental_hits: bool = True,
         gravity: float = 0.0,
+        item_hidden: Sequence[int] = (),
     ) -> None:
         self.n_items = check_int(n_items, "n_items", minimum=1)
-        if isinstance(hidden, numbers.Integral):
-            hidden = (hidden,)
-        self.hidden = tuple(check_int(h, "hidden", minimum=1) for h in hidden)
+        self.hidden = _layer_sizes(hidden, "hidden")
+        self.item_hidden = _layer_sizes(item_hidden, "item_hidden")
         self.dim = check_int(dim, "dim", minimum=1)
         if isinstance(embedding_dim, Mapping):
             self.embedding_dim: int | dict[str, int] = {
@@ -481,6 +495,11 @@ class SoftmaxModel(Estimator):
         )
         self._impl: Any = None
         self._schema: dict[str, Any] | None = None
+        # Item tower: its feature schema, the training items' features (pinned for the C++
+        # loop) and the embeddings of items added after training (add_items).
+        self._item_schema: dict[str, Any] | None = None
+        self._item_features: QueryFeatures | None = None
+        self._added_items = np.zeros((0, self.dim), np.float32)
         self._epoch = 0
         self.training_log: list[dict[str, float]] = []
         self.best_epoch: int | None = None
@@ -496,31 +515,29 @@ class SoftmaxModel(Estimator):
             return self.embedding_dim[name]
         return self.embedding_dim
 
-    def _build(self, feats: QueryFeatures) -> None:
+    def _feature_schema(self, feats: QueryFeatures, name: str) -> dict[str, Any]:
+        """Table sizes and embedding dimensions of the features of one tower."""
+        where = "" if name == "feats" else f"{name}: "
         cat_vocab = []
-        for name, ids in feats.categorical.items():
+        for key, ids in feats.categorical.items():
             seen = int(ids.max()) + 1 if len(ids) else 1
-            v = self.vocab_sizes.get(name, max(seen, feats.cardinalities.get(name, seen)))
+            v = self.vocab_sizes.get(key, max(seen, feats.cardinalities.get(key, seen)))
             if v < seen:
                 raise IndexError(
-                    f"categorical '{name}': id {seen - 1} is outside vocab_sizes['{name}'] = {v}"
+                    f"{where}categorical '{key}': id {seen - 1} is outside "
+                    f"vocab_sizes['{key}'] = {v}"
                 )
             cat_vocab.append(v)
-        if self.history is not None and self.history not in feats.bags:
-            raise ValueError(
-                f"history: expected the name of a bag feature of feats, got {self.history!r} "
-                f"(bag features: {list(feats.bags)})"
-            )
         bag_vocab = []
-        for name in feats.bags:
-            seen = feats.bag_vocab[name]
-            v = self.vocab_sizes.get(name, max(seen, feats.cardinalities.get(name, seen)))
+        for key in feats.bags:
+            seen = feats.bag_vocab[key]
+            v = self.vocab_sizes.get(key, max(seen, feats.cardinalities.get(key, seen)))
             if v < seen:
                 raise ValueError(
-                    f"bags '{name}': {seen} columns exceed vocab_sizes['{name}'] = {v}"
+                    f"{where}bags '{key}': {seen} columns exceed vocab_sizes['{key}'] = {v}"
                 )
             bag_vocab.append(v)
-        schema = {
+        return {
             "n_dense": 0 if feats.dense is None else int(feats.dense.shape[1]),
             "categorical_names": list(feats.categorical),
             "categorical_vocab": cat_vocab,
@@ -529,10 +546,27 @@ class SoftmaxModel(Estimator):
             "bag_vocab": bag_vocab,
             "bag_dim": [self._feature_dim(k) for k in feats.bags],
         }
-        self._impl = self._make_impl(schema)
-        self._schema = schema
 
-    def _make_impl(self, schema: dict[str, Any]) -> Any:
+    def _build(self, feats: QueryFeatures, item_features: QueryFeatures | None = None) -> None:
+        schema = self._feature_schema(feats, "feats")
+        if self.history is not None and self.history not in feats.bags:
+            raise ValueError(
+                f"history: expected the name of a bag feature of feats, got {self.history!r} "
+                f"(bag features: {list(feats.bags)})"
+            )
+        item_schema = None
+        if item_features is not None:
+            if self.item_bias:
+                raise ValueError(
+                    "item_bias: not available with item_features (a new item would have none)"
+                )
+            item_schema = self._feature_schema(item_features, "item_features")
+        self._impl = self._make_impl(schema, item_schema)
+        self._schema = schema
+        self._item_schema = item_schema
+        self._added_items = np.zeros((0, self.dim), np.float32)
+
+    def _make_impl(self, schema: dict[str, Any], item_schema: dict[str, Any] | None) -> Any:
         return _core.SoftmaxModel(
             n_items=self.n_items,
             dim=self.dim,
@@ -551,11 +585,32 @@ class SoftmaxModel(Estimator):
             batch_size=self.batch_size,
             seed=self.seed,
             num_threads=self.num_threads,
+            item_schema=item_schema,
+            item_hidden=list(self.item_hidden),
         )
 
     def _require_built(self) -> None:
         if self._impl is None:
             raise RuntimeError("SoftmaxModel: not fitted yet (call fit first)")
+
+    def _check_schema(self, feats: QueryFeatures, s: dict[str, Any], name: str) -> None:
+        """Feature names, dense width and bag widths of feats against a tower's schema."""
+        f = 0 if feats.dense is None else feats.dense.shape[1]
+        if f != s["n_dense"]:
+            raise ValueError(f"{name}: expected {s['n_dense']} dense features, got {f}")
+        for kind, have, want in (
+            ("categorical", list(feats.categorical), s["categorical_names"]),
+            ("bags", list(feats.bags), s["bag_names"]),
+        ):
+            if sorted(have) != sorted(want):
+                raise ValueError(f"{name}: expected {kind} features {want}, got {have}")
+        where = "" if name == "feats" else f"{name}: "
+        for i, key in enumerate(s["bag_names"]):
+            if feats.bag_vocab[key] > s["bag_vocab"][i]:
+                raise IndexError(
+                    f"{where}bags '{key}': {feats.bag_vocab[key]} columns, but the table has "
+                    f"{s['bag_vocab'][i]} rows"
+                )
 
     def _data(
         self,
@@ -568,21 +623,7 @@ class SoftmaxModel(Estimator):
         feats = _as_query_features(feats, name)
         s = self._schema
         assert s is not None
-        f = 0 if feats.dense is None else feats.dense.shape[1]
-        if f != s["n_dense"]:
-            raise ValueError(f"{name}: expected {s['n_dense']} dense features, got {f}")
-        for kind, have, want in (
-            ("categorical", list(feats.categorical), s["categorical_names"]),
-            ("bags", list(feats.bags), s["bag_names"]),
-        ):
-            if sorted(have) != sorted(want):
-                raise ValueError(f"{name}: expected {kind} features {want}, got {have}")
-        for i, key in enumerate(s["bag_names"]):
-            if feats.bag_vocab[key] > s["bag_vocab"][i]:
-                raise IndexError(
-                    f"bags '{key}': {feats.bag_vocab[key]} columns, but the table has "
-                    f"{s['bag_vocab'][i]} rows"
-                )
+        self._check_schema(feats, s, name)
         t = None
         if targets is not None:
             t = _targets_arrays(
@@ -596,6 +637,26 @@ class SoftmaxModel(Estimator):
             t,
         )
 
+    def _item_data(self, feats: object, name: str = "item_features") -> Any:
+        """Item features checked against the item tower and pinned for the C++ calls."""
+        if self._item_schema is None:
+            raise ValueError(f"{name}: the model was fitted without item features")
+        feats = _as_query_features(feats, name)
+        s = self._item_schema
+        self._check_schema(feats, s, name)
+        return self._impl.item_data(
+            feats.n_rows,
+            feats.dense,
+            [feats.categorical[k] for k in s["categorical_names"]],
+            [feats.bags[k] for k in s["bag_names"]],
+        )
+
+    def _training_items(self) -> Any:
+        """The pinned features of the n_items training items (None without an item tower)."""
+        if self._item_schema is None:
+            return None
+        return self._item_data(self._item_features)
+
     # -- training --------------------------------------------------------------------------------
     def fit(
         self,
@@ -608,6 +669,7 @@ class SoftmaxModel(Estimator):
         sample_weight: Any = None,
         show_progress: bool = True,
         callback: Callable[[int, SoftmaxModel, dict[str, float]], Any] | None = None,
+        item_features: Any = None,
     ) -> SoftmaxModel:
         """Train for ``epochs`` epochs from a fresh initialisation (drawn from ``seed``);
         :meth:`partial_fit` continues from the current parameters instead.
@@ -640,6 +702,17 @@ class SoftmaxModel(Estimator):
         callback : callable, optional
             ``callback(epoch, model, logs)`` after each epoch (``epoch`` counted from 0 over
             fit and the partial_fit calls after it); returning True stops training.
+        item_features : QueryFeatures or fastsoftmax.datasets.Features, optional
+            Features of the n_items items (row j: item j). With them, item j's embedding is an
+            item tower over its features (the query tower's building blocks: dense columns,
+            categorical and bag embeddings with ``embedding_dim`` and ``vocab_sizes`` by
+            feature name, ``item_hidden`` ReLU layers, a linear layer to ``dim``) instead of a
+            row of an item table, so items never seen in training get embeddings from their
+            features (:meth:`item_embeddings_from`, :meth:`add_items`). Each step runs the
+            tower over the items the loss reads: every item for ``loss="full"`` (and the score
+            sampler), the positives and negatives for ``"sampled"`` / ``"positives"``. An item
+            id as a categorical item feature gives each training item its own embedding too.
+            Not with ``item_bias``.
 
         Returns
         -------
@@ -677,7 +750,8 @@ class SoftmaxModel(Estimator):
             return self.partial_fit(feats, targets, validation=validation,
                                     early_stopping=early_stopping, metric=metric,
                                     sample_weight=sample_weight, show_progress=show_progress,
-                                    callback=callback)  # fmt: skip
+                                    callback=callback,
+                                    item_features=item_features)  # fmt: skip
         except Exception:
             if not self.training_log:  # bad input (or divergence in the first epoch)
                 for name, value in before.items():
@@ -696,6 +770,7 @@ class SoftmaxModel(Estimator):
         sample_weight: Any = None,
         show_progress: bool = True,
         callback: Callable[[int, SoftmaxModel, dict[str, float]], Any] | None = None,
+        item_features: Any = None,
     ) -> SoftmaxModel:
         """Continue training from the current parameters and optimiser state (an unfitted
         model is initialised first, as by :meth:`fit`).
@@ -710,6 +785,8 @@ class SoftmaxModel(Estimator):
             Epochs to run, >= 0; default ``self.epochs``.
         feats, targets, validation, early_stopping, metric, sample_weight, show_progress, callback
             As in :meth:`fit`.
+        item_features : QueryFeatures or fastsoftmax.datasets.Features, optional
+            As in :meth:`fit`; default: those of the previous fit (a model with an item tower).
 
         Returns
         -------
@@ -725,11 +802,27 @@ class SoftmaxModel(Estimator):
             early_stopping = check_int(early_stopping, "early_stopping", minimum=1)
             if validation is None:
                 raise ValueError("early_stopping: requires validation=(features, relevant)")
+        if item_features is not None:
+            item_features = _as_query_features(item_features, "item_features")
+            if item_features.n_rows != self.n_items:
+                raise ValueError(
+                    f"item_features: expected {self.n_items} rows (one per item, n_items), "
+                    f"got {item_features.n_rows}"
+                )
         if self._impl is None:
             # Check the targets before building (their errors should not depend on build order).
             _targets_arrays(targets, feats.n_rows, self.n_items, "uniform", sample_weight)
-            self._build(feats)
+            self._build(feats, item_features)
+        elif item_features is not None and self._item_schema is None:
+            raise ValueError(
+                "item_features: the model was fitted without item features (fit afresh to "
+                "train an item tower)"
+            )
+        if item_features is not None:
+            self._item_data(item_features)  # checked before the features are kept
+            self._item_features = item_features
         data = self._data(feats, targets, sample_weight=sample_weight)
+        items = self._training_items()
         val = None if validation is None else self._validation_set(validation)
         self._impl.prepare_loss(data)  # e.g. the popularity proposal of loss="sampled"
         stopper = _BestEpoch(self, early_stopping)
@@ -740,7 +833,7 @@ class SoftmaxModel(Estimator):
             bar = tqdm(total=epochs, desc="fit", unit="epoch")
         try:
             for _ in range(epochs):
-                logs = {"loss": self._fit_epoch(data)}
+                logs = {"loss": self._fit_epoch(data, items)}
                 if val is not None:
                     logs[metric] = self._score(val, metric_name, metric_k)
                 self.training_log.append(logs)
@@ -757,8 +850,8 @@ class SoftmaxModel(Estimator):
         stopper.restore()
         return self
 
-    def _fit_epoch(self, data: Any) -> float:
-        loss = self._impl.fit_epoch(data, self._epoch)
+    def _fit_epoch(self, data: Any, items: Any = None) -> float:
+        loss = self._impl.fit_epoch(data, self._epoch, items)
         self._epoch += 1
         if not math.isfinite(loss):
             raise FloatingPointError(
@@ -835,11 +928,78 @@ class SoftmaxModel(Estimator):
 
     @property
     def item_embeddings(self) -> np.ndarray:
-        """float32 array, shape (n_items, dim): read-only view of the item table V."""
+        """float32 array, shape (n_items, dim): read-only view of the item table V.
+
+        With an item tower: the tower's embeddings of the training items, followed by those of
+        the items added with :meth:`add_items` (shape (n_items + added, dim)), computed from the
+        current parameters at each access.
+        """
         self._require_built()
-        v = self._impl.parameters()["item_embeddings"].view()
+        if self._item_schema is not None:
+            v = self._impl.item_embeddings(self._training_items())
+            if len(self._added_items):
+                v = np.vstack([v, self._added_items])
+        else:
+            v = self._impl.parameters()["item_embeddings"].view()
         v.flags.writeable = False
         return v
+
+    def item_embeddings_from(self, item_features: Any) -> np.ndarray:
+        """The item tower's embeddings of any items, seen in training or not.
+
+        Parameters
+        ----------
+        item_features : QueryFeatures or fastsoftmax.datasets.Features
+            Features of M items, with the names and kinds the model was fitted with.
+
+        Returns
+        -------
+        numpy.ndarray, float32, shape (M, dim)
+
+        Raises
+        ------
+        ValueError
+            If the model has no item tower, or the features do not match its item features.
+        IndexError
+            For a categorical id or bag column outside its table.
+        """
+        self._require_built()
+        return self._impl.item_embeddings(self._item_data(item_features))
+
+    def add_items(self, item_features: Any) -> np.ndarray:
+        """Add new items, embedded by the item tower from their features, to what
+        :meth:`recommend`, :meth:`recommend_all`, :meth:`similar_items` and
+        :meth:`build_index` rank, without retraining.
+
+        The new items get the ids ``len(item_embeddings)`` on; their embeddings are fixed when
+        added (training again does not update them: add them again, or train with them). A new
+        ``fit`` forgets them. ``exclude`` matrices with n_items columns are widened with
+        empty columns for them.
+
+        Parameters
+        ----------
+        item_features : QueryFeatures or fastsoftmax.datasets.Features
+            Features of M new items.
+
+        Returns
+        -------
+        numpy.ndarray, int64, shape (M,)
+            The new items' ids.
+        """
+        v = self.item_embeddings_from(item_features)
+        first = self.n_items + len(self._added_items)
+        self._added_items = np.vstack([self._added_items, v])
+        return np.arange(first, first + len(v), dtype=np.int64)
+
+    def _widen_exclude(self, exclude: Any) -> Any:
+        """An (N, n_items) exclusion matrix widened to the added items (nothing excluded there)."""
+        if exclude is None or not len(self._added_items) or not sp.issparse(exclude):
+            return exclude
+        if exclude.shape[1] != self.n_items:
+            return exclude
+        e = sp.csr_matrix(exclude, copy=True)
+        e.resize((e.shape[0], self.n_items + len(self._added_items)))
+        return e
 
     def recommend(
         self, feats: QueryFeatures, k: int = 10, *, exclude: Any = None,
@@ -877,7 +1037,7 @@ class SoftmaxModel(Estimator):
                     "pass exclude= instead"
                 )
             exclude = seen if exclude is None else exclusion_union(seen, exclude)
-        return self._top_items(psi, k, exclude, index)
+        return self._top_items(psi, k, self._widen_exclude(exclude), index)
 
     # psi . V_j + b_j == [psi, 1] . [V_j, b_j]: with an item bias, one more column on each side.
     def _serving_items(self, rows: np.ndarray | None = None) -> np.ndarray:
@@ -1000,7 +1160,7 @@ class SoftmaxModel(Estimator):
         """
         self._require_built()
         data = self._data(feats, targets, sample_weight=sample_weight)
-        value, _ = self._impl.evaluate(data, 0, False)
+        value, _ = self._impl.evaluate(data, 0, False, self._training_items())
         return float(value)
 
     def gradients(
@@ -1025,7 +1185,7 @@ class SoftmaxModel(Estimator):
         """
         self._require_built()
         data = self._data(feats, targets, sample_weight=sample_weight)
-        _, grads = self._impl.evaluate(data, check_seed(seed), True)
+        _, grads = self._impl.evaluate(data, check_seed(seed), True, self._training_items())
         return dict(grads)
 
     @property
@@ -1033,7 +1193,8 @@ class SoftmaxModel(Estimator):
         """dict str -> writable float32 views of the model's own parameter arrays.
 
         Names: ``mlp.<l>.weight`` (in x out, so a layer is ``x @ W + b``), ``mlp.<l>.bias``,
-        ``categorical.<name>``, ``bags.<name>``, ``item_embeddings`` and ``item_bias``.
+        ``categorical.<name>``, ``bags.<name>``, ``item_embeddings`` and ``item_bias``; with an
+        item tower, its parameters as ``item_tower.mlp.<l>.weight``, ... instead of the last two.
         Writing into them changes the model (the optimiser state is kept).
         """
         self._require_built()
@@ -1061,15 +1222,22 @@ class SoftmaxModel(Estimator):
             "seed": self.seed,
             "item_bias": self.item_bias,
             "vocab_sizes": self.vocab_sizes,
+            "item_hidden": self.item_hidden,
             **self._sampled.config(),
         }
 
     def _to_arrays(self) -> dict[str, np.ndarray]:
         self._require_built()
-        meta = {"config": self._config(), "schema": self._schema, "epoch": self._epoch}
+        meta = {
+            "config": self._config(), "schema": self._schema, "epoch": self._epoch,
+            "item_schema": self._item_schema,
+        }  # fmt: skip
         arrays = {"meta_json": np.array(json.dumps(meta))}
         for name, value in self._impl.parameters().items():
             arrays[f"param/{name}"] = value
+        if self._item_features is not None:
+            arrays.update(_features_to_arrays(self._item_features, "items/"))
+            arrays["added_items"] = self._added_items
         return arrays
 
     @classmethod
@@ -1077,8 +1245,13 @@ class SoftmaxModel(Estimator):
         meta = json.loads(str(arrays["meta_json"]))
         meta["config"].setdefault("row_weighting", "uniform")  # files from before the option
         model = cls(**meta["config"])
-        model._impl = model._make_impl(meta["schema"])
+        item_schema = meta.get("item_schema")
+        model._impl = model._make_impl(meta["schema"], item_schema)
         model._schema = meta["schema"]
+        if item_schema is not None:
+            model._item_schema = item_schema
+            model._item_features = _features_from_arrays(arrays, "items/", item_schema)
+            model._added_items = np.asarray(arrays["added_items"], dtype=np.float32)
         model._epoch = int(meta["epoch"])
         params = model._impl.parameters()
         stored = {k[len("param/") :] for k in arrays if k.startswith("param/")}
@@ -1102,6 +1275,38 @@ class SoftmaxModel(Estimator):
         state is not saved: further training restarts it.
         """
         save_arrays(path, _MODEL_TYPE, self._to_arrays())
+
+
+def _features_to_arrays(feats: QueryFeatures, prefix: str) -> dict[str, np.ndarray]:
+    """The arrays of a QueryFeatures for a model file (names under ``prefix``)."""
+    out: dict[str, np.ndarray] = {}
+    if feats.dense is not None:
+        out[f"{prefix}dense"] = feats.dense
+    for key, ids in feats.categorical.items():
+        out[f"{prefix}categorical/{key}"] = ids
+    for key, (indptr, indices, data) in feats.bags.items():
+        out[f"{prefix}bags/{key}/indptr"] = indptr
+        out[f"{prefix}bags/{key}/indices"] = indices
+        out[f"{prefix}bags/{key}/data"] = data
+        out[f"{prefix}bags/{key}/columns"] = np.array(feats.bag_vocab[key])
+    return out
+
+
+def _features_from_arrays(
+    arrays: Mapping[str, np.ndarray], prefix: str, schema: dict[str, Any]
+) -> QueryFeatures:
+    """The QueryFeatures that :func:`_features_to_arrays` stored."""
+    dense = arrays[f"{prefix}dense"] if schema["n_dense"] else None
+    categorical = {k: arrays[f"{prefix}categorical/{k}"] for k in schema["categorical_names"]}
+    bags = {}
+    for k in schema["bag_names"]:
+        indptr = arrays[f"{prefix}bags/{k}/indptr"]
+        shape = (len(indptr) - 1, int(arrays[f"{prefix}bags/{k}/columns"]))
+        bags[k] = sp.csr_matrix(
+            (arrays[f"{prefix}bags/{k}/data"], arrays[f"{prefix}bags/{k}/indices"], indptr),
+            shape=shape,
+        )
+    return QueryFeatures(dense=dense, categorical=categorical or None, bags=bags or None)
 
 
 def _parse_metric(metric: object) -> tuple[str, int]:

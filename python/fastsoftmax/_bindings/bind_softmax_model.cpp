@@ -67,10 +67,15 @@ struct SoftmaxData {
   std::vector<pyb::object> keep_alive;
 };
 
+/// `items`: item features (checked against the item tower) instead of query features.
 SoftmaxData make_data(SoftmaxModel& model, index_t rows, pyb::handle dense,
                       const std::vector<pyb::handle>& categorical,
-                      const std::vector<pyb::tuple>& bags, pyb::handle targets) {
-  const auto& schema = model.config().features;
+                      const std::vector<pyb::tuple>& bags, pyb::handle targets,
+                      bool items = false) {
+  if (items && !model.config().item_tower) {
+    throw std::invalid_argument("item_features: the model has no item tower");
+  }
+  const auto& schema = items ? model.config().item_features : model.config().features;
   SoftmaxData d;
   if (rows < 0) throw std::invalid_argument(str_cat("rows: expected >= 0, got ", rows));
   d.features.rows = rows;
@@ -124,7 +129,11 @@ SoftmaxData make_data(SoftmaxModel& model, index_t rows, pyb::handle dense,
     return v;
   };
   for (const auto& b : bags) d.features.bags.push_back(csr(b, "bags", rows));
-  model.check_features(d.features);
+  if (items) {
+    model.check_item_features(d.features);
+  } else {
+    model.check_features(d.features);
+  }
   if (!targets.is_none()) {
     const auto t = pyb::reinterpret_borrow<pyb::tuple>(targets);
     if (t.size() != 4) {
@@ -159,6 +168,21 @@ pyb::array_t<float> view_of(Parameter& p, bool vector, pyb::handle owner) {
       p.value.data(), owner);
 }
 
+/// The features of a tower from the dict Python builds (fs.SoftmaxModel._build).
+FeatureSchema feature_schema(const pyb::dict& s) {
+  return FeatureSchema{s["n_dense"].cast<index_t>(),
+                       s["categorical_names"].cast<std::vector<std::string>>(),
+                       s["categorical_vocab"].cast<std::vector<index_t>>(),
+                       s["categorical_dim"].cast<std::vector<index_t>>(),
+                       s["bag_names"].cast<std::vector<std::string>>(),
+                       s["bag_vocab"].cast<std::vector<index_t>>(),
+                       s["bag_dim"].cast<std::vector<index_t>>()};
+}
+
+const FeaturesView* items_view(const pyb::object& items) {
+  return items.is_none() ? nullptr : &items.cast<const SoftmaxData&>().features;
+}
+
 bool is_vector_param(const std::string& name) {
   return name == "item_bias" || (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0);
 }
@@ -179,7 +203,8 @@ void bind_softmax_model(pyb::module_& m) {
                         bool item_bias, const std::string& loss,
                         const pyb::dict& loss_options, const std::string& optimizer,
                         float learning_rate, float l2, index_t batch_size, std::uint64_t seed,
-                        int num_threads) {
+                        int num_threads, const pyb::object& item_schema,
+                        std::vector<index_t> item_hidden) {
              SoftmaxModelConfig c;
              c.n_items = n_items;
              c.dim = dim;
@@ -192,6 +217,11 @@ void bind_softmax_model(pyb::module_& m) {
              c.history = HistoryConfig{history_bag, history_dropout,
                                        parse_history_target(history_target)};
              c.item_bias = item_bias;
+             if (!item_schema.is_none()) {
+               c.item_tower = true;
+               c.item_features = feature_schema(item_schema.cast<pyb::dict>());
+               c.item_hidden = std::move(item_hidden);
+             }
              c.optimizer.kind = parse_optimizer(optimizer);
              c.optimizer.learning_rate = learning_rate;
              c.optimizer.l2 = l2;
@@ -210,7 +240,8 @@ void bind_softmax_model(pyb::module_& m) {
            pyb::arg("history_dropout"), pyb::arg("history_target"), pyb::arg("item_bias"),
            pyb::arg("loss"),
            pyb::arg("loss_options"), pyb::arg("optimizer"), pyb::arg("learning_rate"),
-           pyb::arg("l2"), pyb::arg("batch_size"), pyb::arg("seed"), pyb::arg("num_threads"))
+           pyb::arg("l2"), pyb::arg("batch_size"), pyb::arg("seed"), pyb::arg("num_threads"),
+           pyb::arg("item_schema") = pyb::none(), pyb::arg("item_hidden") = std::vector<index_t>{})
       .def(
           "data",
           [](SoftmaxModel& self, index_t rows, pyb::handle dense,
@@ -220,13 +251,23 @@ void bind_softmax_model(pyb::module_& m) {
           pyb::arg("targets"),
           "Checks features (and targets: (indptr, indices, weights) or None) and pins them.")
       .def(
-          "fit_epoch",
-          [](SoftmaxModel& self, const SoftmaxData& d, std::int64_t epoch) {
-            if (!d.has_targets) throw std::invalid_argument("targets: required for fit");
-            ReleaseGil release;
-            return self.fit_epoch(d.features, d.targets, epoch);
+          "item_data",
+          [](SoftmaxModel& self, index_t rows, pyb::handle dense,
+             const std::vector<pyb::handle>& categorical, const std::vector<pyb::tuple>& bags) {
+            return make_data(self, rows, dense, categorical, bags, pyb::none(), true);
           },
-          pyb::arg("data"), pyb::arg("epoch"))
+          pyb::arg("rows"), pyb::arg("dense"), pyb::arg("categorical"), pyb::arg("bags"),
+          "Checks item features against the item tower and pins them.")
+      .def(
+          "fit_epoch",
+          [](SoftmaxModel& self, const SoftmaxData& d, std::int64_t epoch,
+             const pyb::object& items) {
+            if (!d.has_targets) throw std::invalid_argument("targets: required for fit");
+            const FeaturesView* iv = items_view(items);
+            ReleaseGil release;
+            return self.fit_epoch(d.features, d.targets, epoch, iv);
+          },
+          pyb::arg("data"), pyb::arg("epoch"), pyb::arg("items") = pyb::none())
       .def(
           "history_kept",
           [](const SoftmaxModel& self, const SoftmaxData& d, std::int64_t epoch) {
@@ -258,14 +299,30 @@ void bind_softmax_model(pyb::module_& m) {
           },
           pyb::arg("data"))
       .def(
+          "item_embeddings",
+          [](SoftmaxModel& self, const SoftmaxData& items) {
+            pyb::array_t<float> out({static_cast<pyb::ssize_t>(items.features.rows),
+                                     static_cast<pyb::ssize_t>(self.config().dim)});
+            float* p = out.mutable_data();
+            {
+              ReleaseGil release;
+              self.item_embeddings(items.features, p);
+            }
+            return out;
+          },
+          pyb::arg("items"), "The item tower's embeddings of these items (from item_data).")
+      .def(
           "evaluate",
-          [](SoftmaxModel& self, const SoftmaxData& d, std::uint64_t seed, bool with_gradients) {
+          [](SoftmaxModel& self, const SoftmaxData& d, std::uint64_t seed, bool with_gradients,
+             const pyb::object& items) {
             if (!d.has_targets) throw std::invalid_argument("targets: required");
+            const FeaturesView* iv = items_view(items);
             std::vector<RowMatrixXf> grads;
             double loss;
             {
               ReleaseGil release;
-              loss = self.evaluate(d.features, d.targets, seed, with_gradients ? &grads : nullptr);
+              loss = self.evaluate(d.features, d.targets, seed, with_gradients ? &grads : nullptr,
+                                   iv);
             }
             pyb::dict out;
             if (with_gradients) {
@@ -281,7 +338,8 @@ void bind_softmax_model(pyb::module_& m) {
             }
             return pyb::make_tuple(loss, out);
           },
-          pyb::arg("data"), pyb::arg("seed"), pyb::arg("with_gradients"))
+          pyb::arg("data"), pyb::arg("seed"), pyb::arg("with_gradients"),
+          pyb::arg("items") = pyb::none())
       .def("parameters",
            [](pyb::object self_obj) {
              auto& self = self_obj.cast<SoftmaxModel&>();
@@ -301,6 +359,8 @@ void bind_softmax_model(pyb::module_& m) {
           pyb::arg("data"), "Loss::prepare with these targets (e.g. item popularity).")
       .def("reset_optimizer_state", &SoftmaxModel::reset_optimizer_state)
       .def_property_readonly("steps", &SoftmaxModel::steps)
+      .def_property_readonly("has_item_tower",
+                             [](const SoftmaxModel& s) { return s.config().item_tower; })
       .def_property_readonly("loss_name", [](const SoftmaxModel& s) { return s.loss_function().name(); });
 }
 
