@@ -33,7 +33,8 @@ def make_items(n=N_ITEMS, seed=1):
 
 
 def build(feats, targets, items, epochs=0, **kwargs):
-    opts = {"dim": DIM, "embedding_dim": 3, "num_threads": 2, "epochs": epochs, "seed": 5}
+    opts = {"dim": DIM, "embedding_dim": 3, "num_threads": 2, "epochs": epochs, "seed": 5,
+            "item_id_embedding": False}  # fmt: skip
     opts.update(kwargs)
     model = fs.SoftmaxModel(N_ITEMS, **opts)
     model.fit(feats, targets, item_features=items, show_progress=False)
@@ -123,6 +124,46 @@ def test_gradients_are_the_chain_rule_through_the_tower(loss_opts):
                                atol=1e-6)  # fmt: skip
 
 
+def test_item_id_embedding_is_used_for_training_items_only():
+    feats, targets = make_problem()
+    items = make_items()
+    model = build(feats, targets, items, item_id_embedding=True, epochs=2)
+    p = {k: v.astype(np.float64) for k, v in model.parameters.items()}
+    x, _ = tower_input(model, items)
+    w, b = p["item_tower.mlp.0.weight"], p["item_tower.mlp.0.bias"]
+    # Tower input: [dense | genre | id | item_id | tags]; new items have a zero item_id part.
+    own = np.hstack([x[:, :8], p["item_tower.categorical.item_id"], x[:, 8:]])
+    np.testing.assert_allclose(model.item_embeddings, own @ w + b, rtol=1e-5, atol=1e-6)
+    without = np.hstack([x[:, :8], np.zeros((N_ITEMS, 3)), x[:, 8:]])
+    np.testing.assert_allclose(model.item_embeddings_from(items), without @ w + b, rtol=1e-5,
+                               atol=1e-6)  # fmt: skip
+    with pytest.raises(ValueError, match="'item_id' is the name"):
+        clash = fs.QueryFeatures(categorical={"item_id": np.arange(N_ITEMS)})
+        build(feats, targets, clash, item_id_embedding=True)
+
+
+def test_item_id_dropout_drops_each_items_id_with_probability_p():
+    """One full-softmax SGD step: the id rows that change are exactly the items whose id the
+    step kept; their share is 1 - p within 5 sigma, and a second seed drops other items."""
+    n, p = 2000, 0.3
+    rng = np.random.default_rng(0)
+    targets = sp.csr_matrix((np.ones(64), (np.arange(64), rng.integers(0, n, 64))), shape=(64, n))
+    feats = fs.QueryFeatures(dense=rng.normal(size=(64, 2)))
+    items = fs.QueryFeatures(categorical={"genre": rng.integers(0, 3, n)})
+    changed = []
+    for seed in (1, 2):
+        model = fs.SoftmaxModel(n, dim=4, embedding_dim=4, epochs=0, batch_size=64, seed=seed,
+                                optimizer="sgd", item_id_dropout=p)  # fmt: skip
+        model.fit(feats, targets, item_features=items, show_progress=False)
+        before = model.parameters["item_tower.categorical.item_id"].copy()
+        model.partial_fit(feats, targets, epochs=1, show_progress=False)
+        after = model.parameters["item_tower.categorical.item_id"]
+        changed.append((after != before).any(axis=1))
+    for c in changed:
+        assert abs(c.mean() - (1 - p)) < 5 * np.sqrt(p * (1 - p) / n)
+    assert (changed[0] != changed[1]).any()
+
+
 def test_gradient_with_hidden_layers_matches_finite_differences():
     feats, targets = make_problem()
     items = make_items()
@@ -151,7 +192,8 @@ def test_training_is_bit_identical_for_any_thread_count(loss_opts):
     feats, targets = make_problem()
     items = make_items()
     runs = [
-        build(feats, targets, items, epochs=3, num_threads=t, batch_size=16, **loss_opts)
+        build(feats, targets, items, epochs=3, num_threads=t, batch_size=16,
+              item_id_embedding=True, **loss_opts)  # fmt: skip
         for t in (1, 2)
     ]
     for name, value in runs[0].parameters.items():
@@ -186,7 +228,7 @@ def test_cold_items_are_ranked_by_their_features():
     feats = fs.QueryFeatures(categorical={"user": np.arange(n_users)})
     items = fs.QueryFeatures(categorical={"genre": genre})
     model = fs.SoftmaxModel(n_warm, dim=8, embedding_dim=8, epochs=30, batch_size=32,
-                            loss="sampled", num_negatives=16, seed=1)  # fmt: skip
+                            loss="sampled", num_negatives=16, seed=1)  # fmt: skip (item ids on)
     model.fit(feats, targets, item_features=items, show_progress=False)
     cold_genre = np.repeat(np.arange(n_genres), 3)
     ids = model.add_items(fs.QueryFeatures(categorical={"genre": cold_genre}))

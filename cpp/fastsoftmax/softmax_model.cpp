@@ -31,8 +31,22 @@ SoftmaxModel::SoftmaxModel(const SoftmaxModelConfig& config, std::unique_ptr<Los
     if (config_.item_bias) {
       throw_invalid("item_bias: not available with item features (a new item would have none)");
     }
-    item_tower_ = Tower(config_.item_features, config_.pooling, config_.item_hidden,
-                        config_.dim, "item_features");
+    FeatureSchema schema = config_.item_features;
+    if (config_.item_id_dim < 0) {
+      throw_invalid("item_id_dim: expected >= 0, got ", config_.item_id_dim);
+    }
+    if (!(config_.item_id_dropout >= 0.0f && config_.item_id_dropout < 1.0f)) {
+      throw_invalid("item_id_dropout: expected a number in [0, 1), got ", config_.item_id_dropout);
+    }
+    if (config_.item_id_dim > 0) {
+      schema.categorical_names.push_back("item_id");
+      schema.categorical_vocab.push_back(config_.n_items);
+      schema.categorical_dim.push_back(config_.item_id_dim);
+      id_column_.resize(static_cast<std::size_t>(config_.n_items));
+      std::iota(id_column_.begin(), id_column_.end(), index_t{0});
+    }
+    item_tower_ = Tower(schema, config_.pooling, config_.item_hidden, config_.dim,
+                        "item_features");
   } else {
     items_ = Parameter(config_.n_items, config_.dim);
     if (config_.item_bias) item_bias_ = Parameter(config_.n_items, 1);
@@ -71,7 +85,32 @@ std::vector<std::pair<std::string, Parameter*>> SoftmaxModel::parameters() {
 
 void SoftmaxModel::check_item_features(const FeaturesView& x) const {
   if (!config_.item_tower) throw_invalid("item_features: the model has no item tower");
-  item_tower_.check_features(x);
+  if (config_.item_id_dim == 0) {
+    item_tower_.check_features(x);
+    return;
+  }
+  const std::vector<index_t> missing(static_cast<std::size_t>(x.rows), -1);
+  item_tower_.check_features(with_ids(x, missing.data()));
+}
+
+FeaturesView SoftmaxModel::with_ids(const FeaturesView& x, const index_t* ids) const {
+  if (config_.item_id_dim == 0) return x;
+  FeaturesView out = x;
+  out.categorical.push_back(ids);
+  return out;
+}
+
+void SoftmaxModel::draw_ids(const index_t* rows, index_t C, std::uint64_t batch_index,
+                            bool training) {
+  if (config_.item_id_dim == 0) return;
+  const double p = training ? config_.item_id_dropout : 0.0;
+  const std::uint64_t key = mix64(mix64(config_.seed ^ 0x69642D64726F70ULL) ^ batch_index);
+  for (index_t c = 0; c < C; ++c) {
+    const index_t j = rows[c];
+    const double u =
+        static_cast<double>(mix64(key ^ static_cast<std::uint64_t>(j)) >> 11) * 0x1.0p-53;
+    id_column_[static_cast<std::size_t>(j)] = u < p ? -1 : j;
+  }
 }
 
 const FeaturesView& SoftmaxModel::require_items(const FeaturesView* items) const {
@@ -173,24 +212,26 @@ TargetsView SoftmaxModel::gather_targets(const TargetsView& t, const index_t* ro
 
 ItemParamsView SoftmaxModel::item_view(const TargetsView& targets, const LossContext& ctx,
                                        const float* psi, const FeaturesView* items,
-                                       bool for_backward) {
+                                       bool for_backward, bool training) {
   const index_t n = config_.n_items, d = config_.dim;
   if (!config_.item_tower) {
     return ItemParamsView{n, d, items_.value.data(),
                           config_.item_bias ? item_bias_.value.data() : nullptr};
   }
-  const FeaturesView& x = require_items(items);
+  const FeaturesView x = with_ids(require_items(items), id_column_.data());
   tower_all_ = !loss_->candidates(targets, ctx, psi, &tower_rows_);
   if (tower_all_) {
     if (static_cast<index_t>(all_items_.size()) != n) {
       all_items_.resize(static_cast<std::size_t>(n));
       std::iota(all_items_.begin(), all_items_.end(), index_t{0});
     }
+    draw_ids(all_items_.data(), n, ctx.batch_index, training);
     item_tower_.forward(x, all_items_.data(), n, ctx.num_threads, for_backward);
     // The tower's output holds V in item order: the loss reads it in place.
     return ItemParamsView{n, d, item_tower_.output().data(), nullptr};
   }
   const index_t C = static_cast<index_t>(tower_rows_.size());
+  draw_ids(tower_rows_.data(), C, ctx.batch_index, training);
   item_tower_.forward(x, tower_rows_.data(), C, ctx.num_threads, for_backward);
   if (item_values_.rows() != n || item_values_.cols() != d) allocate_zeroed(item_values_, n, d);
   const float* out = item_tower_.output().data();
@@ -200,7 +241,8 @@ ItemParamsView SoftmaxModel::item_view(const TargetsView& targets, const LossCon
   return ItemParamsView{n, d, item_values_.data(), nullptr};
 }
 
-void SoftmaxModel::item_tower_backward(const FeaturesView& x, bool accumulate) {
+void SoftmaxModel::item_tower_backward(const FeaturesView& items, bool accumulate) {
+  const FeaturesView x = with_ids(items, id_column_.data());
   const index_t d = config_.dim;
   const index_t* rows = tower_all_ ? all_items_.data() : tower_rows_.data();
   const index_t C = tower_all_ ? config_.n_items : static_cast<index_t>(tower_rows_.size());
@@ -320,7 +362,7 @@ double SoftmaxModel::fit_epoch(const FeaturesView& x, const TargetsView& targets
     ctx.rows = rows;
     const ConstMapRowMatrixXf psi(query_.output().data(), B, config_.dim);
     MapRowMatrixXf dpsi(query_.output_grad(), B, config_.dim);
-    const ItemParamsView iv = item_view(tv, ctx, psi.data(), items, true);
+    const ItemParamsView iv = item_view(tv, ctx, psi.data(), items, true, true);
     item_grad_.deferred = nullptr;
     total += loss_->forward_backward(psi, iv, tv, ctx, &dpsi, &item_grad_);
     query_.backward(xh, rows, B, threads, false, positions_.data());  // written over dW / db
@@ -345,10 +387,15 @@ void SoftmaxModel::query_embeddings(const FeaturesView& x, float* out) {
   }
 }
 
-void SoftmaxModel::item_embeddings(const FeaturesView& x, float* out) {
+void SoftmaxModel::item_embeddings(const FeaturesView& items, float* out, bool own_ids) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (!config_.item_tower) throw_invalid("item_features: the model has no item tower");
-  const index_t N = x.rows;
+  if (own_ids) require_items(&items);
+  const index_t N = items.rows;
+  // Own ids: each item's id (no dropout); new items: missing ids (the zero vector).
+  std::vector<index_t> ids(config_.item_id_dim > 0 ? static_cast<std::size_t>(N) : 0);
+  for (index_t r = 0; r < static_cast<index_t>(ids.size()); ++r) ids[r] = own_ids ? r : -1;
+  const FeaturesView x = with_ids(items, ids.data());
   const index_t bs = std::max<index_t>(config_.batch_size, 1024);
   std::vector<index_t> rows(static_cast<std::size_t>(std::min(N, bs)));
   for (index_t r0 = 0; r0 < N; r0 += bs) {
@@ -411,7 +458,7 @@ double SoftmaxModel::evaluate(const FeaturesView& x, const TargetsView& targets,
     LossContext ctx{seed, static_cast<std::uint64_t>(bi), config_.num_threads, scale};
     ctx.rows = rows.data();
     const ConstMapRowMatrixXf psi(query_.output().data(), B, config_.dim);
-    const ItemParamsView iv = item_view(tv, ctx, psi.data(), items, gradients != nullptr);
+    const ItemParamsView iv = item_view(tv, ctx, psi.data(), items, gradients != nullptr, false);
     if (!gradients) {
       total += loss_->forward_backward(psi, iv, tv, ctx, nullptr, nullptr);
       continue;

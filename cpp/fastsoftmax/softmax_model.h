@@ -46,6 +46,12 @@ struct SoftmaxModelConfig {
   bool item_tower = false;
   FeatureSchema item_features;
   std::vector<index_t> item_hidden;
+  // Item tower: each training item's own id embedding (item_id_dim columns; 0: none), one more
+  // categorical feature "item_id" of the tower. At every step each item's id is dropped (the
+  // zero vector) with probability item_id_dropout, so that the features alone, which are all a
+  // new item has, also learn to place items.
+  index_t item_id_dim = 0;
+  float item_id_dropout = 0.0f;
   OptimizerConfig optimizer;
   index_t batch_size = 256;
   std::uint64_t seed = 0;
@@ -86,8 +92,10 @@ class SoftmaxModel {
 
   /// psi for every row into out (rows x dim).
   void query_embeddings(const FeaturesView& features, float* out);
-  /// The item tower's embedding of every row of `items` into out (rows x dim).
-  void item_embeddings(const FeaturesView& items, float* out);
+  /// The item tower's embedding of every row of `items` into out (rows x dim). `own_ids`: the
+  /// rows are the n_items training items, with their id embeddings; otherwise they are items
+  /// without one (new items).
+  void item_embeddings(const FeaturesView& items, float* out, bool own_ids);
 
   /// Mean loss over the rows; with `gradients` (one buffer per parameter, same shapes), also the
   /// gradient of that mean loss. `seed` feeds the loss context (sampled losses). `items` as in
@@ -113,11 +121,18 @@ class SoftmaxModel {
   // The items' parameters as the loss sees them. With an item tower: runs the tower over the
   // items the loss will read (all of them, or its candidates) into item_values_ (the tower's
   // rows tower_rows_) and returns a view of them.
+  // `training`: with id-dropout.
   ItemParamsView item_view(const TargetsView& targets, const LossContext& ctx, const float* psi,
-                           const FeaturesView* items, bool for_backward);
+                           const FeaturesView* items, bool for_backward, bool training);
   // Back-propagates the loss's item gradient through the item tower (after item_view).
   void item_tower_backward(const FeaturesView& items, bool accumulate);
   const FeaturesView& require_items(const FeaturesView* items) const;
+  // The item features as the tower reads them: with an id embedding, `ids` (indexed by item) as
+  // the last categorical column.
+  FeaturesView with_ids(const FeaturesView& items, const index_t* ids) const;
+  // id_column_ for the tower's rows of a batch: each item's own id, or -1 where id-dropout drops
+  // it (training, from a hash of (seed, batch_index, item)).
+  void draw_ids(const index_t* rows, index_t C, std::uint64_t batch_index, bool training);
   // Gathers the targets of rows[0..B) into the batch CSR with normalised weights.
   TargetsView gather_targets(const TargetsView& targets, const index_t* rows, index_t B);
   // The optimiser steps of one training batch.
@@ -145,6 +160,7 @@ class SoftmaxModel {
   // Item tower: the items of the last item_view (sorted; all items when the loss reads all) and
   // V at those rows (item_values_, n_items x dim; only those rows are current).
   std::vector<index_t> tower_rows_, all_items_;
+  std::vector<index_t> id_column_;  // n_items: the item-id feature of the training items
   bool tower_all_ = false;
   RowMatrixXf item_values_;
 };

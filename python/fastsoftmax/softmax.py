@@ -361,6 +361,14 @@ class SoftmaxModel(Estimator):
         ``num_negatives`` uniform rows (``"positives"``).
     item_hidden : sequence of int, default ()
         Sizes of the ReLU layers of the item tower (``fit(item_features=...)``; empty: linear).
+    item_id_embedding : bool, default True
+        With an item tower: each training item also has its own id embedding (the categorical
+        tower feature ``"item_id"``, size ``embedding_dim``), which lets warm items move away
+        from what their features alone say. New items (:meth:`add_items`,
+        :meth:`item_embeddings_from`) have none: a zero vector in its place.
+    item_id_dropout : float, default 0.5
+        Probability p in [0, 1) that a step drops an item's id embedding (drawn per step and
+        item), so that the features alone also learn to place items: what new items rely on.
 
     Attributes
     ----------
@@ -441,10 +449,20 @@ class SoftmaxModel(Estimator):
         remove_accidental_hits: bool = True,
         gravity: float = 0.0,
         item_hidden: Sequence[int] = (),
+        item_id_embedding: bool = True,
+        item_id_dropout: float = 0.5,
     ) -> None:
         self.n_items = check_int(n_items, "n_items", minimum=1)
         self.hidden = _layer_sizes(hidden, "hidden")
         self.item_hidden = _layer_sizes(item_hidden, "item_hidden")
+        if not isinstance(item_id_embedding, bool | np.bool_):
+            raise TypeError(
+                f"item_id_embedding: expected a bool, got {type(item_id_embedding).__name__}"
+            )
+        self.item_id_embedding = bool(item_id_embedding)
+        self.item_id_dropout = check_real(
+            item_id_dropout, "item_id_dropout", minimum=0, maximum=1, exclusive_maximum=True
+        )
         self.dim = check_int(dim, "dim", minimum=1)
         if isinstance(embedding_dim, Mapping):
             self.embedding_dim: int | dict[str, int] = {
@@ -560,6 +578,11 @@ class SoftmaxModel(Estimator):
                 raise ValueError(
                     "item_bias: not available with item_features (a new item would have none)"
                 )
+            if self.item_id_embedding and "item_id" in item_features.categorical:
+                raise ValueError(
+                    "item_features: 'item_id' is the name of the items' own id embedding "
+                    "(item_id_embedding=True); rename the feature"
+                )
             item_schema = self._feature_schema(item_features, "item_features")
         self._impl = self._make_impl(schema, item_schema)
         self._schema = schema
@@ -587,6 +610,8 @@ class SoftmaxModel(Estimator):
             num_threads=self.num_threads,
             item_schema=item_schema,
             item_hidden=list(self.item_hidden),
+            item_id_dim=self._feature_dim("item_id") if self.item_id_embedding else 0,
+            item_id_dropout=self.item_id_dropout,
         )
 
     def _require_built(self) -> None:
@@ -936,7 +961,7 @@ class SoftmaxModel(Estimator):
         """
         self._require_built()
         if self._item_schema is not None:
-            v = self._impl.item_embeddings(self._training_items())
+            v = self._impl.item_embeddings(self._training_items(), True)
             if len(self._added_items):
                 v = np.vstack([v, self._added_items])
         else:
@@ -964,7 +989,7 @@ class SoftmaxModel(Estimator):
             For a categorical id or bag column outside its table.
         """
         self._require_built()
-        return self._impl.item_embeddings(self._item_data(item_features))
+        return self._impl.item_embeddings(self._item_data(item_features), False)
 
     def add_items(self, item_features: Any) -> np.ndarray:
         """Add new items, embedded by the item tower from their features, to what
@@ -1223,6 +1248,8 @@ class SoftmaxModel(Estimator):
             "item_bias": self.item_bias,
             "vocab_sizes": self.vocab_sizes,
             "item_hidden": self.item_hidden,
+            "item_id_embedding": self.item_id_embedding,
+            "item_id_dropout": self.item_id_dropout,
             **self._sampled.config(),
         }
 

@@ -204,7 +204,8 @@ void bind_softmax_model(pyb::module_& m) {
                         const pyb::dict& loss_options, const std::string& optimizer,
                         float learning_rate, float l2, index_t batch_size, std::uint64_t seed,
                         int num_threads, const pyb::object& item_schema,
-                        std::vector<index_t> item_hidden) {
+                        std::vector<index_t> item_hidden, index_t item_id_dim,
+                        float item_id_dropout) {
              SoftmaxModelConfig c;
              c.n_items = n_items;
              c.dim = dim;
@@ -221,6 +222,8 @@ void bind_softmax_model(pyb::module_& m) {
                c.item_tower = true;
                c.item_features = feature_schema(item_schema.cast<pyb::dict>());
                c.item_hidden = std::move(item_hidden);
+               c.item_id_dim = item_id_dim;
+               c.item_id_dropout = item_id_dropout;
              }
              c.optimizer.kind = parse_optimizer(optimizer);
              c.optimizer.learning_rate = learning_rate;
@@ -241,7 +244,8 @@ void bind_softmax_model(pyb::module_& m) {
            pyb::arg("loss"),
            pyb::arg("loss_options"), pyb::arg("optimizer"), pyb::arg("learning_rate"),
            pyb::arg("l2"), pyb::arg("batch_size"), pyb::arg("seed"), pyb::arg("num_threads"),
-           pyb::arg("item_schema") = pyb::none(), pyb::arg("item_hidden") = std::vector<index_t>{})
+           pyb::arg("item_schema") = pyb::none(), pyb::arg("item_hidden") = std::vector<index_t>{},
+           pyb::arg("item_id_dim") = 0, pyb::arg("item_id_dropout") = 0.0f)
       .def(
           "data",
           [](SoftmaxModel& self, index_t rows, pyb::handle dense,
@@ -300,17 +304,19 @@ void bind_softmax_model(pyb::module_& m) {
           pyb::arg("data"))
       .def(
           "item_embeddings",
-          [](SoftmaxModel& self, const SoftmaxData& items) {
+          [](SoftmaxModel& self, const SoftmaxData& items, bool own_ids) {
             pyb::array_t<float> out({static_cast<pyb::ssize_t>(items.features.rows),
                                      static_cast<pyb::ssize_t>(self.config().dim)});
             float* p = out.mutable_data();
             {
               ReleaseGil release;
-              self.item_embeddings(items.features, p);
+              self.item_embeddings(items.features, p, own_ids);
             }
             return out;
           },
-          pyb::arg("items"), "The item tower's embeddings of these items (from item_data).")
+          pyb::arg("items"), pyb::arg("own_ids"),
+          "The item tower's embeddings of these items (from item_data); own_ids: they are the "
+          "training items, with their id embeddings.")
       .def(
           "evaluate",
           [](SoftmaxModel& self, const SoftmaxData& d, std::uint64_t seed, bool with_gradients,
