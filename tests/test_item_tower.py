@@ -124,27 +124,45 @@ def test_gradients_are_the_chain_rule_through_the_tower(loss_opts):
                                atol=1e-6)  # fmt: skip
 
 
-def test_item_id_embedding_is_used_for_training_items_only():
+def test_item_id_embeddings_are_added_for_training_items_only():
     feats, targets = make_problem()
     items = make_items()
-    model = build(feats, targets, items, item_id_embedding=True, epochs=2)
-    p = {k: v.astype(np.float64) for k, v in model.parameters.items()}
-    x, _ = tower_input(model, items)
-    w, b = p["item_tower.mlp.0.weight"], p["item_tower.mlp.0.bias"]
-    # Tower input: [dense | genre | id | item_id | tags]; new items have a zero item_id part.
-    own = np.hstack([x[:, :8], p["item_tower.categorical.item_id"], x[:, 8:]])
-    np.testing.assert_allclose(model.item_embeddings, own @ w + b, rtol=1e-5, atol=1e-6)
-    without = np.hstack([x[:, :8], np.zeros((N_ITEMS, 3)), x[:, 8:]])
-    np.testing.assert_allclose(model.item_embeddings_from(items), without @ w + b, rtol=1e-5,
-                               atol=1e-6)  # fmt: skip
-    with pytest.raises(ValueError, match="'item_id' is the name"):
-        clash = fs.QueryFeatures(categorical={"item_id": np.arange(N_ITEMS)})
-        build(feats, targets, clash, item_id_embedding=True)
+    model = build(feats, targets, items, item_id_embedding=True, item_id_dropout=0.3, epochs=3)
+    e = model.parameters["item_id_embeddings"]
+    assert e.shape == (N_ITEMS, DIM) and np.abs(e).sum() > 0  # trained from 0
+    content = model.item_embeddings_from(items)
+    np.testing.assert_allclose(model.item_embeddings, content + e, rtol=1e-6, atol=1e-6)
+    new = make_items(3, seed=5)
+    model.add_items(new)
+    np.testing.assert_array_equal(model.item_embeddings[N_ITEMS:], model.item_embeddings_from(new))
+
+
+@pytest.mark.parametrize("loss_opts", [{"loss": "full"}, {"loss": "sampled", "num_negatives": 8}])
+def test_item_id_embedding_gradients_are_the_item_table_gradients(loss_opts):
+    """Without dropout (gradients() never drops), dL/dE equals an item-table model's dL/dV at
+    V = tower + E, and the tower's own gradients are unchanged by E's presence."""
+    feats, targets = make_problem()
+    items = make_items()
+    tower = build(feats, targets, items, item_id_embedding=True, **loss_opts)
+    tower.parameters["item_id_embeddings"][...] = np.random.default_rng(2).normal(
+        scale=0.3, size=(N_ITEMS, DIM))  # fmt: skip
+    table = fs.SoftmaxModel(N_ITEMS, dim=DIM, embedding_dim=3, num_threads=2, epochs=0, seed=5,
+                            **loss_opts)  # fmt: skip
+    table.fit(feats, targets, show_progress=False)
+    for name, value in tower.parameters.items():
+        if name in table.parameters and name != "item_embeddings":
+            table.parameters[name][...] = value
+    table.parameters["item_embeddings"][...] = tower.item_embeddings
+    got = tower.gradients(feats, targets, seed=4)
+    ref = table.gradients(feats, targets, seed=4)
+    g = ref["item_embeddings"]
+    np.testing.assert_allclose(got["item_id_embeddings"], g, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got["item_tower.mlp.0.bias"], g.sum(axis=0), rtol=1e-4, atol=1e-5)
 
 
 def test_item_id_dropout_drops_each_items_id_with_probability_p():
     """One full-softmax SGD step: the id rows that change are exactly the items whose id the
-    step kept; their share is 1 - p within 5 sigma, and a second seed drops other items."""
+    step kept; their share is 1 - p within 5 sigma, and another seed drops other items."""
     n, p = 2000, 0.3
     rng = np.random.default_rng(0)
     targets = sp.csr_matrix((np.ones(64), (np.arange(64), rng.integers(0, n, 64))), shape=(64, n))
@@ -152,13 +170,10 @@ def test_item_id_dropout_drops_each_items_id_with_probability_p():
     items = fs.QueryFeatures(categorical={"genre": rng.integers(0, 3, n)})
     changed = []
     for seed in (1, 2):
-        model = fs.SoftmaxModel(n, dim=4, embedding_dim=4, epochs=0, batch_size=64, seed=seed,
+        model = fs.SoftmaxModel(n, dim=4, embedding_dim=4, epochs=1, batch_size=64, seed=seed,
                                 optimizer="sgd", item_id_dropout=p)  # fmt: skip
         model.fit(feats, targets, item_features=items, show_progress=False)
-        before = model.parameters["item_tower.categorical.item_id"].copy()
-        model.partial_fit(feats, targets, epochs=1, show_progress=False)
-        after = model.parameters["item_tower.categorical.item_id"]
-        changed.append((after != before).any(axis=1))
+        changed.append((model.parameters["item_id_embeddings"] != 0).any(axis=1))
     for c in changed:
         assert abs(c.mean() - (1 - p)) < 5 * np.sqrt(p * (1 - p) / n)
     assert (changed[0] != changed[1]).any()

@@ -226,12 +226,7 @@ void embed_categorical(const RowMatrixXf& table, const index_t* ids, const index
   parallel_for(n_tasks, num_threads, [&](std::int64_t t, int) {
     const index_t end = std::min(B, (t + 1) * kLookupRows);
     for (index_t b = t * kLookupRows; b < end; ++b) {
-      const index_t id = ids[rows[b]];
-      if (id < 0) {
-        std::fill_n(out + b * out_stride, e, 0.0f);
-        continue;
-      }
-      const float* src = table.data() + id * e;
+      const float* src = table.data() + ids[rows[b]] * e;
       std::copy(src, src + e, out + b * out_stride);
     }
   });
@@ -586,8 +581,7 @@ void embed_categorical_backward(const index_t* ids, const index_t* rows, index_t
   if (B >= (index_t{1} << 31)) throw_invalid("batch: expected fewer than 2^31 rows, got ", B);
   for (index_t b = 0; b < B; ++b) {
     if (b + kPrefetchRows < B) __builtin_prefetch(ids + rows[b + kPrefetchRows]);
-    const index_t id = ids[rows[b]];
-    if (id >= 0) grad->add(id, 1.0f, dout + b * dout_stride);
+    grad->add(ids[rows[b]], 1.0f, dout + b * dout_stride);
   }
 }
 

@@ -116,8 +116,7 @@ struct BagsView {
   const float* weights = nullptr;
 };
 
-/// out[b, 0..e) = table[ids[rows[b]]] for b in [0, B), out rows `out_stride` floats apart; a
-/// missing id (-1) gives the zero vector.
+/// out[b, 0..e) = table[ids[rows[b]]] for b in [0, B), out rows `out_stride` floats apart.
 void embed_categorical(const RowMatrixXf& table, const index_t* ids, const index_t* rows, index_t B,
                        float* out, index_t out_stride, int num_threads);
 
@@ -296,7 +295,7 @@ class BagGradient {
   const float* dout_ = nullptr;
 };
 
-/// Backward of embed_categorical: grad[ids[rows[b]]] += dout[b] (nothing for a missing id).
+/// Backward of embed_categorical: grad[ids[rows[b]]] += dout[b].
 void embed_categorical_backward(const index_t* ids, const index_t* rows, index_t B,
                                 const float* dout, index_t dout_stride, RowGradient* grad);
 

@@ -31,21 +31,12 @@ SoftmaxModel::SoftmaxModel(const SoftmaxModelConfig& config, std::unique_ptr<Los
     if (config_.item_bias) {
       throw_invalid("item_bias: not available with item features (a new item would have none)");
     }
-    FeatureSchema schema = config_.item_features;
-    if (config_.item_id_dim < 0) {
-      throw_invalid("item_id_dim: expected >= 0, got ", config_.item_id_dim);
-    }
     if (!(config_.item_id_dropout >= 0.0f && config_.item_id_dropout < 1.0f)) {
       throw_invalid("item_id_dropout: expected a number in [0, 1), got ", config_.item_id_dropout);
     }
-    if (config_.item_id_dim > 0) {
-      schema.categorical_names.push_back("item_id");
-      schema.categorical_vocab.push_back(config_.n_items);
-      schema.categorical_dim.push_back(config_.item_id_dim);
-      id_column_.resize(static_cast<std::size_t>(config_.n_items));
-      std::iota(id_column_.begin(), id_column_.end(), index_t{0});
-    }
-    item_tower_ = Tower(schema, config_.pooling, config_.item_hidden, config_.dim,
+    // The id embeddings start at 0: the tower's output is where every item starts.
+    if (config_.item_id_embedding) items_ = Parameter(config_.n_items, config_.dim);
+    item_tower_ = Tower(config_.item_features, config_.pooling, config_.item_hidden, config_.dim,
                         "item_features");
   } else {
     items_ = Parameter(config_.n_items, config_.dim);
@@ -76,6 +67,7 @@ std::vector<std::pair<std::string, Parameter*>> SoftmaxModel::parameters() {
   query_.parameters("", out);
   if (config_.item_tower) {
     item_tower_.parameters("item_tower.", out);
+    if (config_.item_id_embedding) out.emplace_back("item_id_embeddings", &items_);
   } else {
     out.emplace_back("item_embeddings", &items_);
     if (config_.item_bias) out.emplace_back("item_bias", &item_bias_);
@@ -85,31 +77,19 @@ std::vector<std::pair<std::string, Parameter*>> SoftmaxModel::parameters() {
 
 void SoftmaxModel::check_item_features(const FeaturesView& x) const {
   if (!config_.item_tower) throw_invalid("item_features: the model has no item tower");
-  if (config_.item_id_dim == 0) {
-    item_tower_.check_features(x);
-    return;
-  }
-  const std::vector<index_t> missing(static_cast<std::size_t>(x.rows), -1);
-  item_tower_.check_features(with_ids(x, missing.data()));
-}
-
-FeaturesView SoftmaxModel::with_ids(const FeaturesView& x, const index_t* ids) const {
-  if (config_.item_id_dim == 0) return x;
-  FeaturesView out = x;
-  out.categorical.push_back(ids);
-  return out;
+  item_tower_.check_features(x);
 }
 
 void SoftmaxModel::draw_ids(const index_t* rows, index_t C, std::uint64_t batch_index,
                             bool training) {
-  if (config_.item_id_dim == 0) return;
-  const double p = training ? config_.item_id_dropout : 0.0;
+  id_kept_.assign(static_cast<std::size_t>(C), config_.item_id_embedding ? 1 : 0);
+  if (!config_.item_id_embedding || !training || config_.item_id_dropout == 0.0f) return;
+  const double p = config_.item_id_dropout;
   const std::uint64_t key = mix64(mix64(config_.seed ^ 0x69642D64726F70ULL) ^ batch_index);
   for (index_t c = 0; c < C; ++c) {
-    const index_t j = rows[c];
-    const double u =
-        static_cast<double>(mix64(key ^ static_cast<std::uint64_t>(j)) >> 11) * 0x1.0p-53;
-    id_column_[static_cast<std::size_t>(j)] = u < p ? -1 : j;
+    const auto j = static_cast<std::uint64_t>(rows[c]);
+    const double u = static_cast<double>(mix64(key ^ j) >> 11) * 0x1.0p-53;
+    id_kept_[static_cast<std::size_t>(c)] = u >= p;
   }
 }
 
@@ -218,31 +198,31 @@ ItemParamsView SoftmaxModel::item_view(const TargetsView& targets, const LossCon
     return ItemParamsView{n, d, items_.value.data(),
                           config_.item_bias ? item_bias_.value.data() : nullptr};
   }
-  const FeaturesView x = with_ids(require_items(items), id_column_.data());
+  const FeaturesView& x = require_items(items);
   tower_all_ = !loss_->candidates(targets, ctx, psi, &tower_rows_);
-  if (tower_all_) {
-    if (static_cast<index_t>(all_items_.size()) != n) {
-      all_items_.resize(static_cast<std::size_t>(n));
-      std::iota(all_items_.begin(), all_items_.end(), index_t{0});
-    }
-    draw_ids(all_items_.data(), n, ctx.batch_index, training);
-    item_tower_.forward(x, all_items_.data(), n, ctx.num_threads, for_backward);
-    // The tower's output holds V in item order: the loss reads it in place.
-    return ItemParamsView{n, d, item_tower_.output().data(), nullptr};
+  if (tower_all_ && static_cast<index_t>(all_items_.size()) != n) {
+    all_items_.resize(static_cast<std::size_t>(n));
+    std::iota(all_items_.begin(), all_items_.end(), index_t{0});
   }
-  const index_t C = static_cast<index_t>(tower_rows_.size());
-  draw_ids(tower_rows_.data(), C, ctx.batch_index, training);
-  item_tower_.forward(x, tower_rows_.data(), C, ctx.num_threads, for_backward);
+  const index_t* rows = tower_all_ ? all_items_.data() : tower_rows_.data();
+  const index_t C = tower_all_ ? n : static_cast<index_t>(tower_rows_.size());
+  item_tower_.forward(x, rows, C, ctx.num_threads, for_backward);
+  draw_ids(rows, C, ctx.batch_index, training);
+  // V at the tower's rows: its output, plus the kept id embeddings.
   if (item_values_.rows() != n || item_values_.cols() != d) allocate_zeroed(item_values_, n, d);
   const float* out = item_tower_.output().data();
   for (index_t c = 0; c < C; ++c) {
-    std::copy_n(out + c * d, d, item_values_.data() + tower_rows_[c] * d);
+    float* v = item_values_.data() + rows[c] * d;
+    std::copy_n(out + c * d, d, v);
+    if (id_kept_[static_cast<std::size_t>(c)]) {
+      const float* e = items_.value.data() + rows[c] * d;
+      for (index_t k = 0; k < d; ++k) v[k] += e[k];
+    }
   }
   return ItemParamsView{n, d, item_values_.data(), nullptr};
 }
 
-void SoftmaxModel::item_tower_backward(const FeaturesView& items, bool accumulate) {
-  const FeaturesView x = with_ids(items, id_column_.data());
+void SoftmaxModel::item_tower_backward(const FeaturesView& x, bool accumulate) {
   const index_t d = config_.dim;
   const index_t* rows = tower_all_ ? all_items_.data() : tower_rows_.data();
   const index_t C = tower_all_ ? config_.n_items : static_cast<index_t>(tower_rows_.size());
@@ -263,6 +243,16 @@ void SoftmaxModel::item_tower_backward(const FeaturesView& items, bool accumulat
     }
   }
   item_tower_.backward(x, rows, C, config_.num_threads, accumulate);
+  // The kept id embeddings get their rows' gradient dL/dV_j.
+  id_rows_.clear();
+  for (index_t c = 0; c < C; ++c) {
+    if (id_kept_[static_cast<std::size_t>(c)]) id_rows_.push_back(rows[c]);
+  }
+  const auto k = static_cast<index_t>(id_rows_.size());
+  if (id_grad_.rows() < k || id_grad_.cols() != d) id_grad_.resize(std::max<index_t>(k, 1), d);
+  for (index_t c = 0, i = 0; c < C; ++c) {
+    if (id_kept_[static_cast<std::size_t>(c)]) std::copy_n(dout + c * d, d, id_grad_.data() + d * i++);
+  }
 }
 
 void SoftmaxModel::step(const OptimizerConfig& opt) {
@@ -272,6 +262,10 @@ void SoftmaxModel::step(const OptimizerConfig& opt) {
   query_.add_table_steps(opt, update_jobs_);
   if (config_.item_tower) {
     item_tower_.add_table_steps(opt, update_jobs_);
+    if (!id_rows_.empty()) {
+      update_jobs_.push_back(items_.rows_step(id_rows_.data(), static_cast<index_t>(id_rows_.size()),
+                                              id_grad_.data(), opt));
+    }
     item_tower_.add_dense_steps(opt, update_jobs_);
   } else if (item_grad_.kind == ItemGradient::Kind::kDense) {
     update_jobs_.push_back(items_.dense_step(item_grad_.dense_weights.data(), opt));
@@ -391,11 +385,8 @@ void SoftmaxModel::item_embeddings(const FeaturesView& items, float* out, bool o
   std::lock_guard<std::mutex> lock(mutex_);
   if (!config_.item_tower) throw_invalid("item_features: the model has no item tower");
   if (own_ids) require_items(&items);
-  const index_t N = items.rows;
-  // Own ids: each item's id (no dropout); new items: missing ids (the zero vector).
-  std::vector<index_t> ids(config_.item_id_dim > 0 ? static_cast<std::size_t>(N) : 0);
-  for (index_t r = 0; r < static_cast<index_t>(ids.size()); ++r) ids[r] = own_ids ? r : -1;
-  const FeaturesView x = with_ids(items, ids.data());
+  const FeaturesView& x = items;
+  const index_t N = items.rows, d = config_.dim;
   const index_t bs = std::max<index_t>(config_.batch_size, 1024);
   std::vector<index_t> rows(static_cast<std::size_t>(std::min(N, bs)));
   for (index_t r0 = 0; r0 < N; r0 += bs) {
@@ -403,13 +394,24 @@ void SoftmaxModel::item_embeddings(const FeaturesView& items, float* out, bool o
     const index_t B = std::min(bs, N - r0);
     std::iota(rows.begin(), rows.begin() + B, r0);
     item_tower_.forward(x, rows.data(), B, config_.num_threads);
-    std::copy_n(item_tower_.output().data(), B * config_.dim, out + r0 * config_.dim);
+    float* o = out + r0 * d;
+    std::copy_n(item_tower_.output().data(), B * d, o);
+    if (own_ids && config_.item_id_embedding) {  // + E_j (new items have none)
+      const float* e = items_.value.data() + r0 * d;
+      for (index_t i = 0; i < B * d; ++i) o[i] += e[i];
+    }
   }
 }
 
 void SoftmaxModel::add_item_gradients(std::vector<RowMatrixXf>& gradients, std::size_t g) {
   if (config_.item_tower) {
     item_tower_.add_table_gradients(gradients, g, config_.num_threads);
+    if (config_.item_id_embedding) {
+      RowMatrixXf& ge = gradients.back();  // item_id_embeddings: the last parameter
+      for (std::size_t i = 0; i < id_rows_.size(); ++i) {
+        ge.row(id_rows_[i]) += id_grad_.row(static_cast<index_t>(i));
+      }
+    }
     return;
   }
   RowMatrixXf& gv = gradients[g];

@@ -46,11 +46,11 @@ struct SoftmaxModelConfig {
   bool item_tower = false;
   FeatureSchema item_features;
   std::vector<index_t> item_hidden;
-  // Item tower: each training item's own id embedding (item_id_dim columns; 0: none), one more
-  // categorical feature "item_id" of the tower. At every step each item's id is dropped (the
-  // zero vector) with probability item_id_dropout, so that the features alone, which are all a
-  // new item has, also learn to place items.
-  index_t item_id_dim = 0;
+  // Item tower: each training item's own id embedding E_j (dim columns), added to the tower's
+  // output: V_j = tower(f_j) + E_j; new items have none (E = 0). At every step each item's E_j
+  // is dropped with probability item_id_dropout, so that the features alone, which are all a new
+  // item has, also learn to place items.
+  bool item_id_embedding = false;
   float item_id_dropout = 0.0f;
   OptimizerConfig optimizer;
   index_t batch_size = 256;
@@ -127,11 +127,8 @@ class SoftmaxModel {
   // Back-propagates the loss's item gradient through the item tower (after item_view).
   void item_tower_backward(const FeaturesView& items, bool accumulate);
   const FeaturesView& require_items(const FeaturesView* items) const;
-  // The item features as the tower reads them: with an id embedding, `ids` (indexed by item) as
-  // the last categorical column.
-  FeaturesView with_ids(const FeaturesView& items, const index_t* ids) const;
-  // id_column_ for the tower's rows of a batch: each item's own id, or -1 where id-dropout drops
-  // it (training, from a hash of (seed, batch_index, item)).
+  // id_kept_ for the tower's rows of a batch: whether each item's id embedding takes part
+  // (training: dropped with probability item_id_dropout, from a hash of (seed, batch, item)).
   void draw_ids(const index_t* rows, index_t C, std::uint64_t batch_index, bool training);
   // Gathers the targets of rows[0..B) into the batch CSR with normalised weights.
   TargetsView gather_targets(const TargetsView& targets, const index_t* rows, index_t B);
@@ -145,7 +142,7 @@ class SoftmaxModel {
   std::mutex mutex_;  // held by fit_epoch / query_embeddings / item_embeddings / evaluate
   Tower query_;
   Tower item_tower_;     // with config_.item_tower
-  Parameter items_;      // n_items x dim (empty with an item tower)
+  Parameter items_;      // n_items x dim: V, or with an item tower the id embeddings E (or empty)
   Parameter item_bias_;  // n_items x 1 (empty without bias)
   std::int64_t steps_ = 0;
 
@@ -160,7 +157,9 @@ class SoftmaxModel {
   // Item tower: the items of the last item_view (sorted; all items when the loss reads all) and
   // V at those rows (item_values_, n_items x dim; only those rows are current).
   std::vector<index_t> tower_rows_, all_items_;
-  std::vector<index_t> id_column_;  // n_items: the item-id feature of the training items
+  std::vector<std::uint8_t> id_kept_;  // per tower row: E_j added (id embedding, not dropped)
+  std::vector<index_t> id_rows_;       // the kept rows' item ids, and their gradient (backward)
+  RowMatrixXf id_grad_;
   bool tower_all_ = false;
   RowMatrixXf item_values_;
 };

@@ -136,10 +136,10 @@ void Tower::check_features(const FeaturesView& x) const {
   for (std::size_t i = 0; i < x.categorical.size(); ++i) {
     const index_t* ids = x.categorical[i];
     for (index_t r = 0; r < x.rows; ++r) {
-      if (ids[r] < -1 || ids[r] >= f.categorical_vocab[i]) {
+      if (ids[r] < 0 || ids[r] >= f.categorical_vocab[i]) {
         throw_out_of_range(label("categorical", f.categorical_names[i]),
-                           ": expected ids in [0, ", f.categorical_vocab[i], ") or -1 (missing), got ",
-                           ids[r], " in row ", r);
+                           ": expected ids in [0, ", f.categorical_vocab[i], "), got ", ids[r],
+                           " in row ", r);
       }
     }
   }

@@ -56,8 +56,7 @@ class Tower {
   const FeatureSchema& schema() const { return schema_; }
   index_t dim() const { return mlp_.output_dim(); }
 
-  /// Checks ids against the vocabularies (std::out_of_range naming the feature; a categorical
-  /// id may be -1, missing: a zero embedding) and shapes.
+  /// Checks ids against the vocabularies (std::out_of_range naming the feature) and shapes.
   void check_features(const FeaturesView& features) const;
 
   /// Forward for rows[0..B) (by_position_bag's rows are `positions`); the output is the first

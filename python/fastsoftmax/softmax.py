@@ -362,13 +362,14 @@ class SoftmaxModel(Estimator):
     item_hidden : sequence of int, default ()
         Sizes of the ReLU layers of the item tower (``fit(item_features=...)``; empty: linear).
     item_id_embedding : bool, default True
-        With an item tower: each training item also has its own id embedding (the categorical
-        tower feature ``"item_id"``, size ``embedding_dim``), which lets warm items move away
-        from what their features alone say. New items (:meth:`add_items`,
-        :meth:`item_embeddings_from`) have none: a zero vector in its place.
+        With an item tower: each training item also has its own id embedding E_j (``dim``
+        columns, starting at 0, the parameter ``item_id_embeddings``) added to the tower's
+        output, ``V_j = tower(features_j) + E_j``, so that warm items can move away from what
+        their features alone say. New items (:meth:`add_items`, :meth:`item_embeddings_from`)
+        have none: ``V = tower(features)``.
     item_id_dropout : float, default 0.5
-        Probability p in [0, 1) that a step drops an item's id embedding (drawn per step and
-        item), so that the features alone also learn to place items: what new items rely on.
+        Probability p in [0, 1) that a training step leaves out an item's E_j (drawn per step
+        and item), so that the features alone also learn to place items: all a new item has.
 
     Attributes
     ----------
@@ -578,11 +579,6 @@ class SoftmaxModel(Estimator):
                 raise ValueError(
                     "item_bias: not available with item_features (a new item would have none)"
                 )
-            if self.item_id_embedding and "item_id" in item_features.categorical:
-                raise ValueError(
-                    "item_features: 'item_id' is the name of the items' own id embedding "
-                    "(item_id_embedding=True); rename the feature"
-                )
             item_schema = self._feature_schema(item_features, "item_features")
         self._impl = self._make_impl(schema, item_schema)
         self._schema = schema
@@ -610,7 +606,7 @@ class SoftmaxModel(Estimator):
             num_threads=self.num_threads,
             item_schema=item_schema,
             item_hidden=list(self.item_hidden),
-            item_id_dim=self._feature_dim("item_id") if self.item_id_embedding else 0,
+            item_id_embedding=self.item_id_embedding,
             item_id_dropout=self.item_id_dropout,
         )
 
@@ -1219,7 +1215,8 @@ class SoftmaxModel(Estimator):
 
         Names: ``mlp.<l>.weight`` (in x out, so a layer is ``x @ W + b``), ``mlp.<l>.bias``,
         ``categorical.<name>``, ``bags.<name>``, ``item_embeddings`` and ``item_bias``; with an
-        item tower, its parameters as ``item_tower.mlp.<l>.weight``, ... instead of the last two.
+        item tower, its parameters as ``item_tower.mlp.<l>.weight``, ... and
+        ``item_id_embeddings`` instead of the last two.
         Writing into them changes the model (the optimiser state is kept).
         """
         self._require_built()

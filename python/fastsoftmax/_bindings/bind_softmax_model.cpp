@@ -204,7 +204,7 @@ void bind_softmax_model(pyb::module_& m) {
                         const pyb::dict& loss_options, const std::string& optimizer,
                         float learning_rate, float l2, index_t batch_size, std::uint64_t seed,
                         int num_threads, const pyb::object& item_schema,
-                        std::vector<index_t> item_hidden, index_t item_id_dim,
+                        std::vector<index_t> item_hidden, bool item_id_embedding,
                         float item_id_dropout) {
              SoftmaxModelConfig c;
              c.n_items = n_items;
@@ -222,7 +222,7 @@ void bind_softmax_model(pyb::module_& m) {
                c.item_tower = true;
                c.item_features = feature_schema(item_schema.cast<pyb::dict>());
                c.item_hidden = std::move(item_hidden);
-               c.item_id_dim = item_id_dim;
+               c.item_id_embedding = item_id_embedding;
                c.item_id_dropout = item_id_dropout;
              }
              c.optimizer.kind = parse_optimizer(optimizer);
@@ -245,7 +245,7 @@ void bind_softmax_model(pyb::module_& m) {
            pyb::arg("loss_options"), pyb::arg("optimizer"), pyb::arg("learning_rate"),
            pyb::arg("l2"), pyb::arg("batch_size"), pyb::arg("seed"), pyb::arg("num_threads"),
            pyb::arg("item_schema") = pyb::none(), pyb::arg("item_hidden") = std::vector<index_t>{},
-           pyb::arg("item_id_dim") = 0, pyb::arg("item_id_dropout") = 0.0f)
+           pyb::arg("item_id_embedding") = false, pyb::arg("item_id_dropout") = 0.0f)
       .def(
           "data",
           [](SoftmaxModel& self, index_t rows, pyb::handle dense,
