@@ -80,7 +80,9 @@ def _ours_inputs(data: dict) -> tuple[fs.QueryFeatures, sp.csr_matrix]:
     return feats, targets
 
 
-def make_ours(data: dict, args: argparse.Namespace, **model_options) -> Callable[[], dict]:
+def make_ours(
+    data: dict, args: argparse.Namespace, item_features: object = None, **model_options
+) -> Callable[[], dict]:
     """fs.SoftmaxModel after one warm-up epoch; returns a function that trains one more epoch
     and returns its seconds and mean loss."""
     feats, targets = _ours_inputs(data)
@@ -88,7 +90,7 @@ def make_ours(data: dict, args: argparse.Namespace, **model_options) -> Callable
         data["n_items"],
         hidden=HIDDEN,
         dim=DIM,
-        embedding_dim={"cat": 16, "hist": 64},
+        embedding_dim={"cat": 16, "hist": 64, "brand": 16, "tags": 32},
         pooling="mean",
         optimizer="adagrad",
         learning_rate=LR,
@@ -98,7 +100,7 @@ def make_ours(data: dict, args: argparse.Namespace, **model_options) -> Callable
         seed=0,
         **model_options,
     )
-    model.fit(feats, targets, show_progress=False)
+    model.fit(feats, targets, show_progress=False, item_features=item_features)
 
     def timed_epoch() -> dict:
         t0 = time.perf_counter()
@@ -613,7 +615,135 @@ def gradient_bias(args: argparse.Namespace) -> list[dict]:
     return out
 
 
-CONFIGS_SAMPLED = {"sampled": bench_sampled, "sampled_per_query": bench_sampled_per_query}
+# -- two towers ---------------------------------------------------------------------------------
+# Item features of the two-tower configuration: a categorical "brand" (1000 values, 16-d), a bag
+# of 5 "tags" (5000 values, 32-d, mean pooling), a ReLU layer of 128, output DIM, plus each item's
+# own id embedding added to the tower's output (no id-dropout, so both sides do the same work).
+N_BRANDS, N_TAGS, ITEM_TAGS, ITEM_HIDDEN = 1000, 5000, 5, (128,)
+
+
+def make_item_data(n_items: int, seed: int = 1) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"brand": rng.integers(0, N_BRANDS, n_items),
+            "tags": rng.integers(0, N_TAGS, (n_items, ITEM_TAGS))}  # fmt: skip
+
+
+def _ours_item_features(items: dict) -> fs.QueryFeatures:
+    n = len(items["brand"])
+    tags = sp.csr_matrix(
+        (np.ones(n * ITEM_TAGS, np.float32), items["tags"].ravel(),
+         np.arange(0, n * ITEM_TAGS + 1, ITEM_TAGS)), shape=(n, N_TAGS),
+    )  # fmt: skip
+    return fs.QueryFeatures(categorical={"brand": items["brand"]}, bags={"tags": tags})
+
+
+def make_torch_two_tower(data: dict, items: dict, args: argparse.Namespace) -> Callable[[], dict]:
+    """PyTorch two-tower counterpart: the query tower of make_torch_sampled, an item tower over
+    the candidates only (positives and 256 shared uniform negatives): brand and tag embeddings
+    (sparse), ReLU 128, linear to DIM, plus a sparse id embedding (from 0); logQ correction and
+    accidental-hit removal as in ours."""
+    import math
+
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    n_items = data["n_items"]
+    m = NUM_NEGATIVES
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hist = nn.EmbeddingBag(n_items, 64, mode="mean", sparse=True)
+            self.cat = nn.Embedding(N_CAT, 16, sparse=True)
+            self.mlp = nn.Sequential(
+                nn.Linear(N_DENSE + 16 + 64, HIDDEN[0]), nn.ReLU(),
+                nn.Linear(HIDDEN[0], HIDDEN[1]), nn.ReLU(), nn.Linear(HIDDEN[1], DIM),
+            )  # fmt: skip
+            self.brand = nn.Embedding(N_BRANDS, 16, sparse=True)
+            self.tags = nn.EmbeddingBag(N_TAGS, 32, mode="mean", sparse=True)
+            self.item_mlp = nn.Sequential(
+                nn.Linear(16 + 32, ITEM_HIDDEN[0]), nn.ReLU(), nn.Linear(ITEM_HIDDEN[0], DIM)
+            )
+            self.ids = nn.Embedding(n_items, DIM, sparse=True)
+            nn.init.zeros_(self.ids.weight)
+
+        def forward(self, dense, cat, hist):
+            return self.mlp(torch.cat([dense, self.cat(cat), self.hist(hist)], dim=1))
+
+        def item_vectors(self, ids):
+            x = torch.cat([self.brand(brand[ids]), self.tags(tags[ids])], dim=1)
+            return self.item_mlp(x) + self.ids(ids)
+
+    brand = torch.from_numpy(items["brand"])
+    tags = torch.from_numpy(items["tags"])
+    net = Net()
+    opt = torch.optim.Adagrad(net.parameters(), lr=LR)
+    dense = torch.from_numpy(data["dense"])
+    cat = torch.from_numpy(data["cat"])
+    hist = torch.from_numpy(data["hist"])
+    target = torch.from_numpy(data["target"])
+    log_mq = math.log(m / n_items)
+    n = len(target)
+    gen = torch.Generator().manual_seed(0)
+
+    def loss_fn(psi: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        b = len(y)
+        neg = torch.randint(n_items, (m,), generator=gen)
+        rows = net.item_vectors(torch.cat([y, neg]))
+        pos = (psi * rows[:b]).sum(1, keepdim=True)
+        logits_neg = (psi @ rows[b:].T - log_mq).masked_fill(neg[None, :] == y[:, None],
+                                                             float("-inf"))  # fmt: skip
+        logits = torch.cat([pos, logits_neg], 1)
+        return nn.functional.cross_entropy(logits, torch.zeros(b, dtype=torch.long))
+
+    def epoch(seed: int) -> float:
+        perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
+        total = 0.0
+        for i in range(0, n, BATCH):
+            idx = perm[i : i + BATCH]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(net(dense[idx], cat[idx], hist[idx]), target[idx])
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        return total / n
+
+    return _timed_epochs(epoch)
+
+
+def bench_two_tower(data: dict, args: argparse.Namespace) -> dict:
+    """Two towers, loss="sampled": the item tower over the candidates of each step only (256
+    shared uniform negatives and the positives), logQ, accidental-hit removal."""
+    items = make_item_data(data["n_items"])
+    ours, ref = alternate(
+        make_ours(
+            data,
+            args,
+            item_features=_ours_item_features(items),
+            loss="sampled",
+            num_negatives=NUM_NEGATIVES,
+            sampler="uniform",
+            item_hidden=ITEM_HIDDEN,
+            item_id_dropout=0.0,
+        ),
+        make_torch_two_tower(data, items, args),
+        args.repeats,
+    )
+    n = len(data["target"])
+    return {
+        "config": "two_tower",
+        "ours_ex_s": n / ours["seconds"],
+        "torch_ex_s": n / ref["seconds"],
+        **ratio_columns(ours, ref),
+        "ours_loss": ours["loss"],
+        "torch_loss": ref["loss"],
+    }
+
+
+CONFIGS_SAMPLED = {"sampled": bench_sampled, "sampled_per_query": bench_sampled_per_query,
+                   "two_tower": bench_two_tower}  # fmt: skip
 
 
 CONFIGS: dict[str, Callable[[dict, argparse.Namespace], dict]] = {

@@ -48,12 +48,14 @@ def tower_input(model, items):
     tags = sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, 7)).astype(np.float64)
     sums = np.asarray(tags.sum(axis=1)).ravel()
     pooled = sp.diags(np.where(sums > 0, 1 / np.where(sums > 0, sums, 1), 0)) @ tags
-    x = np.hstack([
-        items.dense.astype(np.float64),
-        p["item_tower.categorical.genre"][items.categorical["genre"]],
-        p["item_tower.categorical.id"][items.categorical["id"]],
-        pooled @ p["item_tower.bags.tags"],
-    ])
+    x = np.hstack(
+        [
+            items.dense.astype(np.float64),
+            p["item_tower.categorical.genre"][items.categorical["genre"]],
+            p["item_tower.categorical.id"][items.categorical["id"]],
+            pooled @ p["item_tower.bags.tags"],
+        ]
+    )
     return x, pooled
 
 
@@ -207,8 +209,16 @@ def test_training_is_bit_identical_for_any_thread_count(loss_opts):
     feats, targets = make_problem()
     items = make_items()
     runs = [
-        build(feats, targets, items, epochs=3, num_threads=t, batch_size=16,
-              item_id_embedding=True, **loss_opts)  # fmt: skip
+        build(
+            feats,
+            targets,
+            items,
+            epochs=3,
+            num_threads=t,
+            batch_size=16,
+            item_id_embedding=True,
+            **loss_opts,
+        )
         for t in (1, 2)
     ]
     for name, value in runs[0].parameters.items():
@@ -242,8 +252,16 @@ def test_cold_items_are_ranked_by_their_features():
     targets = sp.csr_matrix(t)
     feats = fs.QueryFeatures(categorical={"user": np.arange(n_users)})
     items = fs.QueryFeatures(categorical={"genre": genre})
-    model = fs.SoftmaxModel(n_warm, dim=8, embedding_dim=8, epochs=30, batch_size=32,
-                            loss="sampled", num_negatives=16, seed=1)  # fmt: skip (item ids on)
+    model = fs.SoftmaxModel(
+        n_warm,
+        dim=8,
+        embedding_dim=8,
+        epochs=30,
+        batch_size=32,
+        loss="sampled",
+        num_negatives=16,
+        seed=1,
+    )
     model.fit(feats, targets, item_features=items, show_progress=False)
     cold_genre = np.repeat(np.arange(n_genres), 3)
     ids = model.add_items(fs.QueryFeatures(categorical={"genre": cold_genre}))
@@ -264,11 +282,17 @@ def test_added_items_in_recommend_similar_items_and_index():
     v = model.item_embeddings
     np.testing.assert_array_equal(v[ids], model.item_embeddings_from(new))
     # exclude with n_items columns is widened: the new items stay eligible.
-    rec, scores = model.recommend(feats, k=N_ITEMS + 4, exclude=targets)
+    rec, _ = model.recommend(feats, k=N_ITEMS + 4, exclude=targets)
     assert set(ids) <= set(rec[0][rec[0] >= 0])
     psi = model.query_embeddings(feats)
-    want, _ = fs.topk(psi, v, N_ITEMS + 4, exclude=sp.csr_matrix(
-        (targets.data, targets.indices, targets.indptr), shape=(N_ROWS, N_ITEMS + 4)))
+    want, _ = fs.topk(
+        psi,
+        v,
+        N_ITEMS + 4,
+        exclude=sp.csr_matrix(
+            (targets.data, targets.indices, targets.indptr), shape=(N_ROWS, N_ITEMS + 4)
+        ),
+    )
     np.testing.assert_array_equal(rec, want)
     sim, _ = model.similar_items(ids[0], k=3)
     direct, _ = fs.topk(v[ids[:1]] / np.linalg.norm(v[ids[0]]),
@@ -307,8 +331,13 @@ def test_bad_item_features():
     with pytest.raises(ValueError, match="item_features: expected categorical features"):
         model.item_embeddings_from(missing)
     with pytest.raises(ValueError, match="item_features: expected 2 dense features, got 3"):
-        model.add_items(fs.QueryFeatures(dense=np.zeros((1, 3)), categorical={
-            "genre": [0], "id": [0]}, bags={"tags": sp.csr_matrix((1, 7))}))
+        model.add_items(
+            fs.QueryFeatures(
+                dense=np.zeros((1, 3)),
+                categorical={"genre": [0], "id": [0]},
+                bags={"tags": sp.csr_matrix((1, 7))},
+            )
+        )
     bad_id = make_items(2, seed=3)
     bad_id.categorical["genre"] = np.array([0, 99])
     with pytest.raises(IndexError, match="item_features: categorical 'genre'"):

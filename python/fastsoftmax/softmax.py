@@ -367,7 +367,7 @@ class SoftmaxModel(Estimator):
         output, ``V_j = tower(features_j) + E_j``, so that warm items can move away from what
         their features alone say. New items (:meth:`add_items`, :meth:`item_embeddings_from`)
         have none: ``V = tower(features)``.
-    item_id_dropout : float, default 0.5
+    item_id_dropout : float, default 0.25
         Probability p in [0, 1) that a training step leaves out an item's E_j (drawn per step
         and item), so that the features alone also learn to place items: all a new item has.
 
@@ -451,7 +451,7 @@ class SoftmaxModel(Estimator):
         gravity: float = 0.0,
         item_hidden: Sequence[int] = (),
         item_id_embedding: bool = True,
-        item_id_dropout: float = 0.5,
+        item_id_dropout: float = 0.25,
     ) -> None:
         self.n_items = check_int(n_items, "n_items", minimum=1)
         self.hidden = _layer_sizes(hidden, "hidden")
