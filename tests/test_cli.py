@@ -30,7 +30,7 @@ def demo_run(tmp_path_factory):
 def test_demo_writes_table_json_and_png(demo_run, capsys):
     out, res = demo_run
     names = ["Popularity", "WALS w0=0", "Softmax positives-only", "Softmax uniform neg.",
-             "Softmax hard neg.", "Softmax full"]  # fmt: skip
+             "Softmax hard neg.", "Softmax full", "Softmax item tower"]  # fmt: skip
     for name in names:
         assert name in res["models"]
     tuned = [m for m in res["models"] if m.startswith("WALS w0=") and m != "WALS w0=0"]
@@ -82,7 +82,7 @@ def test_demo_without_matplotlib_skips_png(tmp_path, monkeypatch, capsys):
 
 def test_demo_claims_hold_on_its_data(demo_run):
     """The sentences the demo prints are checked here, not assumed."""
-    _, res = demo_run
+    out, res = demo_run
     m = res["models"]
     tuned = next(r for n, r in m.items() if n.startswith("WALS w0=") and n != "WALS w0=0")
     assert (
@@ -96,6 +96,13 @@ def test_demo_claims_hold_on_its_data(demo_run):
     sentences = " ".join(res["sentences"])
     assert "folds more than with uniform negatives" in sentences
     assert "lowers the folding rate" in sentences
+    # New items (10% held out of training): the item tower ranks them far above chance (a random
+    # ranking of the n/10 new items has expected recall@10 = 10 / (n / 10)); no other model can.
+    n_new = res["config"]["n_items"] // 10
+    assert m["Softmax item tower"]["new items recall@10"] > 2 * 10 / n_new
+    assert all("new items recall@10" not in r for n, r in m.items() if n != "Softmax item tower")
+    assert "New items: the item tower ranks items held out of training" in sentences
+    assert "| new items recall@10 | cannot |" in (out / "results.md").read_text()
 
 
 @pytest.fixture(scope="module")

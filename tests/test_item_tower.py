@@ -352,3 +352,17 @@ def test_bad_item_features():
         fs.SoftmaxModel(N_ITEMS, item_hidden=(0,))
     with pytest.raises(TypeError, match="item_hidden"):
         fs.SoftmaxModel(N_ITEMS, item_hidden="8")
+
+
+def test_item_embeddings_follow_training_added_items_and_written_parameters():
+    feats, targets = make_problem()
+    items = make_items()
+    model = build(feats, targets, items, epochs=1, loss="sampled", num_negatives=8)
+    first = model.item_embeddings.copy()
+    model.partial_fit(feats, targets, epochs=1, show_progress=False)
+    second = model.item_embeddings.copy()
+    assert not np.array_equal(first, second)
+    model.parameters["item_tower.mlp.0.bias"][...] += 1.0
+    np.testing.assert_allclose(model.item_embeddings, second + 1.0, rtol=1e-5, atol=1e-5)
+    model.add_items(make_items(2, seed=6))
+    assert len(model.item_embeddings) == N_ITEMS + 2

@@ -519,6 +519,7 @@ class SoftmaxModel(Estimator):
         self._item_schema: dict[str, Any] | None = None
         self._item_features: QueryFeatures | None = None
         self._added_items = np.zeros((0, self.dim), np.float32)
+        self._item_cache: tuple[Any, np.ndarray] | None = None  # (key, item tower's V)
         self._epoch = 0
         self.training_log: list[dict[str, float]] = []
         self.best_epoch: int | None = None
@@ -584,6 +585,7 @@ class SoftmaxModel(Estimator):
         self._schema = schema
         self._item_schema = item_schema
         self._added_items = np.zeros((0, self.dim), np.float32)
+        self._item_cache = None
 
     def _make_impl(self, schema: dict[str, Any], item_schema: dict[str, Any] | None) -> Any:
         return _core.SoftmaxModel(
@@ -953,13 +955,19 @@ class SoftmaxModel(Estimator):
 
         With an item tower: the tower's embeddings of the training items, followed by those of
         the items added with :meth:`add_items` (shape (n_items + added, dim)), computed from the
-        current parameters at each access.
+        parameters and kept until the next training step, :meth:`add_items` or access to
+        :attr:`parameters` (whose views may be written).
         """
         self._require_built()
         if self._item_schema is not None:
-            v = self._impl.item_embeddings(self._training_items(), True)
-            if len(self._added_items):
-                v = np.vstack([v, self._added_items])
+            # Cached until the next training step, add_items, or access to `parameters`.
+            key = (id(self._impl), self._impl.steps, len(self._added_items))
+            if self._item_cache is None or self._item_cache[0] != key:
+                v = self._impl.item_embeddings(self._training_items(), True)
+                if len(self._added_items):
+                    v = np.vstack([v, self._added_items])
+                self._item_cache = (key, v)
+            v = self._item_cache[1].view()
         else:
             v = self._impl.parameters()["item_embeddings"].view()
         v.flags.writeable = False
@@ -1220,6 +1228,7 @@ class SoftmaxModel(Estimator):
         Writing into them changes the model (the optimiser state is kept).
         """
         self._require_built()
+        self._item_cache = None  # the caller may write into the item tower's parameters
         return dict(self._impl.parameters())
 
     # -- persistence -----------------------------------------------------------------------------
@@ -1276,6 +1285,7 @@ class SoftmaxModel(Estimator):
             model._item_schema = item_schema
             model._item_features = _features_from_arrays(arrays, "items/", item_schema)
             model._added_items = np.asarray(arrays["added_items"], dtype=np.float32)
+            model._item_cache = None
         model._epoch = int(meta["epoch"])
         params = model._impl.parameters()
         stored = {k[len("param/") :] for k in arrays if k.startswith("param/")}
