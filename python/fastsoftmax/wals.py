@@ -190,7 +190,7 @@ def _as_categories(values: Any, name: str) -> np.ndarray:
             f"{name}: expected a 1-D array (one value per query) or a 2-D array with at least "
             f"one column (one per categorical feature), got shape {arr.shape}"
         )
-    if arr.dtype == np.uint64 and arr.size and arr.max() > np.iinfo(np.int64).max:
+    if arr.dtype == np.uint64 and arr.size and arr.max() > np.uint64(np.iinfo(np.int64).max):
         raise ValueError(f"{name}: expected values below 2**63, got {arr.max()}")
     return arr.astype(np.int64, copy=False)
 
