@@ -366,3 +366,32 @@ def test_item_embeddings_follow_training_added_items_and_written_parameters():
     np.testing.assert_allclose(model.item_embeddings, second + 1.0, rtol=1e-5, atol=1e-5)
     model.add_items(make_items(2, seed=6))
     assert len(model.item_embeddings) == N_ITEMS + 2
+
+
+def test_mixed_in_batch_negatives_with_the_item_tower():
+    """The tower runs over the in-batch set plus the uniform draws: the gradient is the item
+    table's at the same V."""
+    feats, targets = make_problem()
+    items = make_items()
+    opts = {"loss": "sampled", "sampler": "in_batch", "mixed_negatives": 8}
+    tower = build(feats, targets, items, epochs=2, **opts)
+    table = fs.SoftmaxModel(N_ITEMS, dim=DIM, embedding_dim=3, num_threads=2, epochs=0, seed=5,
+                            **opts)  # fmt: skip
+    table.fit(feats, targets, show_progress=False)
+    for name, value in tower.parameters.items():
+        if not name.startswith("item_tower."):
+            table.parameters[name][...] = value
+    table.parameters["item_embeddings"][...] = tower.item_embeddings
+    got, ref = tower.gradients(feats, targets, seed=3), table.gradients(feats, targets, seed=3)
+    np.testing.assert_allclose(got["item_tower.mlp.0.bias"], ref["item_embeddings"].sum(axis=0),
+                               rtol=1e-4, atol=1e-5)  # fmt: skip
+
+
+def test_streaming_in_batch_negatives_with_the_item_tower_are_deterministic():
+    feats, targets = make_problem()
+    items = make_items()
+    opts = {"loss": "sampled", "sampler": "in_batch", "frequency_estimate": "streaming",
+            "mixed_negatives": 4, "batch_size": 8, "item_id_embedding": True}  # fmt: skip
+    runs = [build(feats, targets, items, epochs=3, num_threads=t, **opts) for t in (1, 2)]
+    for name, value in runs[0].parameters.items():
+        assert np.array_equal(value, runs[1].parameters[name]), name

@@ -25,6 +25,7 @@ def draw(
     indices=None,
     seed=0,
     num_threads=1,
+    mixed_negatives=0,
 ):
     return _core._testing.sample_negatives(
         sampler,
@@ -42,6 +43,7 @@ def draw(
         indices,
         seed,
         num_threads,
+        mixed_negatives,
     )
 
 
@@ -137,6 +139,70 @@ def test_in_batch_cap_keeps_a_uniform_subset():
     assert np.all(np.abs(share - 0.4) < 5 * np.sqrt(0.4 * 0.6 / trials))
     same = draw("in_batch", n, 2, seed=7, **kw)["ids"]
     np.testing.assert_array_equal(same, draw("in_batch", n, 2, seed=7, **kw)["ids"])
+
+
+def test_mixed_negatives_add_uniform_draws_corrected_by_the_expected_count():
+    n, q, indices, kw = in_batch_problem()
+    distinct = np.unique(indices)
+    u, trials = 6, 3000
+    uniform = []
+    for seed in range(trials):
+        out = draw("in_batch", n, 0, seed=seed, mixed_negatives=u, **kw)
+        ids = out["ids"][0]
+        np.testing.assert_array_equal(ids[: len(distinct)], distinct)  # the in-batch set first
+        uniform.append(ids[len(distinct) :])
+        # Expected count of j among the candidates: P(j in the batch set) + u / n; log_q is
+        # log(count / m) so that the loss's log(m Q) is log(count).
+        count = 1 - (1 - q[ids]) ** len(indices) + u / n
+        np.testing.assert_allclose(out["log_q"][0], np.log(count / len(ids)), rtol=1e-5)
+    assert chi_square_pvalue(np.concatenate(uniform), np.full(n, 1 / n)) > 1e-4  # uniform
+    assert not np.array_equal(draw("in_batch", n, 0, seed=1, mixed_negatives=u, **kw)["ids"],
+                              draw("in_batch", n, 0, seed=2, mixed_negatives=u, **kw)["ids"])  # fmt: skip
+
+
+def streaming_reference(n, batches, alpha):
+    """Yi et al.'s estimate in NumPy: per item the last step seen A and the gap average G, read
+    with the bias correction of an average started at 0 (c sightings: G / (1 - (1 - a)^c))."""
+    last, gap, seen, out = np.zeros(n), np.zeros(n), np.zeros(n), []
+    for t, ids in enumerate(batches, start=1):
+        for j in np.unique(ids):
+            gap[j] = (1 - alpha) * gap[j] + alpha * (t - last[j])
+            last[j] = t
+            seen[j] += 1
+        d = np.unique(ids)
+        g = gap[d] / (1 - (1 - alpha) ** seen[d])
+        p = np.where(g > 1, 1 / np.maximum(g, 1e-300), 1.0)
+        out.append((d, np.log(p) - np.log(len(d))))
+    return out
+
+
+def test_streaming_estimate_follows_the_recurrence():
+    rng = np.random.default_rng(0)
+    n = 30
+    batches = [rng.choice(n, rng.integers(1, 12)).astype(np.int64) for _ in range(200)]
+    got = _core._testing.in_batch_streaming(n, batches, 0.05)
+    for (ids, log_q), (want_ids, want) in zip(got, streaming_reference(n, batches, 0.05),
+                                              strict=True):  # fmt: skip
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_allclose(log_q, want, rtol=1e-5, atol=1e-6)
+
+
+def test_streaming_estimate_converges_to_the_batch_inclusion_probability():
+    """Item j among a batch's positives independently with probability pi_j: after many steps
+    the estimate exp(log_q) * |set| = 1 / gap is close to pi_j."""
+    rng = np.random.default_rng(1)
+    pi = np.array([0.9, 0.5, 0.2, 0.1, 0.05])
+    batches = []
+    for _ in range(20000):
+        ids = np.flatnonzero(rng.random(len(pi)) < pi).astype(np.int64)
+        batches.append(ids if len(ids) else np.array([0], np.int64))
+    got = _core._testing.in_batch_streaming(len(pi), batches, 0.01)
+    estimate = {}
+    for ids, log_q in got[-15000:]:  # ~7 spans of the moving average's memory for item 4
+        for j, lq in zip(ids, np.exp(log_q) * len(ids), strict=True):
+            estimate.setdefault(int(j), []).append(lq)
+    mean = np.array([np.mean(estimate[j]) for j in range(len(pi))])
+    np.testing.assert_allclose(mean, pi, rtol=0.1)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5])

@@ -411,3 +411,51 @@ def test_hard_pool_of_the_whole_catalogue_or_more_samples_exactly():
         np.testing.assert_array_equal(g1[name], g2[name])
     with pytest.raises(ValueError, match="hard_pool"):
         fs.SoftmaxModel(30, loss="sampled", sampler="score", hard_pool=0)
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"frequency_estimate": "streaming"},
+        {"mixed_negatives": 16},
+        {"frequency_estimate": "streaming", "mixed_negatives": 16},
+    ],
+)
+def test_streaming_and_mixed_in_batch_negatives_train_deterministically(opts):
+    """Thread-count independent; fit n + partial_fit m == fit n + m (the streaming estimate
+    continues across the calls); loss() and gradients() do not advance it."""
+    feats, targets = make_problem(n_rows=96, n_items=60)
+    runs = []
+    for threads in (1, 2):
+        m = build(feats, targets, loss="sampled", sampler="in_batch", epochs=4, batch_size=16,
+                  num_threads=threads, **opts)  # fmt: skip
+        runs.append(m)
+    for name, value in runs[0].parameters.items():
+        assert np.array_equal(value, runs[1].parameters[name]), name
+    split = build(feats, targets, loss="sampled", sampler="in_batch", epochs=2, batch_size=16,
+                  **opts)  # fmt: skip
+    before = flat(split.gradients(feats, targets))
+    assert np.array_equal(before, flat(split.gradients(feats, targets)))
+    split.partial_fit(feats, targets, epochs=2, show_progress=False)
+    for name, value in runs[0].parameters.items():
+        assert np.array_equal(value, split.parameters[name]), name
+    assert runs[0].training_log[-1]["loss"] < runs[0].training_log[0]["loss"]
+
+
+def test_streaming_estimate_changes_the_correction():
+    feats, targets = make_problem(n_rows=96, n_items=60)
+    a = build(feats, targets, loss="sampled", sampler="in_batch", epochs=3, batch_size=16)
+    b = build(feats, targets, loss="sampled", sampler="in_batch", epochs=3, batch_size=16,
+              frequency_estimate="streaming")  # fmt: skip
+    assert not np.array_equal(a.parameters["item_embeddings"], b.parameters["item_embeddings"])
+
+
+def test_mixed_and_streaming_options_are_checked():
+    with pytest.raises(ValueError, match="mixed_negatives: only for sampler='in_batch'"):
+        fs.SoftmaxModel(10, loss="sampled", sampler="uniform", mixed_negatives=4)
+    with pytest.raises(ValueError, match="frequency_estimate: only for sampler='in_batch'"):
+        fs.SoftmaxModel(10, loss="sampled", frequency_estimate="streaming")
+    with pytest.raises(ValueError, match="frequency_estimate"):
+        fs.SoftmaxModel(10, loss="sampled", sampler="in_batch", frequency_estimate="online")
+    with pytest.raises(ValueError, match="mixed_negatives"):
+        fs.SoftmaxModel(10, loss="sampled", sampler="in_batch", mixed_negatives=-1)

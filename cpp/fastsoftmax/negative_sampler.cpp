@@ -134,6 +134,21 @@ NegativeSampler::NegativeSampler(index_t n_items, const NegativeSamplerOptions& 
     }
     m_hard_ = static_cast<index_t>(std::llround(options.hard_fraction * options.num_negatives));
   }
+  if (options.mixed_uniform < 0) {
+    throw_invalid("mixed_negatives: expected an integer >= 0, got ", options.mixed_uniform);
+  }
+  if (options.kind != SamplerKind::kInBatch && (options.mixed_uniform > 0 || options.streaming)) {
+    throw_invalid(options.streaming ? "frequency_estimate" : "mixed_negatives",
+                  ": only for the in_batch sampler");
+  }
+  if (options.streaming) {
+    if (!(options.streaming_alpha > 0 && options.streaming_alpha <= 1)) {
+      throw_invalid("streaming_alpha: expected a value in (0, 1], got ", options.streaming_alpha);
+    }
+    last_seen_.assign(static_cast<std::size_t>(n_items), 0);
+    gap_.assign(static_cast<std::size_t>(n_items), 0.0);
+    decay_.assign(static_cast<std::size_t>(n_items), 1.0);
+  }
   const bool needs_weights =
       options.kind == SamplerKind::kWeights || options.kind == SamplerKind::kInBatch;
   if (needs_weights && weights == nullptr) {
@@ -199,6 +214,7 @@ void NegativeSampler::sample(const SamplerBatch& batch, std::uint64_t seed, int 
   const index_t m = options_.num_negatives;
   out.log_norm.clear();
   out.m_hard = 0;
+  out.m_uniform = 0;
   switch (options_.kind) {
     case SamplerKind::kUniform:
     case SamplerKind::kWeights: {
@@ -255,22 +271,62 @@ void NegativeSampler::sample_in_batch(const SamplerBatch& batch, std::uint64_t s
     out.ids.resize(cap);
     std::sort(out.ids.begin(), out.ids.end());
   }
-  const auto m = static_cast<index_t>(out.ids.size());
+  const auto in_set = static_cast<index_t>(out.ids.size());
+  const index_t u = options_.mixed_uniform;
+  Rng urng(seed, kStreamUniform);
+  for (index_t i = 0; i < u; ++i) {
+    out.ids.push_back(static_cast<index_t>(urng.uniform_int(static_cast<std::uint64_t>(n_))));
+  }
+  const index_t m = in_set + u;
   out.rows = 1;
   out.m = m;
   out.batch_entries = nnz;
   out.distinct = distinct;
+  out.m_uniform = u;
   out.log_q.resize(m);
   for (index_t i = 0; i < m; ++i) out.log_q[i] = in_batch_log_q(out, out.ids[i]);
 }
 
-float NegativeSampler::in_batch_log_q(const NegativeDraws& draws, index_t j) const {
-  // pi_j = P(j among E draws from Q) * P(kept by the cap) = (1 - (1 - Q(j))^E) m / distinct, so
-  // log(pi_j / m) = log(1 - (1 - Q(j))^E) - log(distinct).
+void NegativeSampler::observe(const index_t* indices, index_t nnz, std::int64_t step) {
+  if (!options_.streaming) return;
+  observed_.assign(indices, indices + nnz);
+  std::sort(observed_.begin(), observed_.end());
+  observed_.erase(std::unique(observed_.begin(), observed_.end()), observed_.end());
+  const double a = options_.streaming_alpha;
+  for (const index_t j : observed_) {
+    if (j < 0 || j >= n_) throw_out_of_range("targets: item id ", j, " outside [0, ", n_, ")");
+    const auto k = static_cast<std::size_t>(j);
+    gap_[k] = (1.0 - a) * gap_[k] + a * static_cast<double>(step - last_seen_[k]);
+    decay_[k] *= 1.0 - a;
+    last_seen_[k] = step;
+  }
+}
+
+double NegativeSampler::in_batch_probability(const NegativeDraws& draws, index_t j) const {
+  if (options_.streaming) {
+    const auto k = static_cast<std::size_t>(j);
+    if (decay_[k] == 1.0) return 1.0;  // never seen
+    const double g = gap_[k] / (1.0 - decay_[k]);
+    return g > 1.0 ? 1.0 / g : 1.0;
+  }
   const double tries = static_cast<double>(draws.batch_entries);
-  const double p = std::max(-std::expm1(tries * std::log1p(-q_[j])), 1e-300);
+  return std::max(-std::expm1(tries * std::log1p(-q_[j])), 1e-300);
+}
+
+float NegativeSampler::in_batch_log_q(const NegativeDraws& draws, index_t j) const {
+  // The expected count of j among the candidates: P(j among the batch's positives) times
+  // P(kept by the cap) = pi_j (in-set / distinct), plus u / n from the uniform draws; the loss
+  // corrects by log(m Q) = log(expected count), so log Q = log(count) - log(m).
+  const index_t u = draws.m_uniform;
+  const auto in_set = static_cast<double>(draws.m - u);
   const auto distinct = static_cast<double>(std::max<index_t>(draws.distinct, 1));
-  return static_cast<float>(std::log(p) - std::log(distinct));
+  if (u == 0) {  // log(pi_j in_set / distinct) - log(in_set)
+    return static_cast<float>(std::log(in_batch_probability(draws, j)) - std::log(distinct));
+  }
+  const double count = in_batch_probability(draws, j) * (in_set / distinct) +
+                       static_cast<double>(u) / static_cast<double>(n_);
+  return static_cast<float>(std::log(std::max(count, 1e-300)) -
+                            std::log(static_cast<double>(std::max<index_t>(draws.m, 1))));
 }
 
 void NegativeSampler::sample_score(const SamplerBatch& batch, std::uint64_t seed, int num_threads,

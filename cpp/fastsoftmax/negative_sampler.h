@@ -13,6 +13,17 @@
 //             loss's correction log(m Q) is log pi_j, the expected count of j. num_negatives > 0
 //             caps the set: a uniform random subset of that size (pi_j scaled by cap / distinct);
 //             0 = no cap. A query's own positives in the set are accidental hits, like any draw's.
+//             Streaming estimate (streaming = true; Yi et al. 2019, "Sampling-bias-corrected
+//             neural modeling"): instead of the training targets' frequencies, pi_j is estimated
+//             online from the batches seen in training (observe()): per item, the step it was
+//             last seen, A_j, and a moving average of the gap between sightings, G_j <- (1 - a)
+//             G_j + a (t - A_j) (a = streaming_alpha; A and G start at 0, steps count from 1),
+//             read with Adam's bias correction for its start at 0 after c_j sightings, G_j / (1 -
+//             (1 - a)^c_j), and pi_j = min(1, 1 / that) (1 before j is seen). Without the
+//             correction every estimate stays near 1 for the first ~1 / a sightings.
+//             Mixed negatives (mixed_uniform = u > 0; Yang et al. 2020): u uniform draws from the
+//             whole catalogue follow the set, so rarely-interacted items are pushed away too; every
+//             candidate j is corrected by its expected count pi_j (m_b / distinct) + u / n.
 // * kScore:   hard negatives, Q_b(j) = exp(z_bj / T) / sum_k exp(z_bk / T) with z the current logits.
 //             hard_pool == 0: exact over all n items (needs all B x n logits: the reference mode).
 //             hard_pool == M > 0: sampling-importance-resampling (SIR): a pool of M candidates from
@@ -55,6 +66,9 @@ struct NegativeSamplerOptions {
   index_t hard_pool = 2048;  // kScore: M; 0 = exact over all items
   double temperature = 1.0;  // kScore: T > 0
   double hard_fraction = 1.0;  // kScore: in [0, 1]
+  index_t mixed_uniform = 0;      // kInBatch: uniform draws added to the in-batch set
+  bool streaming = false;         // kInBatch: pi_j from the streaming estimate
+  double streaming_alpha = 0.01;  // kInBatch, streaming: the moving average's rate a in (0, 1]
 };
 
 /// The draws of one batch, written by NegativeSampler::sample (buffers are reused across calls).
@@ -67,6 +81,7 @@ struct NegativeDraws {
   std::vector<double> log_norm;
   index_t m_hard = 0;  // kScore: number of hard draws per row (the rest are uniform)
   index_t batch_entries = 0, distinct = 0;  // kInBatch: E positive entries, distinct items
+  index_t m_uniform = 0;  // kInBatch: the last m_uniform ids are uniform draws (mixed)
 
   // Scratch, reused across batches.
   std::vector<float> scores;    // B x (pool or n) logits
@@ -113,6 +128,12 @@ class NegativeSampler {
   /// Static Q(j) (kUniform, kWeights, kInBatch).
   double static_probability(index_t j) const;
 
+  /// kInBatch with streaming: updates the estimate with training step `step` (>= 1, increasing)
+  /// whose positive entries are indices[0..nnz) (each distinct item once).
+  void observe(const index_t* indices, index_t nnz, std::int64_t step);
+  /// kInBatch: the estimated probability pi_j that item j is among a batch's positives.
+  double in_batch_probability(const NegativeDraws& draws, index_t j) const;
+
  private:
   void sample_score(const SamplerBatch& batch, std::uint64_t seed, int num_threads,
                     NegativeDraws& out) const;
@@ -131,6 +152,10 @@ class NegativeSampler {
   std::vector<double> q_;                // static probabilities (kWeights, kInBatch, kScore pool)
   std::vector<float> log_q_static_;      // log of q_ (float, -inf for zero)
   index_t m_hard_ = 0;
+  std::vector<std::int64_t> last_seen_;  // streaming: A_j
+  std::vector<double> gap_;              // streaming: G_j
+  std::vector<double> decay_;            // streaming: (1 - a)^c_j after c_j sightings
+  std::vector<index_t> observed_;        // scratch: a batch's distinct items
 };
 
 }  // namespace fastsoftmax

@@ -55,6 +55,8 @@ void SampledSoftmaxLoss::build(const double* weights) {
 void SampledSoftmaxLoss::prepare(const TargetsView& all, const ItemParamsView& items) {
   const std::string& s = config_.sampler;
   if (s != "popularity" && s != "in_batch") return;
+  // The streaming estimate continues across fit calls (partial_fit): it needs no targets.
+  if (config_.sampler_options.streaming && impl_) return;
   // Number of training rows with item j as a positive.
   std::vector<double> counts(static_cast<std::size_t>(n_items_), 0.0);
   const index_t nnz = all.indptr[all.rows];
@@ -75,9 +77,17 @@ void SampledSoftmaxLoss::require_prepared() const {
   }
 }
 
+void SampledSoftmaxLoss::observe(const TargetsView& targets, const LossContext& ctx) {
+  const auto step = static_cast<std::int64_t>(ctx.batch_index) + 1;
+  if (!ctx.training || !config_.sampler_options.streaming || observed_step_ == step) return;
+  impl_->observe(targets, step);
+  observed_step_ = step;
+}
+
 bool SampledSoftmaxLoss::candidates(const TargetsView& targets, const LossContext& ctx,
                                     const float* psi, std::vector<index_t>* ids) {
   require_prepared();
+  observe(targets, ctx);
   if (config_.sampler_options.kind == SamplerKind::kScore) return false;
   const NegativeDraws& draws =
       impl_->draw(SampledBatch{psi, ItemParamsView{n_items_, 0, nullptr, nullptr}, targets},
@@ -94,6 +104,7 @@ double SampledSoftmaxLoss::forward_backward(const ConstMapRowMatrixXf& psi,
                                             const TargetsView& targets, const LossContext& ctx,
                                             MapRowMatrixXf* dpsi, ItemGradient* item_grad) {
   require_prepared();
+  observe(targets, ctx);
   const bool backward = dpsi != nullptr && item_grad != nullptr;
   if (backward) {
     item_grad->kind = ItemGradient::Kind::kRowSparse;

@@ -48,6 +48,10 @@ class SampledSoftmaxLoss final : public Loss {
  private:
   void build(const double* weights);
   void require_prepared() const;
+  // A training step's targets feed the streaming estimate once (candidates() and
+  // forward_backward() of one step both call this).
+  void observe(const TargetsView& targets, const LossContext& ctx);
+  std::int64_t observed_step_ = 0;
   index_t n_items_;
   SampledLossConfig config_;
   std::unique_ptr<SampledSoftmax> impl_;

@@ -124,6 +124,12 @@ class SampledSoftmax {
   const NegativeDraws& draw(const SampledBatch& batch, std::uint64_t seed, int num_threads,
                             const index_t* row_keys = nullptr);
 
+  /// Training step `step` (>= 1) with these targets: advances the sampler's streaming frequency
+  /// estimate (in-batch sampler with streaming; nothing otherwise).
+  void observe(const TargetsView& targets, std::int64_t step) {
+    sampler_.observe(targets.indices, targets.indptr[targets.rows], step);
+  }
+
  private:
   SamplerBatch sampler_batch(const SampledBatch& batch, const index_t* row_keys) const;
   bool predrawn_ = false;  // draws_ were made by draw() for predrawn_seed_

@@ -90,6 +90,8 @@ struct LossContext {
   int num_threads = 0;            // as passed to parallel_for (0 = all cores)
   float grad_scale = 1.0f;        // gradients are of grad_scale * sum of row losses
   bool defer_item_rows = false;   // a row-sparse item gradient may come as ItemGradient::deferred
+  bool training = false;          // a training step: state kept across steps may advance (the
+                                  // in-batch sampler's streaming frequency estimate)
   // The batch's rows in the training data (B entries, or nullptr): per-query negatives are drawn
   // per data row, so they do not depend on the row's place in a shuffled batch.
   const index_t* rows = nullptr;

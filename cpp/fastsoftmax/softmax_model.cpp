@@ -353,6 +353,7 @@ double SoftmaxModel::fit_epoch(const FeaturesView& x, const TargetsView& targets
                     1.0f / static_cast<float>(B)};
     // The item rows' step sums each row as it steps it; the item tower needs the rows summed.
     ctx.defer_item_rows = !config_.item_tower;
+    ctx.training = true;
     ctx.rows = rows;
     const ConstMapRowMatrixXf psi(query_.output().data(), B, config_.dim);
     MapRowMatrixXf dpsi(query_.output_grad(), B, config_.dim);

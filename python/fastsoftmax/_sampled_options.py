@@ -41,6 +41,8 @@ class SampledOptions:
         logq_correction: bool,
         remove_accidental_hits: bool,
         gravity: float,
+        mixed_negatives: int = 0,
+        frequency_estimate: str = "counts",
     ) -> None:
         self.sampler = check_choice(sampler, "sampler", SAMPLERS)
         if num_negatives is None:
@@ -80,6 +82,15 @@ class SampledOptions:
         self.logq_correction = _bool(logq_correction, "logq_correction")
         self.remove_accidental_hits = _bool(remove_accidental_hits, "remove_accidental_hits")
         self.gravity = check_real(gravity, "gravity", minimum=0)
+        self.mixed_negatives = check_int(mixed_negatives, "mixed_negatives", minimum=0)
+        self.frequency_estimate = check_choice(
+            frequency_estimate, "frequency_estimate", ("counts", "streaming")
+        )
+        if self.sampler != "in_batch" and (
+            self.mixed_negatives or self.frequency_estimate != "counts"
+        ):
+            name = "mixed_negatives" if self.mixed_negatives else "frequency_estimate"
+            raise ValueError(f"{name}: only for sampler='in_batch', got sampler={self.sampler!r}")
 
     def loss_options(self, loss: str) -> dict[str, Any]:
         """The ``loss_options`` of the C++ loss factory for ``loss``."""
@@ -98,7 +109,12 @@ class SampledOptions:
             "logq_correction": self.logq_correction,
             "remove_accidental_hits": self.remove_accidental_hits,
             "gravity": self.gravity,
+            "mixed_negatives": self.mixed_negatives,
+            "frequency_estimate": self.frequency_estimate,
         }
+        if self.sampler == "in_batch":
+            out["mixed_negatives"] = self.mixed_negatives
+            out["frequency_estimate"] = self.frequency_estimate
         if self.sampler_weights is not None:
             out["sampler_weights"] = self.sampler_weights
         return out
@@ -119,4 +135,6 @@ class SampledOptions:
             "logq_correction": self.logq_correction,
             "remove_accidental_hits": self.remove_accidental_hits,
             "gravity": self.gravity,
+            "mixed_negatives": self.mixed_negatives,
+            "frequency_estimate": self.frequency_estimate,
         }

@@ -359,6 +359,20 @@ class SoftmaxModel(Estimator):
         Coefficient of the gravity term ``<Psi^T Psi / B, V^T V / n>_F`` (any loss): exact for
         ``"full"``; ``V^T V / n`` estimated on the sampled rows (``"sampled"``) or on
         ``num_negatives`` uniform rows (``"positives"``).
+    mixed_negatives : int, default 0
+        ``sampler="in_batch"``: also this many uniform draws from the whole catalogue per batch
+        (mixed negative sampling, Yang et al. 2020), so that items rarely among the positives are
+        pushed away too. Each candidate is corrected by its expected count, the in-batch
+        inclusion probability plus ``mixed_negatives / n_items``.
+    frequency_estimate : {"counts", "streaming"}, default "counts"
+        ``sampler="in_batch"``: where the inclusion probability of the logQ correction comes from.
+        ``"counts"``: the items' positive-entry frequencies in the training targets (see
+        ``sampler``). ``"streaming"``: estimated during training from the batches themselves
+        (Yi et al. 2019): per item, the step it was last among a batch's positives and a moving
+        average (rate 0.01, bias-corrected for its start at 0) of the gap between such steps,
+        probability = 1 / gap (capped at 1); needs no statistics of the data and follows a
+        drifting stream. It continues across
+        :meth:`partial_fit` calls and is not saved.
     item_hidden : sequence of int, default ()
         Sizes of the ReLU layers of the item tower (``fit(item_features=...)``; empty: linear).
     item_id_embedding : bool, default True
@@ -415,6 +429,8 @@ class SoftmaxModel(Estimator):
     logq_correction = _SampledOption()
     remove_accidental_hits = _SampledOption()
     gravity = _SampledOption()
+    mixed_negatives = _SampledOption()
+    frequency_estimate = _SampledOption()
 
     def __init__(
         self,
@@ -449,6 +465,8 @@ class SoftmaxModel(Estimator):
         logq_correction: bool = True,
         remove_accidental_hits: bool = True,
         gravity: float = 0.0,
+        mixed_negatives: int = 0,
+        frequency_estimate: str = "counts",
         item_hidden: Sequence[int] = (),
         item_id_embedding: bool = True,
         item_id_dropout: float = 0.25,
@@ -511,6 +529,8 @@ class SoftmaxModel(Estimator):
             logq_correction=logq_correction,
             remove_accidental_hits=remove_accidental_hits,
             gravity=gravity,
+            mixed_negatives=mixed_negatives,
+            frequency_estimate=frequency_estimate,
         )
         self._impl: Any = None
         self._schema: dict[str, Any] | None = None

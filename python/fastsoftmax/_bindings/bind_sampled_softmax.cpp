@@ -121,10 +121,11 @@ void def_sample_negatives(pyb::module_& t) {
       [](const std::string& sampler, std::int64_t n_items, std::int64_t num_negatives, bool share,
          std::int64_t hard_pool, double temperature, double hard_fraction, pyb::handle weights,
          pyb::handle psi, pyb::handle items, pyb::handle bias, pyb::handle indptr,
-         pyb::handle indices, std::uint64_t seed, int num_threads) {
+         pyb::handle indices, std::uint64_t seed, int num_threads, std::int64_t mixed_negatives) {
         resolve_num_threads(num_threads);
-        const auto opts =
+        auto opts =
             sampler_options(sampler, num_negatives, share, hard_pool, temperature, hard_fraction);
+        opts.mixed_uniform = mixed_negatives;
         F64 w_keep;
         const double* w = optional_weights(weights, n_items, w_keep);
         SamplerBatch batch;
@@ -166,7 +167,43 @@ void def_sample_negatives(pyb::module_& t) {
       pyb::arg("hard_pool"), pyb::arg("temperature"), pyb::arg("hard_fraction"),
       pyb::arg("weights"), pyb::arg("psi"), pyb::arg("items"), pyb::arg("bias"),
       pyb::arg("indptr"), pyb::arg("indices"), pyb::arg("seed"), pyb::arg("num_threads"),
+      pyb::arg("mixed_negatives") = 0,
       "Test hook: one batch of negatives -> dict(ids, log_q, log_norm, m_hard).");
+}
+
+void def_in_batch_streaming(pyb::module_& t) {
+  t.def(
+      "in_batch_streaming",
+      [](std::int64_t n_items, const pyb::list& batches, double alpha) {
+        NegativeSamplerOptions o;
+        o.kind = SamplerKind::kInBatch;
+        o.num_negatives = 0;
+        o.streaming = true;
+        o.streaming_alpha = alpha;
+        const std::vector<double> ones(static_cast<std::size_t>(n_items), 1.0);
+        NegativeSampler s(n_items, o, ones.data());
+        NegativeDraws out;
+        pyb::list result;
+        for (std::size_t t = 0; t < batches.size(); ++t) {
+          auto ids = require_array<std::int64_t>(batches[t], "batches", 1);
+          const index_t indptr[2] = {0, static_cast<index_t>(ids.shape(0))};
+          SamplerBatch batch;
+          batch.B = 1;
+          batch.indptr = indptr;
+          batch.indices = ids.data();
+          s.observe(ids.data(), indptr[1], static_cast<std::int64_t>(t) + 1);
+          s.sample(batch, 0, 1, out);
+          I64 drawn(static_cast<pyb::ssize_t>(out.m));
+          std::copy(out.ids.begin(), out.ids.end(), drawn.mutable_data());
+          F32 lq(static_cast<pyb::ssize_t>(out.m));
+          std::copy(out.log_q.begin(), out.log_q.end(), lq.mutable_data());
+          result.append(pyb::make_tuple(drawn, lq));
+        }
+        return result;
+      },
+      pyb::arg("n_items"), pyb::arg("batches"), pyb::arg("alpha"),
+      "Test hook: the streaming in-batch sampler over a sequence of training batches (each the "
+      "int64 ids of its positive entries) -> [(ids, log_q) per batch].");
 }
 
 void def_sampled_softmax(pyb::module_& t) {
@@ -293,6 +330,7 @@ void def_gravity_exact(pyb::module_& t) {
 void bind_sampled_softmax(pyb::module_& m) {
   pyb::module_ t = testing_module(m);
   def_sample_negatives(t);
+  def_in_batch_streaming(t);
   def_sampled_softmax(t);
   def_sampled_softmax_estimate(t);
   def_gravity_exact(t);

@@ -40,6 +40,15 @@ LossConfig loss_config(const std::string& loss, const pyb::dict& options) {
     if (!(v = take("hard_pool")).is_none()) so.hard_pool = v.cast<index_t>();
     if (!(v = take("temperature")).is_none()) so.temperature = v.cast<double>();
     if (!(v = take("hard_fraction")).is_none()) so.hard_fraction = v.cast<double>();
+    if (!(v = take("mixed_negatives")).is_none()) so.mixed_uniform = v.cast<index_t>();
+    if (!(v = take("frequency_estimate")).is_none()) {
+      const auto f = v.cast<std::string>();
+      if (f != "counts" && f != "streaming") {
+        throw std::invalid_argument(str_cat("frequency_estimate: expected 'counts' or "
+                                            "'streaming', got '", f, "'"));
+      }
+      so.streaming = f == "streaming";
+    }
     auto& lo = s.loss_options;
     if (!(v = take("logq_correction")).is_none()) lo.logq_correction = v.cast<bool>();
     if (!(v = take("remove_accidental_hits")).is_none()) lo.remove_accidental_hits = v.cast<bool>();
