@@ -28,7 +28,9 @@ warm items
 Models: ``softmax item table``: fs.SoftmaxModel(history="history") defaults; ``item tower``: the
 same with ``fit(item_features=...)`` (defaults: each item's own id embedding added to the tower's
 output, id-dropout 0.25: chosen on a development seed, 100, not among the reported ones, from
-0.1 / 0.25 / 0.5); ``item tower, no ids``: ``item_id_embedding=False`` (features only).
+0.1 / 0.25 / 0.5); ``item tower, no ids``: ``item_id_embedding=False`` (features only);
+``item tower, in-batch + 256 uniform, streaming logQ``: sampled softmax over the batch's items and
+256 uniform draws (mixed negatives) with the streaming frequency estimate (the YouTube recipe).
 """
 
 from __future__ import annotations
@@ -130,7 +132,10 @@ def run_seed(x, items, genres, seed, threads) -> dict[str, dict[str, float]]:
         ("softmax item table", {}, False),
         ("item tower", {}, True),
         ("item tower, no ids", {"item_id_embedding": False}, True),
-    ):
+        ("item tower, in-batch + 256 uniform, streaming logQ",
+         {"loss": "sampled", "sampler": "in_batch", "mixed_negatives": 256,
+          "frequency_estimate": "streaming"}, True),
+    ):  # fmt: skip
         model, seconds = fit(train, warm_items if tower else None, seed, threads, **kw)
         row = {f"warm {k}": v for k, v in scores(
             model.recommend(feats, K, exclude=train)[0], test).items()}  # fmt: skip
