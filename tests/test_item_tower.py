@@ -395,3 +395,17 @@ def test_streaming_in_batch_negatives_with_the_item_tower_are_deterministic():
     runs = [build(feats, targets, items, epochs=3, num_threads=t, **opts) for t in (1, 2)]
     for name, value in runs[0].parameters.items():
         assert np.array_equal(value, runs[1].parameters[name]), name
+
+
+def test_recommend_all_ranks_added_items_with_their_labels(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    feats, targets = make_problem()
+    model = build(feats, targets, make_items(), epochs=2, loss="sampled", num_negatives=8)
+    model.add_items(make_items(4, seed=2))
+    labels = [f"item{j}" for j in range(N_ITEMS + 4)]
+    rows = model.recommend_all(feats, 5, out=tmp_path / "r.parquet", exclude=targets,
+                               item_labels=labels, progress=False)  # fmt: skip
+    table = pq.read_table(tmp_path / "r.parquet").to_pydict()
+    assert rows == N_ROWS * 5 == len(table["item"])
+    ids, _ = model.recommend(feats, 5, exclude=targets)
+    assert table["item"] == [labels[j] for j in ids.ravel()]

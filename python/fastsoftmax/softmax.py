@@ -1145,7 +1145,8 @@ class SoftmaxModel(Estimator):
             Labels (integers or strings, e.g. the original user ids) written instead of the
             row numbers of ``feats``.
         item_labels : array_like, shape (n_items,), optional
-            Labels written instead of the item ids.
+            Labels written instead of the item ids (with added items, one per item of
+            :attr:`item_embeddings`).
         progress : bool, optional
             tqdm progress bar on stderr; default: only when stderr is a terminal.
         index : fastsoftmax.IVFIndex or fastsoftmax.ExactIndex, optional
@@ -1187,7 +1188,8 @@ class SoftmaxModel(Estimator):
 
         return write_recommendations(
             batch, n, k, out, batch_size=batch_size, query_labels=query_labels,
-            item_labels=item_labels, n_items=self.n_items, progress=progress,
+            item_labels=item_labels, n_items=self.n_items + len(self._added_items),
+            progress=progress,
         )  # fmt: skip
 
     def loss(self, feats: QueryFeatures, targets: Any, *, sample_weight: Any = None) -> float:
