@@ -294,11 +294,6 @@ CASES = {
         TypeError,
         "categorical",
     ),
-    "features-categorical-negative": (
-        lambda: fs.QueryFeatures(categorical={"c": np.array([0, -1])}),
-        IndexError,
-        "categorical",
-    ),
     "features-bag-dense": (lambda: fs.QueryFeatures(bags={"b": np.eye(3)}), TypeError, "bags"),
     "features-bag-inf": (
         lambda: fs.QueryFeatures(bags={"b": sp.csr_matrix(np.array([[np.inf, 0.0]]))}),
@@ -515,6 +510,10 @@ def test_softmax_predict_bad_inputs(softmax):
     )
     with pytest.raises(IndexError, match="categorical 'c'"):
         softmax.query_embeddings(bad_cat)
+    negative = fs.QueryFeatures(dense=np.zeros((2, 3)), categorical={"c": np.array([0, -1])},
+                                bags={"b": sp.csr_matrix((2, 7))})  # fmt: skip
+    with pytest.raises(IndexError, match="categorical 'c': expected ids >= 0"):
+        softmax.query_embeddings(negative)
     wide_bag = fs.QueryFeatures(
         dense=np.zeros((2, 3)),
         categorical={"c": np.array([0, 1])},

@@ -499,8 +499,12 @@ def test_bad_inputs():
         fs.SoftmaxModel(n, learning_rate=-1.0)
     with pytest.raises(TypeError, match="categorical 'c': expected integer ids"):
         fs.QueryFeatures(categorical={"c": np.array([0.5, 1.0])})
+    negative = fs.QueryFeatures(categorical={"c": np.array([0, -1])})  # fine for a hashed feature
     with pytest.raises(IndexError, match="categorical 'c': expected ids >= 0"):
-        fs.QueryFeatures(categorical={"c": np.array([0, -1])})
+        fs.SoftmaxModel(n, epochs=0).fit(negative, sp.eye(2, n, format="csr"), show_progress=False)
+    strings = fs.QueryFeatures(categorical={"c": np.array(["a", "b"])})
+    with pytest.raises(TypeError, match=r"strings need hash_buckets\['c'\]"):
+        fs.SoftmaxModel(n, epochs=0).fit(strings, sp.eye(2, n, format="csr"), show_progress=False)
     with pytest.raises(ValueError, match="disagree on the number of rows"):
         fs.QueryFeatures(dense=np.zeros((3, 2)), categorical={"c": np.array([0, 1])})
     with pytest.raises(ValueError, match="dense: expected finite"):

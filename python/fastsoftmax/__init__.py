@@ -6,7 +6,7 @@ package is a thin, typed, documented API over it.
 
 from __future__ import annotations
 
-from . import _core, datasets, metrics
+from . import _core, datasets, hashing, metrics
 from .baselines import Popularity
 from .config import show_config
 from .evaluation import evaluate
@@ -31,6 +31,7 @@ __all__ = [
     "build_index",
     "datasets",
     "evaluate",
+    "hashing",
     "load",
     "metrics",
     "register_model",

@@ -78,7 +78,8 @@ class QueryFeatures:
         Must be finite.
     categorical : dict str -> array_like of int, shape (N,), optional
         One column of ids per categorical feature; each feature gets its own embedding table. A
-        list is accepted too (names ``"categorical_0"``, ...). Ids must be >= 0.
+        list is accepted too (names ``"categorical_0"``, ...). Ids must be >= 0, except for a
+        feature the model hashes (``SoftmaxModel(hash_buckets=...)``): any integers or strings.
     bags : dict str -> scipy.sparse matrix, shape (N, vocabulary), optional
         One bag of ids per row (e.g. watch history), each feature with its own embedding table;
         the stored values are per-id weights (use 1 for an unweighted bag). A list is accepted
@@ -90,8 +91,6 @@ class QueryFeatures:
         For non-numeric input or a bag that is not a scipy sparse matrix.
     ValueError
         If the features disagree on N, no feature is given, or a value is not finite.
-    IndexError
-        For a negative categorical id.
     """
 
     def __init__(
@@ -110,15 +109,21 @@ class QueryFeatures:
         self.categorical: dict[str, np.ndarray] = {}
         for key, v in _named(categorical, "categorical", "categorical_").items():
             arr = np.asarray(v)
-            if arr.dtype.kind not in "iu":
-                raise TypeError(f"categorical '{key}': expected integer ids, got dtype {arr.dtype}")
             if arr.ndim != 1:
                 raise ValueError(
                     f"categorical '{key}': expected a 1-D array, got shape {arr.shape}"
                 )
-            arr = np.ascontiguousarray(arr, dtype=np.int64)
-            if len(arr) and arr.min() < 0:
-                raise IndexError(f"categorical '{key}': expected ids >= 0, got {arr.min()}")
+            if arr.dtype.kind in "iu":
+                arr = np.ascontiguousarray(arr, dtype=np.int64)  # uint64: the same 64 bits
+            elif arr.dtype.kind in "US" or (
+                arr.dtype == object and all(isinstance(x, str) for x in arr)
+            ):
+                arr = arr.astype(str)  # ids for hashing (SoftmaxModel's hash_buckets)
+            else:
+                raise TypeError(
+                    f"categorical '{key}': expected integer ids (or string ids of a hashed "
+                    f"feature), got dtype {arr.dtype}"
+                )
             self.categorical[key] = arr
             sizes[f"categorical '{key}'"] = len(arr)
         self.bags: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -373,6 +378,17 @@ class SoftmaxModel(Estimator):
         probability = 1 / gap (capped at 1); needs no statistics of the data and follows a
         drifting stream. It continues across
         :meth:`partial_fit` calls and is not saved.
+    hash_buckets : dict str -> int, optional
+        Hashed features (categorical or bag, query or item side): the feature's ids, any
+        integers (negative, huge) or strings, go to a table of that many rows through a fixed,
+        seeded 64-bit mixer (:mod:`fastsoftmax.hashing`, seeded by ``seed``) instead of indexing
+        it: no vocabulary, and ids never seen in training (a new user id) are no error. A bag
+        feature's ids are its matrix's column indices.
+    num_hashes : int or dict str -> int, default 1
+        Rows per id of a hashed feature (hash embeddings): with k > 1 an id's k rows are
+        pooled (``pooling``), so that two ids share all their rows only with probability about
+        buckets^-k; a categorical feature then becomes a bag of k rows (its parameter
+        ``bags.<name>``).
     item_hidden : sequence of int, default ()
         Sizes of the ReLU layers of the item tower (``fit(item_features=...)``; empty: linear).
     item_id_embedding : bool, default True
@@ -467,6 +483,8 @@ class SoftmaxModel(Estimator):
         gravity: float = 0.0,
         mixed_negatives: int = 0,
         frequency_estimate: str = "counts",
+        hash_buckets: Mapping[str, int] | None = None,
+        num_hashes: int | Mapping[str, int] = 1,
         item_hidden: Sequence[int] = (),
         item_id_embedding: bool = True,
         item_id_dropout: float = 0.25,
@@ -516,6 +534,30 @@ class SoftmaxModel(Estimator):
             str(k): check_int(v, f"vocab_sizes['{k}']", minimum=1)
             for k, v in (vocab_sizes or {}).items()
         }
+        if hash_buckets is not None and not isinstance(hash_buckets, Mapping):
+            raise TypeError(
+                f"hash_buckets: expected a dict feature name -> buckets, got "
+                f"{type(hash_buckets).__name__}"
+            )
+        self.hash_buckets = {
+            str(k): check_int(v, f"hash_buckets['{k}']", minimum=1)
+            for k, v in (hash_buckets or {}).items()
+        }
+        if isinstance(num_hashes, Mapping):
+            self.num_hashes: int | dict[str, int] = {
+                str(k): check_int(v, f"num_hashes['{k}']", minimum=1) for k, v in num_hashes.items()
+            }
+            for k in self.num_hashes:
+                if k not in self.hash_buckets:
+                    raise ValueError(f"num_hashes: '{k}' is not a feature of hash_buckets")
+        else:
+            self.num_hashes = check_int(num_hashes, "num_hashes", minimum=1)
+        for k in self.hash_buckets:
+            if k in self.vocab_sizes:
+                raise ValueError(
+                    f"vocab_sizes: '{k}' is hashed (hash_buckets), its table has "
+                    f"hash_buckets['{k}'] rows"
+                )
         self._sampled = SampledOptions(
             self.n_items,
             num_negatives=num_negatives,
@@ -588,6 +630,10 @@ class SoftmaxModel(Estimator):
         }
 
     def _build(self, feats: QueryFeatures, item_features: QueryFeatures | None = None) -> None:
+        self._check_hash_names(feats, item_features)
+        feats = self._hashed(feats, "feats")
+        if item_features is not None:
+            item_features = self._hashed(item_features, "item_features")
         schema = self._feature_schema(feats, "feats")
         if self.history is not None and self.history not in feats.bags:
             raise ValueError(
@@ -636,6 +682,74 @@ class SoftmaxModel(Estimator):
         if self._impl is None:
             raise RuntimeError("SoftmaxModel: not fitted yet (call fit first)")
 
+    def _hashes(self, key: str) -> int:
+        k = self.num_hashes
+        return k.get(key, 1) if isinstance(k, dict) else k
+
+    def _hashed(self, feats: QueryFeatures, name: str) -> QueryFeatures:
+        """feats with the hashed features' ids replaced by their rows (fastsoftmax.hashing);
+        the other categorical features checked for non-negative integer ids."""
+        from .hashing import hash_ids
+
+        where = "" if name == "feats" else f"{name}: "
+        categorical, bags = {}, {}
+        for key, ids in feats.categorical.items():
+            if key not in self.hash_buckets:
+                if ids.dtype.kind not in "iu":
+                    raise TypeError(
+                        f"{where}categorical '{key}': expected integer ids, got dtype "
+                        f"{ids.dtype} (strings need hash_buckets['{key}'])"
+                    )
+                if len(ids) and ids.min() < 0:
+                    raise IndexError(
+                        f"{where}categorical '{key}': expected ids >= 0, got {ids.min()}"
+                    )
+                categorical[key] = ids
+                continue
+            if not self.hash_buckets:
+                continue
+            b, k = self.hash_buckets[key], self._hashes(key)
+            rows = hash_ids(ids, b, seed=self.seed, num_hashes=k)
+            if k == 1:
+                categorical[key] = rows[:, 0]
+            else:  # k rows per id: a bag with weight 1 each (duplicates summed)
+                n = len(ids)
+                m = sp.csr_matrix((np.ones(n * k, np.float32), rows.ravel(),
+                                   np.arange(0, n * k + 1, k)), shape=(n, b))  # fmt: skip
+                m.sum_duplicates()
+                bags[key] = m
+        if not self.hash_buckets:
+            return feats
+        for key, (indptr, indices, data) in feats.bags.items():
+            m = sp.csr_matrix(
+                (data, indices, indptr), shape=(len(indptr) - 1, feats.bag_vocab[key])
+            )
+            if key in self.hash_buckets:
+                b, k = self.hash_buckets[key], self._hashes(key)
+                rows = hash_ids(m.indices.astype(np.int64), b, seed=self.seed, num_hashes=k)
+                coo = m.tocoo()
+                m = sp.csr_matrix(
+                    (np.tile(coo.data, k), (np.tile(coo.row, k), rows.T.ravel())),
+                    shape=(m.shape[0], b),
+                )
+                m.sum_duplicates()
+            bags[key] = m
+        out = QueryFeatures(dense=feats.dense, categorical=categorical or None, bags=bags or None)
+        out.cardinalities = {**feats.cardinalities, **self.hash_buckets}
+        return out
+
+    def _check_hash_names(self, *features: QueryFeatures | None) -> None:
+        names = set()
+        for f in features:
+            if f is not None:
+                names |= set(f.categorical) | set(f.bags)
+        for key in self.hash_buckets:
+            if key not in names:
+                raise ValueError(
+                    f"hash_buckets: '{key}' is not a categorical or bag feature "
+                    f"(features: {sorted(names)})"
+                )
+
     def _check_schema(self, feats: QueryFeatures, s: dict[str, Any], name: str) -> None:
         """Feature names, dense width and bag widths of feats against a tower's schema."""
         f = 0 if feats.dense is None else feats.dense.shape[1]
@@ -663,7 +777,7 @@ class SoftmaxModel(Estimator):
         name: str = "feats",
         sample_weight: object = None,
     ) -> Any:
-        feats = _as_query_features(feats, name)
+        feats = self._hashed(_as_query_features(feats, name), name)
         s = self._schema
         assert s is not None
         self._check_schema(feats, s, name)
@@ -684,7 +798,7 @@ class SoftmaxModel(Estimator):
         """Item features checked against the item tower and pinned for the C++ calls."""
         if self._item_schema is None:
             raise ValueError(f"{name}: the model was fitted without item features")
-        feats = _as_query_features(feats, name)
+        feats = self._hashed(_as_query_features(feats, name), name)
         s = self._item_schema
         self._check_schema(feats, s, name)
         return self._impl.item_data(
@@ -1275,6 +1389,8 @@ class SoftmaxModel(Estimator):
             "seed": self.seed,
             "item_bias": self.item_bias,
             "vocab_sizes": self.vocab_sizes,
+            "hash_buckets": self.hash_buckets,
+            "num_hashes": self.num_hashes,
             "item_hidden": self.item_hidden,
             "item_id_embedding": self.item_id_embedding,
             "item_id_dropout": self.item_id_dropout,
