@@ -255,6 +255,58 @@ def bench_full(data: dict, args: argparse.Namespace) -> dict:
 NUM_NEGATIVES = 256
 
 
+def _torch_query_tower(n_items: int):
+    """The PyTorch query tower of the sampled references: the history bag (64-d, mean), the
+    categorical feature (16-d) and the dense features through HIDDEN to DIM."""
+    import torch
+    from torch import nn
+
+    class QueryTower(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hist = nn.EmbeddingBag(n_items, 64, mode="mean", sparse=True)
+            self.cat = nn.Embedding(N_CAT, 16, sparse=True)
+            self.mlp = nn.Sequential(
+                nn.Linear(N_DENSE + 16 + 64, HIDDEN[0]),
+                nn.ReLU(),
+                nn.Linear(HIDDEN[0], HIDDEN[1]),
+                nn.ReLU(),
+                nn.Linear(HIDDEN[1], DIM),
+            )
+
+        def forward(self, dense, cat, hist):
+            return self.mlp(torch.cat([dense, self.cat(cat), self.hist(hist)], dim=1))
+
+    return QueryTower()
+
+
+def _torch_epochs(net, data: dict, loss_fn: Callable) -> Callable[[], dict]:
+    """Adagrad epochs of a sampled PyTorch reference over the rows of make_data (batches of
+    BATCH in a seeded permutation, loss_fn(psi, targets) per batch), timed by _timed_epochs."""
+    import torch
+
+    opt = torch.optim.Adagrad(net.parameters(), lr=LR)
+    dense = torch.from_numpy(data["dense"])
+    cat = torch.from_numpy(data["cat"])
+    hist = torch.from_numpy(data["hist"])
+    target = torch.from_numpy(data["target"])
+    n = len(target)
+
+    def epoch(seed: int) -> float:
+        perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
+        total = 0.0
+        for i in range(0, n, BATCH):
+            idx = perm[i : i + BATCH]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(net(dense[idx], cat[idx], hist[idx]), target[idx])
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        return total / n
+
+    return _timed_epochs(epoch)
+
+
 def make_torch_sampled(
     data: dict, args: argparse.Namespace, share: bool = True
 ) -> Callable[[], dict]:
@@ -275,29 +327,15 @@ def make_torch_sampled(
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.hist = nn.EmbeddingBag(n_items, 64, mode="mean", sparse=True)
-            self.cat = nn.Embedding(N_CAT, 16, sparse=True)
-            self.mlp = nn.Sequential(
-                nn.Linear(N_DENSE + 16 + 64, HIDDEN[0]),
-                nn.ReLU(),
-                nn.Linear(HIDDEN[0], HIDDEN[1]),
-                nn.ReLU(),
-                nn.Linear(HIDDEN[1], DIM),
-            )
+            self.query = _torch_query_tower(n_items)
             self.items = nn.Embedding(n_items, DIM, sparse=True)
             nn.init.normal_(self.items.weight, std=DIM**-0.5)
 
         def forward(self, dense, cat, hist):
-            return self.mlp(torch.cat([dense, self.cat(cat), self.hist(hist)], dim=1))
+            return self.query(dense, cat, hist)
 
     net = Net()
-    opt = torch.optim.Adagrad(net.parameters(), lr=LR)
-    dense = torch.from_numpy(data["dense"])
-    cat = torch.from_numpy(data["cat"])
-    hist = torch.from_numpy(data["hist"])
-    target = torch.from_numpy(data["target"])
     log_mq = math.log(m / n_items)
-    n = len(target)
     gen = torch.Generator().manual_seed(0)
 
     def loss_fn(psi: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -317,19 +355,7 @@ def make_torch_sampled(
         logits = torch.cat([pos, logits_neg], 1)
         return nn.functional.cross_entropy(logits, torch.zeros(b, dtype=torch.long))
 
-    def epoch(seed: int) -> float:
-        perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
-        total = 0.0
-        for i in range(0, n, BATCH):
-            idx = perm[i : i + BATCH]
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(dense[idx], cat[idx], hist[idx]), target[idx])
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        return total / n
-
-    return _timed_epochs(epoch)
+    return _torch_epochs(net, data, loss_fn)
 
 
 def _bench_sampled(data: dict, args: argparse.Namespace, share: bool) -> dict:
@@ -655,12 +681,7 @@ def make_torch_two_tower(data: dict, items: dict, args: argparse.Namespace) -> C
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.hist = nn.EmbeddingBag(n_items, 64, mode="mean", sparse=True)
-            self.cat = nn.Embedding(N_CAT, 16, sparse=True)
-            self.mlp = nn.Sequential(
-                nn.Linear(N_DENSE + 16 + 64, HIDDEN[0]), nn.ReLU(),
-                nn.Linear(HIDDEN[0], HIDDEN[1]), nn.ReLU(), nn.Linear(HIDDEN[1], DIM),
-            )  # fmt: skip
+            self.query = _torch_query_tower(n_items)
             self.brand = nn.Embedding(N_BRANDS, 16, sparse=True)
             self.tags = nn.EmbeddingBag(N_TAGS, 32, mode="mean", sparse=True)
             self.item_mlp = nn.Sequential(
@@ -670,7 +691,7 @@ def make_torch_two_tower(data: dict, items: dict, args: argparse.Namespace) -> C
             nn.init.zeros_(self.ids.weight)
 
         def forward(self, dense, cat, hist):
-            return self.mlp(torch.cat([dense, self.cat(cat), self.hist(hist)], dim=1))
+            return self.query(dense, cat, hist)
 
         def item_vectors(self, ids):
             x = torch.cat([self.brand(brand[ids]), self.tags(tags[ids])], dim=1)
@@ -679,13 +700,7 @@ def make_torch_two_tower(data: dict, items: dict, args: argparse.Namespace) -> C
     brand = torch.from_numpy(items["brand"])
     tags = torch.from_numpy(items["tags"])
     net = Net()
-    opt = torch.optim.Adagrad(net.parameters(), lr=LR)
-    dense = torch.from_numpy(data["dense"])
-    cat = torch.from_numpy(data["cat"])
-    hist = torch.from_numpy(data["hist"])
-    target = torch.from_numpy(data["target"])
     log_mq = math.log(m / n_items)
-    n = len(target)
     gen = torch.Generator().manual_seed(0)
 
     def loss_fn(psi: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -698,19 +713,7 @@ def make_torch_two_tower(data: dict, items: dict, args: argparse.Namespace) -> C
         logits = torch.cat([pos, logits_neg], 1)
         return nn.functional.cross_entropy(logits, torch.zeros(b, dtype=torch.long))
 
-    def epoch(seed: int) -> float:
-        perm = torch.from_numpy(np.random.default_rng(seed).permutation(n))
-        total = 0.0
-        for i in range(0, n, BATCH):
-            idx = perm[i : i + BATCH]
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(dense[idx], cat[idx], hist[idx]), target[idx])
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        return total / n
-
-    return _timed_epochs(epoch)
+    return _torch_epochs(net, data, loss_fn)
 
 
 def bench_two_tower(data: dict, args: argparse.Namespace) -> dict:

@@ -368,39 +368,32 @@ double SoftmaxModel::fit_epoch(const FeaturesView& x, const TargetsView& targets
   return rows_seen > 0 ? total / static_cast<double>(rows_seen) : 0.0;
 }
 
-void SoftmaxModel::query_embeddings(const FeaturesView& x, float* out) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  const index_t N = x.rows;
+void SoftmaxModel::embed_rows(Tower& tower, const FeaturesView& x, float* out) {
+  const index_t N = x.rows, d = config_.dim;
   const index_t bs = std::max<index_t>(config_.batch_size, 1024);
   std::vector<index_t> rows(static_cast<std::size_t>(std::min(N, bs)));
   for (index_t r0 = 0; r0 < N; r0 += bs) {
     check_interrupt();
     const index_t B = std::min(bs, N - r0);
     std::iota(rows.begin(), rows.begin() + B, r0);
-    query_.forward(x, rows.data(), B, config_.num_threads);
-    std::copy_n(query_.output().data(), B * config_.dim, out + r0 * config_.dim);
+    tower.forward(x, rows.data(), B, config_.num_threads);
+    std::copy_n(tower.output().data(), B * d, out + r0 * d);
   }
+}
+
+void SoftmaxModel::query_embeddings(const FeaturesView& x, float* out) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  embed_rows(query_, x, out);
 }
 
 void SoftmaxModel::item_embeddings(const FeaturesView& items, float* out, bool own_ids) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (!config_.item_tower) throw_invalid("item_features: the model has no item tower");
   if (own_ids) require_items(&items);
-  const FeaturesView& x = items;
-  const index_t N = items.rows, d = config_.dim;
-  const index_t bs = std::max<index_t>(config_.batch_size, 1024);
-  std::vector<index_t> rows(static_cast<std::size_t>(std::min(N, bs)));
-  for (index_t r0 = 0; r0 < N; r0 += bs) {
-    check_interrupt();
-    const index_t B = std::min(bs, N - r0);
-    std::iota(rows.begin(), rows.begin() + B, r0);
-    item_tower_.forward(x, rows.data(), B, config_.num_threads);
-    float* o = out + r0 * d;
-    std::copy_n(item_tower_.output().data(), B * d, o);
-    if (own_ids && config_.item_id_embedding) {  // + E_j (new items have none)
-      const float* e = items_.value.data() + r0 * d;
-      for (index_t i = 0; i < B * d; ++i) o[i] += e[i];
-    }
+  embed_rows(item_tower_, items, out);
+  if (own_ids && config_.item_id_embedding) {  // + E_j (new items have none)
+    const float* e = items_.value.data();
+    for (index_t i = 0; i < items.rows * config_.dim; ++i) out[i] += e[i];
   }
 }
 

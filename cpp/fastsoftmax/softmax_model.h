@@ -130,6 +130,8 @@ class SoftmaxModel {
   // id_kept_ for the tower's rows of a batch: whether each item's id embedding takes part
   // (training: dropped with probability item_id_dropout, from a hash of (seed, batch, item)).
   void draw_ids(const index_t* rows, index_t C, std::uint64_t batch_index, bool training);
+  // The tower's output for every row of x into out (rows x dim), in batches.
+  void embed_rows(Tower& tower, const FeaturesView& x, float* out);
   // Gathers the targets of rows[0..B) into the batch CSR with normalised weights.
   TargetsView gather_targets(const TargetsView& targets, const index_t* rows, index_t B);
   // The optimiser steps of one training batch.
