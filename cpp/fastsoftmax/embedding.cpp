@@ -10,6 +10,7 @@
 #include <sys/mman.h>
 #endif
 
+#include "fastsoftmax/random.h"
 #include "fastsoftmax/thread_pool.h"
 
 namespace fastsoftmax {
@@ -80,6 +81,12 @@ Pooling parse_pooling(const std::string& name) {
   if (name == "sum") return Pooling::kSum;
   if (name == "sqrtn") return Pooling::kSqrtN;
   throw_invalid("pooling: expected one of 'mean', 'sum', 'sqrtn', got '", name, "'");
+}
+
+void fill_uniform(RowMatrixXf& m, float a, std::uint64_t seed, std::uint64_t stream) {
+  Rng rng(seed, stream);
+  float* p = m.data();
+  for (index_t i = 0; i < m.size(); ++i) p[i] = a * (2.0f * rng.uniform_float() - 1.0f);
 }
 
 void advise_huge_pages(void* data, std::size_t bytes) {

@@ -47,6 +47,9 @@ class BagGradient;
 /// read and updated at random, and 4 KiB pages would make nearly every row a TLB miss.
 void allocate_zeroed(RowMatrixXf& m, index_t rows, index_t cols);
 
+/// m[i] = a * (2u - 1) with u uniform in [0, 1) from Rng(seed, stream), in storage order.
+void fill_uniform(RowMatrixXf& m, float a, std::uint64_t seed, std::uint64_t stream);
+
 /// Advises transparent huge pages for the whole 2 MiB pages inside [data, data + bytes) (a hint,
 /// effective for pages not yet touched; nothing happens on other systems or for small buffers).
 void advise_huge_pages(void* data, std::size_t bytes);

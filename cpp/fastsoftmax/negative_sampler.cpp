@@ -26,8 +26,6 @@ std::uint64_t row_stream(const SamplerBatch& batch, index_t b) {
   return kStreamRow0 + static_cast<std::uint64_t>(batch.row_keys ? batch.row_keys[b] : b);
 }
 
-index_t n_tasks(index_t n, index_t per_task) { return (n + per_task - 1) / per_task; }
-
 // Logits of the items `rows` (count x dim, row-major, ids for the bias) for all B queries into
 // out (B x count, leading dimension ld). Parallel over fixed row blocks of the queries.
 void score_block(const SamplerBatch& batch, const float* rows, const index_t* ids, index_t count,

@@ -168,7 +168,7 @@ double GravityLoss::forward_backward(const ConstMapRowMatrixXf& psi, const ItemP
   draw_gramian_rows(ctx, n);
   rows_.resize(m, d);
   for (index_t i = 0; i < m; ++i) {
-    rows_.row(i) = ConstMapRowMatrixXf(items.weights + ids_[i] * d, 1, d);
+    rows_.row(i) = ConstMapRowMatrixXf(items.row(ids_[i]), 1, d);
   }
   const RowMatrixXf gram_items = (rows_.transpose() * rows_) / static_cast<float>(m);
   const RowMatrixXf gram_queries = psi.transpose() * psi;

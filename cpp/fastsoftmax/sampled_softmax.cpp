@@ -14,8 +14,6 @@ constexpr float kNegInfF = -std::numeric_limits<float>::infinity();
 constexpr index_t kRowsPerTask = 24;  // a multiple of the AVX2 kernel's 6-row tile
 constexpr index_t kColsPerTask = 64;
 
-index_t n_tasks(index_t n, index_t per_task) { return (n + per_task - 1) / per_task; }
-
 using StridedMap = Eigen::Map<RowMatrixXf, 0, Eigen::OuterStride<>>;
 using ConstStridedMap = Eigen::Map<const RowMatrixXf, 0, Eigen::OuterStride<>>;
 
@@ -49,9 +47,12 @@ class SampledStep {
   void build_per_query_rows();
   void hand_over(RowGradient& rg);
 
+  // Row j of V.
+  const float* vrow(index_t j) const { return items_view_.row(j); }
+
   // Inputs.
   const float* psi_;
-  const float* items_;
+  ItemParamsView items_view_;
   const float* bias_;
   const index_t *indptr_, *indices_;
   const float* weights_;
@@ -73,7 +74,7 @@ SampledStep::SampledStep(const SampledBatch& batch, const NegativeDraws& draws,
                          float grad_scale, int num_threads, const SampledGradients& out,
                          SampledSoftmaxWorkspace& ws)
     : psi_(batch.psi),
-      items_(batch.items.weights),
+      items_view_(batch.items),
       bias_(batch.items.bias),
       indptr_(batch.targets.indptr),
       indices_(batch.targets.indices),
@@ -163,11 +164,11 @@ void SampledStep::gather_candidates() {
     const index_t i0 = task * kGatherRows, i1 = std::min(m, i0 + kGatherRows);
     for (index_t i = i0; i < i1; ++i) {
       if (i + kAhead < i1) {  // random rows of the item table: fetch them ahead
-        const float* ahead = items_ + draws_.ids[i + kAhead] * d;
+        const float* ahead = vrow(draws_.ids[i + kAhead]);
         for (index_t x = 0; x < d; x += 16) __builtin_prefetch(ahead + x);
       }
       const index_t j = draws_.ids[i];
-      std::copy_n(items_ + j * d, d, ws_.vs.data() + i * d);
+      std::copy_n(vrow(j), d, ws_.vs.data() + i * d);
       if (bias_ != nullptr) ws_.bs[i] = bias_[j];
     }
     if (fast_) {
@@ -205,7 +206,7 @@ double SampledStep::gravity_gramians() {
   if (!shared_) {
     ws_.grav_rows.resize(D, d);
     for (index_t i = 0; i < D; ++i) {
-      ws_.grav_rows.row(i) = ConstMapRowMatrixXf(items_ + draws_.ids[i] * d, 1, d);
+      ws_.grav_rows.row(i) = ConstMapRowMatrixXf(vrow(draws_.ids[i]), 1, d);
     }
   }
   const RowMatrixXf& Vs = shared_ ? ws_.vs : ws_.grav_rows;
@@ -241,7 +242,7 @@ void SampledStep::rows_pass() {
     const index_t b0 = task * kRowsPerTask, nb = std::min(kRowsPerTask, B_ - b0);
     // The chunk's positives are random rows of the item table: fetch them during the products.
     for (index_t k = indptr_[b0]; k < indptr_[b0 + nb]; ++k) {
-      const float* row = items_ + indices_[k] * d_;
+      const float* row = vrow(indices_[k]);
       for (index_t x = 0; x < d_; x += 16) __builtin_prefetch(row + x);
     }
     chunk_logits(b0, nb);
@@ -280,11 +281,11 @@ void SampledStep::chunk_logits(index_t b0, index_t nb) {
   const index_t t1 = (b0 + nb) * m;
   for (index_t t = b0 * m; t < t1; ++t) {
     if (t + kAhead < t1) {
-      const float* ahead = items_ + ids[t + kAhead] * d;
+      const float* ahead = vrow(ids[t + kAhead]);
       for (index_t x = 0; x < d; x += 16) __builtin_prefetch(ahead + x);
     }
     const index_t b = t / m;
-    ws_.z.data()[t] = dot(psi_ + b * d, items_ + ids[t] * d, d) + (bias_ ? bias_[ids[t]] : 0.0f);
+    ws_.z.data()[t] = dot(psi_ + b * d, vrow(ids[t]), d) + (bias_ ? bias_[ids[t]] : 0.0f);
   }
 }
 
@@ -335,7 +336,7 @@ void SampledStep::row_loss_and_gradient(index_t b, float* zrow, int slot) {
   float* pz = ws_.pos_z.data();
   for (index_t k = k0; k < k1; ++k) {
     const index_t j = indices_[k];
-    double z = dot(psi_ + b * d, items_ + j * d, d) + (bias_ ? bias_[j] : 0.0f);
+    double z = dot(psi_ + b * d, vrow(j), d) + (bias_ ? bias_[j] : 0.0f);
     if (correct_positives_) z -= std::log1p(std::exp(log_mb + pos_log_q_[k]));
     pz[k] = static_cast<float>(z);
   }
@@ -367,12 +368,12 @@ void SampledStep::row_loss_and_gradient(index_t b, float* zrow, int slot) {
   for (index_t k = k0; k < k1; ++k) {
     pz[k] = scale_ * static_cast<float>(mass * std::exp(static_cast<double>(pz[k]) - lse) -
                                         weights_[k]);
-    g += pz[k] * Eigen::Map<const Eigen::RowVectorXf>(items_ + indices_[k] * d, d);
+    g += pz[k] * Eigen::Map<const Eigen::RowVectorXf>(vrow(indices_[k]), d);
   }
   if (!shared_) {
     const index_t* ids = draws_.ids.data() + b * m;
     for (index_t i = 0; i < m; ++i) {
-      if (zrow[i] != 0.0f) g += zrow[i] * Eigen::Map<const Eigen::RowVectorXf>(items_ + ids[i] * d, d);
+      if (zrow[i] != 0.0f) g += zrow[i] * Eigen::Map<const Eigen::RowVectorXf>(vrow(ids[i]), d);
     }
   }
   if (grav_rows_) g += ws_.grav_dpsi.row(b);
@@ -562,7 +563,6 @@ double SampledSoftmax::forward_backward(const SampledBatch& batch, std::uint64_t
                                         const SampledGradients& out, const index_t* row_keys) {
   const index_t B = batch.targets.rows, d = batch.items.dim;
   const float* psi = batch.psi;
-  const float* items = batch.items.weights;
   const float* bias = batch.items.bias;
   const index_t* indptr = batch.targets.indptr;
   const index_t* indices = batch.targets.indices;
@@ -585,7 +585,7 @@ double SampledSoftmax::forward_backward(const SampledBatch& batch, std::uint64_t
           if (score) {
             const float bj = bias ? bias[j] : 0.0f;
             for (index_t r = 0; r < B; ++r) {
-              if (shared || r == b) z_col[r] = dot(psi + r * d, items + j * d, d) + bj;
+              if (shared || r == b) z_col[r] = dot(psi + r * d, batch.items.row(j), d) + bj;
             }
           }
           pos_log_q_[k] = static_cast<float>(sampler_.log_q(draws_, b, j, z_col.data()));

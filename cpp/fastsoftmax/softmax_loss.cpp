@@ -32,7 +32,7 @@ struct ItemPartition {
 
 // z_bj for one (row, item) pair, in double.
 inline double logit(const float* psi_b, const ItemParamsView& items, index_t j) {
-  const float* v = items.weights + j * items.dim;
+  const float* v = items.row(j);
   double z = 0.0;
   for (index_t c = 0; c < items.dim; ++c) z += static_cast<double>(psi_b[c]) * v[c];
   if (items.bias) z += items.bias[j];
@@ -427,7 +427,6 @@ double PositivesOnlyLoss::forward_backward(const ConstMapRowMatrixXf& psi,
   const index_t d = items.dim;
   const index_t nnz = targets.indptr[B];
   const bool backward = dpsi != nullptr;
-  const ConstMapV V(items.weights, items.n_items, d);
   dz_.resize(static_cast<std::size_t>(nnz));
   row_loss_.resize(static_cast<std::size_t>(B));
   // Per row: softmax over its positives; dz = scale * (m_b softmax - y); dpsi_b = sum_k dz_k V_jk.
@@ -455,7 +454,9 @@ double PositivesOnlyLoss::forward_backward(const ConstMapRowMatrixXf& psi,
       row_loss_[b] = l;
       if (backward) {
         dpsi->row(b).setZero();
-        for (index_t k = k0; k < k1; ++k) dpsi->row(b) += dz_[k] * V.row(targets.indices[k]);
+        for (index_t k = k0; k < k1; ++k) {
+          dpsi->row(b) += dz_[k] * ConstMapRowMatrixXf(items.row(targets.indices[k]), 1, d);
+        }
       }
     }
   });

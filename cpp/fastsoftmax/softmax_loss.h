@@ -55,11 +55,21 @@ struct TargetsView {
 void distinct_target_items(const TargetsView& targets, std::vector<index_t>* ids);
 
 /// Read-only view of the item side: V (n_items x dim, row-major) and an optional bias (n_items).
+/// A model whose V is computed (item tower, compressed table) may pass only the rows a loss's
+/// candidates() named, compactly: then row j of V is weights[slot[j] * dim ...] (slot is only
+/// meaningful at those items). Losses that read every row (candidates() false) always get the
+/// whole table (slot nullptr) and may read `weights` as n_items x dim.
 struct ItemParamsView {
   index_t n_items = 0;
   index_t dim = 0;
-  const float* weights = nullptr;  // V
-  const float* bias = nullptr;     // nullptr: no item bias
+  const float* weights = nullptr;     // V
+  const float* bias = nullptr;        // nullptr: no item bias (indexed by item id)
+  const std::int32_t* slot = nullptr;  // nullptr: row j of V is row j of weights
+
+  /// Row j of V (dim floats).
+  const float* row(index_t j) const {
+    return weights + (slot != nullptr ? static_cast<index_t>(slot[j]) : j) * dim;
+  }
 };
 
 class RowGradient;  // embedding.h

@@ -27,6 +27,9 @@ SoftmaxModel::SoftmaxModel(const SoftmaxModelConfig& config, std::unique_ptr<Los
   if (!(h.dropout >= 0.0f && h.dropout < 1.0f)) {
     throw_invalid("history_dropout: expected a number in [0, 1), got ", h.dropout);
   }
+  if (config_.item_tower && config_.item_buckets > 0) {
+    throw_invalid("item_embedding: a compressed item table is not available with item features");
+  }
   if (config_.item_tower) {
     if (config_.item_bias) {
       throw_invalid("item_bias: not available with item features (a new item would have none)");
@@ -39,7 +42,11 @@ SoftmaxModel::SoftmaxModel(const SoftmaxModelConfig& config, std::unique_ptr<Los
     item_tower_ = Tower(config_.item_features, config_.pooling, config_.item_hidden, config_.dim,
                         "item_features");
   } else {
-    items_ = Parameter(config_.n_items, config_.dim);
+    if (config_.item_buckets > 0) {
+      qr_ = QrItemTable(config_.n_items, config_.dim, config_.item_buckets, config_.item_dedicated);
+    } else {
+      items_ = Parameter(config_.n_items, config_.dim);
+    }
     if (config_.item_bias) item_bias_ = Parameter(config_.n_items, 1);
   }
   // Initialisation (tower.h); the item table uniform with standard deviation 1 / sqrt(dim).
@@ -47,13 +54,11 @@ SoftmaxModel::SoftmaxModel(const SoftmaxModelConfig& config, std::unique_ptr<Los
   query_.initialize(config_.seed, stream);
   if (config_.item_tower) {
     item_tower_.initialize(config_.seed, stream);
+  } else if (config_.item_buckets > 0) {
+    qr_.initialize(config_.seed, stream);
   } else {
-    Rng rng(config_.seed, stream++);
-    const float a = static_cast<float>(std::sqrt(3.0 / config_.dim));
-    float* p = items_.value.data();
-    for (index_t i = 0; i < items_.value.size(); ++i) {
-      p[i] = a * (2.0f * rng.uniform_float() - 1.0f);
-    }
+    fill_uniform(items_.value, static_cast<float>(std::sqrt(3.0 / config_.dim)), config_.seed,
+                 stream++);
   }
   reset_optimizer_state();
 }
@@ -69,7 +74,11 @@ std::vector<std::pair<std::string, Parameter*>> SoftmaxModel::parameters() {
     item_tower_.parameters("item_tower.", out);
     if (config_.item_id_embedding) out.emplace_back("item_id_embeddings", &items_);
   } else {
-    out.emplace_back("item_embeddings", &items_);
+    if (config_.item_buckets > 0) {
+      qr_.parameters(out);
+    } else {
+      out.emplace_back("item_embeddings", &items_);
+    }
     if (config_.item_bias) out.emplace_back("item_bias", &item_bias_);
   }
   return out;
@@ -140,7 +149,7 @@ void SoftmaxModel::check_targets(const TargetsView& t, index_t expected_rows) co
 
 void SoftmaxModel::prepare_loss(const TargetsView& targets) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (config_.item_tower) {
+  if (computed_items()) {
     // Losses that build proposals from the targets do not read V in prepare().
     loss_->prepare(targets, ItemParamsView{config_.n_items, config_.dim, nullptr, nullptr});
   } else {
@@ -194,11 +203,8 @@ ItemParamsView SoftmaxModel::item_view(const TargetsView& targets, const LossCon
                                        const float* psi, const FeaturesView* items,
                                        bool for_backward, bool training) {
   const index_t n = config_.n_items, d = config_.dim;
-  if (!config_.item_tower) {
-    return ItemParamsView{n, d, items_.value.data(),
-                          config_.item_bias ? item_bias_.value.data() : nullptr};
-  }
-  const FeaturesView& x = require_items(items);
+  const float* bias = config_.item_bias ? item_bias_.value.data() : nullptr;
+  if (!computed_items()) return ItemParamsView{n, d, items_.value.data(), bias};
   tower_all_ = !loss_->candidates(targets, ctx, psi, &tower_rows_);
   if (tower_all_ && static_cast<index_t>(all_items_.size()) != n) {
     all_items_.resize(static_cast<std::size_t>(n));
@@ -206,20 +212,45 @@ ItemParamsView SoftmaxModel::item_view(const TargetsView& targets, const LossCon
   }
   const index_t* rows = tower_all_ ? all_items_.data() : tower_rows_.data();
   const index_t C = tower_all_ ? n : static_cast<index_t>(tower_rows_.size());
-  item_tower_.forward(x, rows, C, ctx.num_threads, for_backward);
-  draw_ids(rows, C, ctx.batch_index, training);
-  // V at the tower's rows: its output, plus the kept id embeddings.
-  if (item_values_.rows() != n || item_values_.cols() != d) allocate_zeroed(item_values_, n, d);
-  const float* out = item_tower_.output().data();
-  for (index_t c = 0; c < C; ++c) {
-    float* v = item_values_.data() + rows[c] * d;
-    std::copy_n(out + c * d, d, v);
-    if (id_kept_[static_cast<std::size_t>(c)]) {
-      const float* e = items_.value.data() + rows[c] * d;
-      for (index_t k = 0; k < d; ++k) v[k] += e[k];
-    }
+  item_values_.resize(static_cast<std::size_t>(C * d));
+  if (config_.item_tower) {
+    item_tower_.forward(require_items(items), rows, C, ctx.num_threads, for_backward);
+    draw_ids(rows, C, ctx.batch_index, training);
+    tower_values(rows, C);
+  } else {
+    qr_.materialize(rows, C, item_values_.data(), ctx.num_threads);
   }
-  return ItemParamsView{n, d, item_values_.data(), nullptr};
+  if (tower_all_) return ItemParamsView{n, d, item_values_.data(), bias};
+  if (static_cast<index_t>(item_slot_.size()) != n) item_slot_.assign(static_cast<std::size_t>(n), 0);
+  for (index_t c = 0; c < C; ++c) item_slot_[static_cast<std::size_t>(rows[c])] = static_cast<std::int32_t>(c);
+  return ItemParamsView{n, d, item_values_.data(), bias, item_slot_.data()};
+}
+
+void SoftmaxModel::tower_values(const index_t* rows, index_t C) {
+  // The tower's output, plus the kept id embeddings.
+  const index_t d = config_.dim;
+  const float* out = item_tower_.output().data();
+  std::copy_n(out, C * d, item_values_.data());
+  for (index_t c = 0; c < C; ++c) {
+    if (!id_kept_[static_cast<std::size_t>(c)]) continue;
+    float* v = item_values_.data() + c * d;
+    const float* e = items_.value.data() + rows[c] * d;
+    for (index_t k = 0; k < d; ++k) v[k] += e[k];
+  }
+}
+
+void SoftmaxModel::computed_items_backward(const FeaturesView& items, bool accumulate) {
+  if (config_.item_tower) {
+    item_tower_backward(items, accumulate);
+    return;
+  }
+  if (item_grad_.kind == ItemGradient::Kind::kDense) {
+    qr_.backward(all_items_.data(), config_.n_items, item_grad_.dense_weights.data(),
+                 config_.num_threads);
+  } else {
+    qr_.backward(item_grad_.rows.data(), static_cast<index_t>(item_grad_.rows.size()),
+                 item_grad_.sparse_weights.data(), config_.num_threads);
+  }
 }
 
 void SoftmaxModel::item_tower_backward(const FeaturesView& x, bool accumulate) {
@@ -234,10 +265,7 @@ void SoftmaxModel::item_tower_backward(const FeaturesView& x, bool accumulate) {
     std::fill_n(dout, C * d, 0.0f);
     for (std::size_t i = 0; i < item_grad_.rows.size(); ++i) {
       const index_t j = item_grad_.rows[i];
-      const index_t c = tower_all_ ? j
-                                   : static_cast<index_t>(std::lower_bound(tower_rows_.begin(),
-                                                                           tower_rows_.end(), j) -
-                                                          tower_rows_.begin());
+      const index_t c = tower_all_ ? j : item_slot_[static_cast<std::size_t>(j)];
       const float* g = item_grad_.sparse_weights.data() + static_cast<index_t>(i) * d;
       for (index_t e = 0; e < d; ++e) dout[c * d + e] += g[e];
     }
@@ -255,6 +283,25 @@ void SoftmaxModel::item_tower_backward(const FeaturesView& x, bool accumulate) {
   }
 }
 
+void SoftmaxModel::add_item_table_steps(const OptimizerConfig& opt) {
+  const bool dense = item_grad_.kind == ItemGradient::Kind::kDense;
+  const index_t k = static_cast<index_t>(item_grad_.rows.size());
+  if (config_.item_buckets > 0) {
+    qr_.add_steps(opt, update_jobs_);
+  } else if (dense) {
+    update_jobs_.push_back(items_.dense_step(item_grad_.dense_weights.data(), opt));
+  } else {
+    update_jobs_.push_back(
+        item_grad_.deferred != nullptr
+            ? items_.row_gradient_step(*item_grad_.deferred, opt)
+            : items_.rows_step(item_grad_.rows.data(), k, item_grad_.sparse_weights.data(), opt));
+  }
+  if (!config_.item_bias) return;
+  update_jobs_.push_back(dense ? item_bias_.dense_step(item_grad_.dense_bias.data(), opt)
+                               : item_bias_.rows_step(item_grad_.rows.data(), k,
+                                                      item_grad_.sparse_bias.data(), opt));
+}
+
 void SoftmaxModel::step(const OptimizerConfig& opt) {
   // Optimiser steps of every parameter in one parallel region: the bag tables' parts (each
   // collects its staged gradient first) and the item rows, then the smaller ones.
@@ -267,21 +314,8 @@ void SoftmaxModel::step(const OptimizerConfig& opt) {
                                               id_grad_.data(), opt));
     }
     item_tower_.add_dense_steps(opt, update_jobs_);
-  } else if (item_grad_.kind == ItemGradient::Kind::kDense) {
-    update_jobs_.push_back(items_.dense_step(item_grad_.dense_weights.data(), opt));
-    if (config_.item_bias) {
-      update_jobs_.push_back(item_bias_.dense_step(item_grad_.dense_bias.data(), opt));
-    }
   } else {
-    const index_t k = static_cast<index_t>(item_grad_.rows.size());
-    update_jobs_.push_back(
-        item_grad_.deferred != nullptr
-            ? items_.row_gradient_step(*item_grad_.deferred, opt)
-            : items_.rows_step(item_grad_.rows.data(), k, item_grad_.sparse_weights.data(), opt));
-    if (config_.item_bias) {
-      update_jobs_.push_back(
-          item_bias_.rows_step(item_grad_.rows.data(), k, item_grad_.sparse_bias.data(), opt));
-    }
+    add_item_table_steps(opt);
   }
   query_.add_dense_steps(opt, update_jobs_);
   run_update_jobs(update_jobs_, config_.num_threads);
@@ -352,7 +386,7 @@ double SoftmaxModel::fit_epoch(const FeaturesView& x, const TargetsView& targets
     LossContext ctx{config_.seed, static_cast<std::uint64_t>(epoch * n_batches + bi), threads,
                     1.0f / static_cast<float>(B)};
     // The item rows' step sums each row as it steps it; the item tower needs the rows summed.
-    ctx.defer_item_rows = !config_.item_tower;
+    ctx.defer_item_rows = !computed_items();
     ctx.training = true;
     ctx.rows = rows;
     const ConstMapRowMatrixXf psi(query_.output().data(), B, config_.dim);
@@ -361,7 +395,7 @@ double SoftmaxModel::fit_epoch(const FeaturesView& x, const TargetsView& targets
     item_grad_.deferred = nullptr;
     total += loss_->forward_backward(psi, iv, tv, ctx, &dpsi, &item_grad_);
     query_.backward(xh, rows, B, threads, false, positions_.data());  // written over dW / db
-    if (config_.item_tower) item_tower_backward(item_x, false);
+    if (computed_items()) computed_items_backward(item_x, false);
     step(config_.optimizer);
     ++steps_;
   }
@@ -386,6 +420,23 @@ void SoftmaxModel::query_embeddings(const FeaturesView& x, float* out) {
   embed_rows(query_, x, out);
 }
 
+void SoftmaxModel::item_rows(index_t begin, index_t end, float* out) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (config_.item_buckets <= 0) throw_invalid("item_rows: the model has no compressed item table");
+  if (begin < 0 || end < begin || end > config_.n_items) {
+    throw_out_of_range("item_rows: expected 0 <= begin <= end <= n_items = ", config_.n_items,
+                       ", got [", begin, ", ", end, ")");
+  }
+  constexpr index_t kBlock = 4096;
+  std::vector<index_t> rows(static_cast<std::size_t>(std::min(kBlock, end - begin)));
+  for (index_t j0 = begin; j0 < end; j0 += kBlock) {
+    check_interrupt();
+    const index_t C = std::min(kBlock, end - j0);
+    std::iota(rows.begin(), rows.begin() + C, j0);
+    qr_.materialize(rows.data(), C, out + (j0 - begin) * config_.dim, config_.num_threads);
+  }
+}
+
 void SoftmaxModel::item_embeddings(const FeaturesView& items, float* out, bool own_ids) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (!config_.item_tower) throw_invalid("item_features: the model has no item tower");
@@ -408,18 +459,26 @@ void SoftmaxModel::add_item_gradients(std::vector<RowMatrixXf>& gradients, std::
     }
     return;
   }
-  RowMatrixXf& gv = gradients[g];
-  if (item_grad_.kind == ItemGradient::Kind::kDense) {
-    gv += item_grad_.dense_weights;
-    if (config_.item_bias) {
-      gradients[g + 1] +=
-          Eigen::Map<const Eigen::VectorXf>(item_grad_.dense_bias.data(), config_.n_items);
+  const bool dense = item_grad_.kind == ItemGradient::Kind::kDense;
+  std::size_t g_bias = g + 1;
+  if (config_.item_buckets > 0) {
+    qr_.add_gradients(gradients, g, config_.num_threads);
+    g_bias = g + (config_.item_dedicated.empty() ? 2 : 3);
+  } else if (dense) {
+    gradients[g] += item_grad_.dense_weights;
+  } else {
+    for (std::size_t i = 0; i < item_grad_.rows.size(); ++i) {
+      gradients[g].row(item_grad_.rows[i]) += item_grad_.sparse_weights.row(static_cast<index_t>(i));
     }
+  }
+  if (!config_.item_bias) return;
+  if (dense) {
+    gradients[g_bias] +=
+        Eigen::Map<const Eigen::VectorXf>(item_grad_.dense_bias.data(), config_.n_items);
     return;
   }
   for (std::size_t i = 0; i < item_grad_.rows.size(); ++i) {
-    gv.row(item_grad_.rows[i]) += item_grad_.sparse_weights.row(static_cast<index_t>(i));
-    if (config_.item_bias) gradients[g + 1](item_grad_.rows[i], 0) += item_grad_.sparse_bias[i];
+    gradients[g_bias](item_grad_.rows[i], 0) += item_grad_.sparse_bias[i];
   }
 }
 
@@ -463,7 +522,7 @@ double SoftmaxModel::evaluate(const FeaturesView& x, const TargetsView& targets,
     total += loss_->forward_backward(psi, iv, tv, ctx, &dpsi, &item_grad_);
     query_.backward(x, rows.data(), B, config_.num_threads, true);  // MLP gradients accumulate
     query_.add_table_gradients(*gradients, 0, config_.num_threads);
-    if (config_.item_tower) item_tower_backward(item_x, true);
+    if (computed_items()) computed_items_backward(item_x, true);
     add_item_gradients(*gradients, item_first);
   }
   if (gradients) {

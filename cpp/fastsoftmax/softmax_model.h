@@ -2,14 +2,17 @@
 // The softmax DNN and its training loop.
 //
 // Query tower (tower.h): query features -> psi(x) (dim). Items: a table V (n_items x dim) with an
-// optional item bias, or an item tower over item features (V_j = tower(features of item j);
+// optional item bias; a compressed table (qr_table.h: quotient-remainder or hybrid, with an
+// optional item bias); or an item tower over item features (V_j = tower(features of item j);
 // new items get embeddings from their features without retraining). A Loss (softmax_loss.h) turns
 // psi, V and the batch targets into the loss and gradients; the model back-propagates through the
 // towers and applies the optimiser: dense for the MLPs, row-sparse and lazy for the embedding
 // tables, dense or row-sparse for the item table depending on the loss. With an item tower, each
 // step computes V only for the items the loss reads (Loss::candidates: a sampled loss's
 // positives and negatives), or for all items (full softmax, hard negatives), and back-propagates
-// the item gradient through the item tower.
+// the item gradient through the item tower. A compressed table does the same: only the rows the
+// loss reads are computed (a compact candidate table, ItemParamsView::slot), and their gradient
+// reaches only the touched rows of its factors.
 //
 // Determinism: epoch e visits the rows in the permutation drawn from Rng(seed, kShuffleStream + e);
 // batch i of the whole run has LossContext::batch_index = e * batches_per_epoch + i; all parallel
@@ -29,6 +32,7 @@
 #include "fastsoftmax/common.h"
 #include "fastsoftmax/embedding.h"
 #include "fastsoftmax/history.h"
+#include "fastsoftmax/qr_table.h"
 #include "fastsoftmax/softmax_loss.h"
 #include "fastsoftmax/tower.h"
 
@@ -52,6 +56,10 @@ struct SoftmaxModelConfig {
   // item has, also learn to place items.
   bool item_id_embedding = false;
   float item_id_dropout = 0.0f;
+  // A compressed item table instead of V when item_buckets > 0 (qr_table.h): quotient-remainder
+  // with item_buckets rows of R; item_dedicated: sorted ids with rows of their own (hybrid).
+  index_t item_buckets = 0;
+  std::vector<index_t> item_dedicated;
   OptimizerConfig optimizer;
   index_t batch_size = 256;
   std::uint64_t seed = 0;
@@ -92,6 +100,8 @@ class SoftmaxModel {
 
   /// psi for every row into out (rows x dim).
   void query_embeddings(const FeaturesView& features, float* out);
+  /// Rows [begin, end) of a compressed item table's V into out ((end - begin) x dim).
+  void item_rows(index_t begin, index_t end, float* out);
   /// The item tower's embedding of every row of `items` into out (rows x dim). `own_ids`: the
   /// rows are the n_items training items, with their id embeddings; otherwise they are items
   /// without one (new items).
@@ -105,7 +115,8 @@ class SoftmaxModel {
 
   /// The trainable parameters in a fixed order with their names: the query tower's
   /// (mlp.<l>.weight, mlp.<l>.bias, categorical.<name>, bags.<name>), then item_embeddings and
-  /// item_bias, or the item tower's (item_tower.mlp.<l>.weight, ...).
+  /// item_bias (a compressed table: item_qr.quotient, item_qr.remainder[, item_qr.dedicated]
+  /// instead of item_embeddings), or the item tower's (item_tower.mlp.<l>.weight, ...).
   std::vector<std::pair<std::string, Parameter*>> parameters();
 
   /// Calls the loss's prepare() with these (raw) targets and the current item table; fit calls it
@@ -118,14 +129,22 @@ class SoftmaxModel {
   void reset_optimizer_state();
 
  private:
-  // The items' parameters as the loss sees them. With an item tower: runs the tower over the
-  // items the loss will read (all of them, or its candidates) into item_values_ (the tower's
-  // rows tower_rows_) and returns a view of them.
+  // V is computed from other parameters (item tower or compressed table).
+  bool computed_items() const { return config_.item_tower || config_.item_buckets > 0; }
+  // The items' parameters as the loss sees them. With computed items: computes V at the items
+  // the loss will read (all of them, or its candidates tower_rows_) into item_values_ (compact,
+  // through item_slot_, when only candidates) and returns a view of them.
   // `training`: with id-dropout.
   ItemParamsView item_view(const TargetsView& targets, const LossContext& ctx, const float* psi,
                            const FeaturesView* items, bool for_backward, bool training);
-  // Back-propagates the loss's item gradient through the item tower (after item_view).
+  // The item tower's rows of V (after item_tower_.forward) into item_values_.
+  void tower_values(const index_t* rows, index_t C);
+  // Back-propagates the loss's item gradient into the parameters V is computed from (after
+  // item_view).
+  void computed_items_backward(const FeaturesView& items, bool accumulate);
   void item_tower_backward(const FeaturesView& items, bool accumulate);
+  // The optimiser jobs of the item table (plain or compressed) and bias.
+  void add_item_table_steps(const OptimizerConfig& opt);
   const FeaturesView& require_items(const FeaturesView* items) const;
   // id_kept_ for the tower's rows of a batch: whether each item's id embedding takes part
   // (training: dropped with probability item_id_dropout, from a hash of (seed, batch, item)).
@@ -145,6 +164,7 @@ class SoftmaxModel {
   Tower query_;
   Tower item_tower_;     // with config_.item_tower
   Parameter items_;      // n_items x dim: V, or with an item tower the id embeddings E (or empty)
+  QrItemTable qr_;       // with config_.item_buckets > 0 (items_ empty then)
   Parameter item_bias_;  // n_items x 1 (empty without bias)
   std::int64_t steps_ = 0;
 
@@ -156,14 +176,16 @@ class SoftmaxModel {
   std::vector<float> batch_weights_;
   HistoryCorruption history_;
   std::vector<index_t> positions_;  // 0, 1, 2, ...: the rows of a by-position bag
-  // Item tower: the items of the last item_view (sorted; all items when the loss reads all) and
-  // V at those rows (item_values_, n_items x dim; only those rows are current).
+  // Computed items: the items of the last item_view (sorted; all items when the loss reads all),
+  // V at those rows (item_values_, C x dim in that order) and each one's row there (item_slot_,
+  // n_items entries, only meaningful at those items).
   std::vector<index_t> tower_rows_, all_items_;
+  std::vector<float> item_values_;
+  std::vector<std::int32_t> item_slot_;
   std::vector<std::uint8_t> id_kept_;  // per tower row: E_j added (id embedding, not dropped)
   std::vector<index_t> id_rows_;       // the kept rows' item ids, and their gradient (backward)
   RowMatrixXf id_grad_;
   bool tower_all_ = false;
-  RowMatrixXf item_values_;
 };
 
 }  // namespace fastsoftmax

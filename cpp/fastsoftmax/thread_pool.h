@@ -27,6 +27,11 @@ using TaskFn = std::function<void(std::int64_t task, int slot)>;
 /// resolve_num_threads). Runs inline on the caller when one thread or one task suffices.
 void parallel_for(std::int64_t n_tasks, int num_threads, const TaskFn& fn);
 
+/// Tasks of per_task items each that cover n items (the last one may be short).
+inline std::int64_t n_tasks(std::int64_t n, std::int64_t per_task) {
+  return (n + per_task - 1) / per_task;
+}
+
 /// Number of threads parallel_for would use for these arguments (an upper bound on `slot` + 1).
 int threads_for(std::int64_t n_tasks, int num_threads);
 

@@ -10,13 +10,6 @@
 namespace fastsoftmax {
 namespace {
 
-// Uniform(-a, a) fill from one random stream.
-void fill_uniform(RowMatrixXf& m, float a, std::uint64_t seed, std::uint64_t stream) {
-  Rng rng(seed, stream);
-  float* p = m.data();
-  for (index_t i = 0; i < m.size(); ++i) p[i] = a * (2.0f * rng.uniform_float() - 1.0f);
-}
-
 // Whether every id is in [0, bound) and every weight (if any) finite: one pass without early
 // exits, which the compiler vectorises (the loop with its throws is not); callers search for the
 // offending entry only when false.

@@ -39,6 +39,7 @@ _OPTIMIZERS = ("sgd", "adagrad", "adam")
 _POOLINGS = ("mean", "sum", "sqrtn")
 _HISTORY_TARGETS = ("all", "dropped")
 _ROW_WEIGHTINGS = ("targets", "uniform")
+_ITEM_EMBEDDINGS = ("table", "qr", "hybrid")
 _MODEL_TYPE = "SoftmaxModel"
 
 
@@ -49,6 +50,28 @@ def _csr_arrays(m: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         np.ascontiguousarray(m.indices, dtype=np.int64),
         np.ascontiguousarray(m.data, dtype=np.float32),
     )
+
+
+def _compressed_size(
+    value: object, name: str, applies: bool, needs: str, minimum: int, maximum: int
+) -> int | None:
+    """A size option of the compressed item tables: None, or an int in [minimum, maximum] when
+    the chosen item_embedding uses it."""
+    if value is None:
+        return None
+    if not applies:
+        raise ValueError(f"{name}: only used with {needs}")
+    value = check_int(value, name, minimum=minimum)
+    if value > maximum:
+        raise ValueError(f"{name}: expected an integer in [{minimum}, {maximum}] (n_items), got {value}")
+    return value
+
+
+def _most_frequent(target_items: np.ndarray, n_items: int, k: int) -> np.ndarray:
+    """The k items with the most target entries (ties: smaller id first), sorted by id."""
+    counts = np.bincount(target_items, minlength=n_items)
+    top = np.argsort(-counts, kind="stable")[:k]
+    return np.sort(top).astype(np.int64)
 
 
 def _named(value: object, name: str, prefix: str) -> dict[str, Any]:
@@ -400,6 +423,23 @@ class SoftmaxModel(Estimator):
     item_id_dropout : float, default 0.25
         Probability p in [0, 1) that a training step leaves out an item's E_j (drawn per step
         and item), so that the features alone also learn to place items: all a new item has.
+    item_embedding : {"table", "qr", "hybrid"}, default "table"
+        How V is stored (without item features). ``"table"``: one row per item, n_items x dim.
+        ``"qr"``: quotient-remainder compositional embeddings (Shi et al. 2020),
+        ``V_j = Q[j // b] * R[j % b]`` element-wise with Q (ceil(n_items / b) x dim) and R
+        (b x dim): ``(n_items / b + b) * dim`` parameters, and no two items share both rows, so
+        every item stays distinct. ``"hybrid"`` (Zhang et al. 2020): the ``item_dedicated``
+        items most frequent in the first fit's targets keep a row of their own (the parameter
+        ``item_qr.dedicated``), the others use QR. Every loss and sampler works with them; each
+        step computes V only at the items the loss reads (all of them for ``loss="full"`` and the
+        score sampler) and updates only the touched rows of Q, R and the dedicated table.
+        :attr:`item_embeddings` materialises V; :meth:`recommend` scores it block by block.
+    item_buckets : int, optional
+        b, the rows of R, in [1, n_items]; default ``ceil(sqrt(n_items))`` (the most compression:
+        about ``sqrt(n_items) / 2`` times fewer parameters than the table).
+    item_dedicated : int, optional
+        ``"hybrid"``: the number of items with a row of their own, in [0, n_items]; default
+        ``n_items // 10``.
 
     Attributes
     ----------
@@ -429,7 +469,7 @@ class SoftmaxModel(Estimator):
     needs_query_features = True
     _fitted_state = (
         "_impl", "_schema", "_item_schema", "_item_features", "_added_items", "_epoch",
-        "training_log", "best_epoch",
+        "training_log", "best_epoch", "_dedicated",
     )  # fmt: skip
 
     # The sampled-softmax options, read-only attributes (change them with set_params). The
@@ -488,6 +528,9 @@ class SoftmaxModel(Estimator):
         item_hidden: Sequence[int] = (),
         item_id_embedding: bool = True,
         item_id_dropout: float = 0.25,
+        item_embedding: str = "table",
+        item_buckets: int | None = None,
+        item_dedicated: int | None = None,
     ) -> None:
         self.n_items = check_int(n_items, "n_items", minimum=1)
         self.hidden = _layer_sizes(hidden, "hidden")
@@ -501,6 +544,15 @@ class SoftmaxModel(Estimator):
             item_id_dropout, "item_id_dropout", minimum=0, maximum=1, exclusive_maximum=True
         )
         self.dim = check_int(dim, "dim", minimum=1)
+        self.item_embedding = check_choice(item_embedding, "item_embedding", _ITEM_EMBEDDINGS)
+        self.item_buckets = _compressed_size(
+            item_buckets, "item_buckets", self.item_embedding in ("qr", "hybrid"),
+            "item_embedding='qr' or 'hybrid'", 1, self.n_items,
+        )  # fmt: skip
+        self.item_dedicated = _compressed_size(
+            item_dedicated, "item_dedicated", self.item_embedding == "hybrid",
+            "item_embedding='hybrid'", 0, self.n_items,
+        )  # fmt: skip
         if isinstance(embedding_dim, Mapping):
             self.embedding_dim: int | dict[str, int] = {
                 str(k): check_int(v, f"embedding_dim['{k}']", minimum=1)
@@ -581,7 +633,9 @@ class SoftmaxModel(Estimator):
         self._item_schema: dict[str, Any] | None = None
         self._item_features: QueryFeatures | None = None
         self._added_items = np.zeros((0, self.dim), np.float32)
-        self._item_cache: tuple[Any, np.ndarray] | None = None  # (key, item tower's V)
+        self._item_cache: tuple[Any, np.ndarray] | None = None  # (key, computed V)
+        # Hybrid item table: the items with a row of their own (sorted int64), from the first fit.
+        self._dedicated = np.zeros(0, np.int64)
         self._epoch = 0
         self.training_log: list[dict[str, float]] = []
         self.best_epoch: int | None = None
@@ -629,7 +683,12 @@ class SoftmaxModel(Estimator):
             "bag_dim": [self._feature_dim(k) for k in feats.bags],
         }
 
-    def _build(self, feats: QueryFeatures, item_features: QueryFeatures | None = None) -> None:
+    def _build(
+        self, feats: QueryFeatures, item_features: QueryFeatures | None = None,
+        target_items: np.ndarray | None = None,
+    ) -> None:  # fmt: skip
+        """Makes the C++ model for these features (target_items: the item of every target entry,
+        for the hybrid table's most frequent items)."""
         self._check_hash_names(feats, item_features)
         feats = self._hashed(feats, "feats")
         if item_features is not None:
@@ -646,7 +705,16 @@ class SoftmaxModel(Estimator):
                 raise ValueError(
                     "item_bias: not available with item_features (a new item would have none)"
                 )
+            if self.item_embedding != "table":
+                raise ValueError(
+                    f"item_embedding: {self.item_embedding!r} is not available with "
+                    "item_features (the item tower computes V)"
+                )
             item_schema = self._feature_schema(item_features, "item_features")
+        self._dedicated = np.zeros(0, np.int64)
+        if self.item_embedding == "hybrid":
+            items = np.zeros(0, np.int64) if target_items is None else target_items
+            self._dedicated = _most_frequent(items, self.n_items, self._dedicated_count())
         self._impl = self._make_impl(schema, item_schema)
         self._schema = schema
         self._item_schema = item_schema
@@ -676,7 +744,17 @@ class SoftmaxModel(Estimator):
             item_hidden=list(self.item_hidden),
             item_id_embedding=self.item_id_embedding,
             item_id_dropout=self.item_id_dropout,
+            item_buckets=self._bucket_count() if self.item_embedding != "table" else 0,
+            item_dedicated=self._dedicated,
         )
+
+    def _bucket_count(self) -> int:
+        if self.item_buckets is not None:
+            return self.item_buckets
+        return max(1, min(self.n_items, math.isqrt(self.n_items - 1) + 1))
+
+    def _dedicated_count(self) -> int:
+        return self.n_items // 10 if self.item_dedicated is None else self.item_dedicated
 
     def _require_built(self) -> None:
         if self._impl is None:
@@ -968,8 +1046,8 @@ class SoftmaxModel(Estimator):
                 )
         if self._impl is None:
             # Check the targets before building (their errors should not depend on build order).
-            _targets_arrays(targets, feats.n_rows, self.n_items, "uniform", sample_weight)
-            self._build(feats, item_features)
+            arrays = _targets_arrays(targets, feats.n_rows, self.n_items, "uniform", sample_weight)
+            self._build(feats, item_features, arrays[1])
         elif item_features is not None and self._item_schema is None:
             raise ValueError(
                 "item_features: the model was fitted without item features (fit afresh to "
@@ -1090,10 +1168,16 @@ class SoftmaxModel(Estimator):
         With an item tower: the tower's embeddings of the training items, followed by those of
         the items added with :meth:`add_items` (shape (n_items + added, dim)), computed from the
         parameters and kept until the next training step, :meth:`add_items` or access to
-        :attr:`parameters` (whose views may be written).
+        :attr:`parameters` (whose views may be written). A compressed table (``item_embedding``
+        "qr" / "hybrid") is materialised here the same way.
         """
         self._require_built()
-        if self._item_schema is not None:
+        if self.item_embedding != "table" and self._item_schema is None:
+            key = (id(self._impl), self._impl.steps)
+            if self._item_cache is None or self._item_cache[0] != key:
+                self._item_cache = (key, self._impl.item_rows(0, self.n_items))
+            v = self._item_cache[1].view()
+        elif self._item_schema is not None:
             # Cached until the next training step, add_items, or access to `parameters`.
             key = (id(self._impl), self._impl.steps, len(self._added_items))
             if self._item_cache is None or self._item_cache[0] != key:
@@ -1202,9 +1286,44 @@ class SoftmaxModel(Estimator):
             exclude = seen if exclude is None else exclusion_union(seen, exclude)
         return self._top_items(psi, k, self._widen_exclude(exclude), index)
 
+    def _top_items(
+        self, queries: np.ndarray, k: int, exclude: Any, index: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k: a compressed item table not materialised yet is scored block by block
+        (memory O(block * dim), not O(n_items * dim)); otherwise as Estimator."""
+        materialised = self._item_cache is not None and self._item_cache[0] == (
+            id(self._impl), self._impl.steps
+        )
+        if self.item_embedding == "table" or index is not None or materialised:
+            return super()._top_items(queries, k, exclude, index)
+        from .retrieval import topk
+
+        q = self._serving_queries(queries)
+        if exclude is not None:
+            exclude = as_csr(exclude, "exclude", dtype=None, shape=(len(q), self.n_items),
+                             canonical=False)  # fmt: skip
+        best_ids = np.full((len(q), 0), -1, np.int64)
+        best_scores = np.full((len(q), 0), -np.inf, np.float32)
+        for j0 in range(0, self.n_items, _SCORE_BLOCK):
+            j1 = min(self.n_items, j0 + _SCORE_BLOCK)
+            part = None if exclude is None else exclude[:, j0:j1]
+            ids, scores = topk(q, self._serving_items(np.arange(j0, j1)), min(k, j1 - j0),
+                               exclude=part, num_threads=self.num_threads)  # fmt: skip
+            ids = np.where(ids >= 0, ids + j0, -1)
+            best_ids, best_scores = _merge_top(best_ids, best_scores, ids, scores, k)
+        return best_ids, best_scores
+
     # psi . V_j + b_j == [psi, 1] . [V_j, b_j]: with an item bias, one more column on each side.
     def _serving_items(self, rows: np.ndarray | None = None) -> np.ndarray:
-        items = super()._serving_items(rows)
+        if self.item_embedding != "table" and rows is not None and len(rows):
+            # Contiguous blocks (the blocked top-k) without materialising the whole table.
+            j0, j1 = int(rows[0]), int(rows[-1]) + 1
+            if j1 - j0 == len(rows) and (np.diff(rows) == 1).all():
+                items = self._impl.item_rows(j0, j1)
+            else:
+                items = np.asarray(self.item_embeddings)[rows]
+        else:
+            items = super()._serving_items(rows)
         if not self.item_bias:
             return items
         bias = self._impl.parameters()["item_bias"]
@@ -1394,6 +1513,9 @@ class SoftmaxModel(Estimator):
             "item_hidden": self.item_hidden,
             "item_id_embedding": self.item_id_embedding,
             "item_id_dropout": self.item_id_dropout,
+            "item_embedding": self.item_embedding,
+            "item_buckets": self.item_buckets,
+            "item_dedicated": self.item_dedicated,
             **self._sampled.config(),
         }
 
@@ -1406,6 +1528,8 @@ class SoftmaxModel(Estimator):
         arrays = {"meta_json": np.array(json.dumps(meta))}
         for name, value in self._impl.parameters().items():
             arrays[f"param/{name}"] = value
+        if self.item_embedding == "hybrid":
+            arrays["layout/item_dedicated"] = self._dedicated
         if self._item_features is not None:
             arrays.update(_features_to_arrays(self._item_features, "items/"))
             arrays["added_items"] = self._added_items
@@ -1417,6 +1541,8 @@ class SoftmaxModel(Estimator):
         meta["config"].setdefault("row_weighting", "uniform")  # files from before the option
         model = cls(**meta["config"])
         item_schema = meta.get("item_schema")
+        if model.item_embedding == "hybrid":
+            model._dedicated = np.asarray(arrays["layout/item_dedicated"], dtype=np.int64)
         model._impl = model._make_impl(meta["schema"], item_schema)
         model._schema = meta["schema"]
         if item_schema is not None:
@@ -1479,6 +1605,28 @@ def _features_from_arrays(
             shape=shape,
         )
     return QueryFeatures(dense=dense, categorical=categorical or None, bags=bags or None)
+
+
+_SCORE_BLOCK = 1 << 16  # items per block of the blocked top-k of compressed tables
+
+
+def _merge_top(
+    ids_a: np.ndarray, scores_a: np.ndarray, ids_b: np.ndarray, scores_b: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of two top lists per row (score descending, ties by the lower id, padding
+    -1 / -inf last), padded to k columns."""
+    ids = np.hstack([ids_a, ids_b])
+    scores = np.hstack([scores_a, scores_b])
+    # Padding sorts after every real id with the same (-inf) score.
+    tie = np.where(ids < 0, np.iinfo(np.int64).max, ids)
+    order = np.lexsort((tie, -scores.astype(np.float64)), axis=-1)[:, :k]
+    ids = np.take_along_axis(ids, order, axis=1)
+    scores = np.take_along_axis(scores, order, axis=1)
+    if ids.shape[1] < k:
+        pad = k - ids.shape[1]
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+    return ids, scores
 
 
 def _parse_metric(metric: object) -> tuple[str, int]:

@@ -214,7 +214,8 @@ void bind_softmax_model(pyb::module_& m) {
                         float learning_rate, float l2, index_t batch_size, std::uint64_t seed,
                         int num_threads, const pyb::object& item_schema,
                         std::vector<index_t> item_hidden, bool item_id_embedding,
-                        float item_id_dropout) {
+                        float item_id_dropout, index_t item_buckets,
+                        std::vector<index_t> item_dedicated) {
              SoftmaxModelConfig c;
              c.n_items = n_items;
              c.dim = dim;
@@ -234,6 +235,8 @@ void bind_softmax_model(pyb::module_& m) {
                c.item_id_embedding = item_id_embedding;
                c.item_id_dropout = item_id_dropout;
              }
+             c.item_buckets = item_buckets;
+             c.item_dedicated = std::move(item_dedicated);
              c.optimizer.kind = parse_optimizer(optimizer);
              c.optimizer.learning_rate = learning_rate;
              c.optimizer.l2 = l2;
@@ -254,7 +257,8 @@ void bind_softmax_model(pyb::module_& m) {
            pyb::arg("loss_options"), pyb::arg("optimizer"), pyb::arg("learning_rate"),
            pyb::arg("l2"), pyb::arg("batch_size"), pyb::arg("seed"), pyb::arg("num_threads"),
            pyb::arg("item_schema") = pyb::none(), pyb::arg("item_hidden") = std::vector<index_t>{},
-           pyb::arg("item_id_embedding") = false, pyb::arg("item_id_dropout") = 0.0f)
+           pyb::arg("item_id_embedding") = false, pyb::arg("item_id_dropout") = 0.0f,
+           pyb::arg("item_buckets") = 0, pyb::arg("item_dedicated") = std::vector<index_t>{})
       .def(
           "data",
           [](SoftmaxModel& self, index_t rows, pyb::handle dense,
@@ -326,6 +330,23 @@ void bind_softmax_model(pyb::module_& m) {
           pyb::arg("items"), pyb::arg("own_ids"),
           "The item tower's embeddings of these items (from item_data); own_ids: they are the "
           "training items, with their id embeddings.")
+      .def(
+          "item_rows",
+          [](SoftmaxModel& self, index_t begin, index_t end) {
+            if (begin < 0 || end < begin || end > self.config().n_items) {
+              throw std::out_of_range("item_rows: expected 0 <= begin <= end <= n_items");
+            }
+            pyb::array_t<float> out({static_cast<pyb::ssize_t>(end - begin),
+                                     static_cast<pyb::ssize_t>(self.config().dim)});
+            float* p = out.mutable_data();
+            {
+              ReleaseGil release;
+              self.item_rows(begin, end, p);
+            }
+            return out;
+          },
+          pyb::arg("begin"), pyb::arg("end"),
+          "Rows [begin, end) of a compressed item table's V (float32, (end - begin) x dim).")
       .def(
           "evaluate",
           [](SoftmaxModel& self, const SoftmaxData& d, std::uint64_t seed, bool with_gradients,
