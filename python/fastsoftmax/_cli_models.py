@@ -34,11 +34,14 @@ def _load_data(args: argparse.Namespace) -> datasets.Dataset:
     path = Path(args.data)
     if not path.exists():
         raise _UserError(f"--data: no such file or folder: {path}")
-    if path.is_dir():
+    # By suffix: a Parquet file, or a folder named like one (as Spark writes data sets).
+    parquet = path.suffix.lower() in datasets.PARQUET_SUFFIXES
+    if path.is_dir() and not parquet:
         return datasets.load_movielens(path, min_rating=args.min_rating)
     if args.min_rating is not None and args.weight_col is None:
         raise _UserError("--min-rating: needs --weight-col (the column holding the ratings)")
-    ds = _read_csv(path, args.user_col, args.item_col, args.weight_col)
+    read = _read_parquet if parquet else _read_csv
+    ds = read(path, args.user_col, args.item_col, args.weight_col)
     if args.min_rating is not None:
         m = ds.interactions.copy()
         m.data = (m.data >= args.min_rating).astype(np.float32)
@@ -49,6 +52,18 @@ def _load_data(args: argparse.Namespace) -> datasets.Dataset:
             )
         ds = ds.replace(interactions=sp.csr_matrix(m))
     return ds
+
+
+def _read_parquet(path: Path, user_col: str, item_col: str,
+                  weight_col: str | None) -> datasets.Dataset:  # fmt: skip
+    """--data FILE.parquet / .pq (or a folder of them): datasets.load_parquet, batch by batch.
+    Ids keep the file's types (integer columns int64, string columns str)."""
+    try:
+        return datasets.load_parquet(path, user_col, item_col, weight_col)
+    except ImportError:
+        raise _UserError(
+            "--data: reading Parquet needs pyarrow: pip install 'fastsoftmax[data]'"
+        ) from None
 
 
 def _read_csv(path: Path, user_col: str, item_col: str, weight_col: str | None) -> datasets.Dataset:
@@ -352,10 +367,13 @@ def evaluate(args: argparse.Namespace) -> int:
     b = _Bundle(args.model)
     ds = _load_data(args)
     coo = ds.interactions.tocoo()
-    users = np.asarray(ds.query_ids).astype(str)[coo.row]
-    items = np.asarray(ds.item_ids).astype(str)[coo.col]
-    r = np.array([b.user_row.get(u, -1) for u in users], dtype=np.int64)
-    c = np.array([b.item_col.get(i, -1) for i in items], dtype=np.int64)
+    # The model's row / column of each distinct id (-1: unknown), then of every interaction: a
+    # dictionary look-up per user and item, not per interaction.
+    user_map = np.array([b.user_row.get(u, -1) for u in np.asarray(ds.query_ids).astype(str)],
+                        dtype=np.int64)  # fmt: skip
+    item_map = np.array([b.item_col.get(i, -1) for i in np.asarray(ds.item_ids).astype(str)],
+                        dtype=np.int64)  # fmt: skip
+    r, c = user_map[coo.row], item_map[coo.col]
     known = (r >= 0) & (c >= 0)
     if not known.any():
         raise _UserError("--data: no interaction matches the model's users and items")

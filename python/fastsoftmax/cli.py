@@ -128,10 +128,15 @@ def _layer_sizes(text: str) -> tuple[int, ...]:
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="PATH",
-                   help="a MovieLens folder (ml-100k or ml-latest layout) or a CSV file")  # fmt: skip
-    p.add_argument("--user-col", default="userId", help="CSV: user column (default userId)")
-    p.add_argument("--item-col", default="movieId", help="CSV: item column (default movieId)")
-    p.add_argument("--weight-col", default=None, help="CSV: weight column (default: all 1)")
+                   help="a MovieLens folder (ml-100k or ml-latest layout), a CSV file, or a "
+                   "Parquet file (.parquet / .pq, or a folder so named holding Parquet files; "
+                   "needs pyarrow)")  # fmt: skip
+    p.add_argument("--user-col", default="userId",
+                   help="CSV / Parquet: user column (default userId)")  # fmt: skip
+    p.add_argument("--item-col", default="movieId",
+                   help="CSV / Parquet: item column (default movieId)")  # fmt: skip
+    p.add_argument("--weight-col", default=None,
+                   help="CSV / Parquet: weight column (default: all 1)")  # fmt: skip
     p.add_argument("--min-rating", type=float, default=None,
                    help="binarise: keep interactions with rating >= this")  # fmt: skip
 
@@ -156,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=_non_negative_int, default=0, help="0 = all cores")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    train = sub.add_parser("train", help="train a model on MovieLens or a CSV file",
+    train = sub.add_parser("train", help="train a model on MovieLens, a CSV or a Parquet file",
                            description="Train WALS or the softmax DNN on real interactions and "
                            "save it; evaluates on a held-out split unless --no-eval.")  # fmt: skip
     _add_data_args(train)

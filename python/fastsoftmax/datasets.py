@@ -4,6 +4,8 @@
   category and queries interact (almost) only within their own category: the setting in which
   folding can be measured (:func:`fastsoftmax.metrics.folding_rate`).
 * :func:`load_movielens`, :func:`load_csv` -- real interaction files from a local folder.
+* :func:`load_parquet` -- interactions from a Parquet file or a folder of them, read in bounded
+  batches with pyarrow (optional: ``pip install 'fastsoftmax[data]'``), for data at scale.
 * :func:`from_dataframe` -- interactions from a pandas DataFrame or a pyarrow Table (both
   optional dependencies: ``pip install 'fastsoftmax[data]'``), keeping the original ids and,
   optionally, the time of every interaction.
@@ -43,6 +45,7 @@ __all__ = [
     "from_dataframe",
     "load_csv",
     "load_movielens",
+    "load_parquet",
     "make_categories",
     "temporal_split",
     "train_test_split",
@@ -390,6 +393,13 @@ def _take(universe: np.ndarray, index: np.typing.ArrayLike, what: str) -> np.nda
     return universe[idx]
 
 
+def _csr_index_dtype(nnz: int, n_cols: int) -> type:
+    """Index dtype of a CSR with ``nnz`` entries and ``n_cols`` columns: int32 while every offset
+    and column fits (as scipy would choose), int64 from 2**31 on (scipy keeps int64 arrays whose
+    values need it; the C++ core takes int64 either way)."""
+    return np.int32 if max(nnz, n_cols) < 2**31 else np.int64
+
+
 def _csr_from_pairs(
     rows: np.ndarray, cols: np.ndarray, weights: np.ndarray | None, shape: tuple[int, int]
 ) -> sp.csr_matrix:
@@ -522,7 +532,7 @@ def make_categories(
                 pos[sel] += sampler.sample(len(sel), seed=int(rng.integers(0, 2**63)))
         indptr = np.zeros(n_queries + 1, dtype=np.int64)
         np.cumsum(counts, out=indptr[1:])
-        idx_dtype = np.int32 if max(total, n_items) < 2**31 else np.int64
+        idx_dtype = _csr_index_dtype(total, n_items)
         out = sp.csr_matrix(
             (
                 np.ones(total, dtype=np.float32),
@@ -886,11 +896,12 @@ def _frame(df: object) -> _PandasFrame | _ArrowFrame:
     )
 
 
-def _reject_missing(missing: np.ndarray, arg: str, what: str) -> None:
+def _reject_missing(missing: np.ndarray, arg: str, what: str, offset: int = 0) -> None:
+    """ValueError if any value is missing; ``offset``: the row number of ``missing[0]``."""
     if missing.any():
         raise ValueError(
             f"{arg}: expected no missing {what}, found {int(missing.sum())} (NaN / None / null), "
-            f"the first in row {int(np.argmax(missing))}"
+            f"the first in row {offset + int(np.argmax(missing))}"
         )
 
 
@@ -959,9 +970,9 @@ def _aggregate(
         raise ValueError("weight_col: the summed weights overflow float32")
     keep = sums != 0
     first = order[starts[keep]]  # one input row of every stored pair, in CSR order
-    idx = np.int32 if max(len(first), shape[1]) < 2**31 else np.int64
+    idx = _csr_index_dtype(len(first), shape[1])
     indptr = np.zeros(shape[0] + 1, dtype=idx)
-    np.cumsum(np.bincount(rows[first], minlength=shape[0]), out=indptr[1:])
+    np.cumsum(np.bincount(rows[first], minlength=shape[0]), out=indptr[1:])  # int64 sums
     indices = cols[first].astype(idx)
     interactions = sp.csr_matrix((sums[keep].astype(np.float32), indices, indptr), shape=shape)
     if times is None:
@@ -1015,10 +1026,10 @@ class _PandasFrame:
 class _ArrowFrame:
     """The columns of a pyarrow.Table (or RecordBatch) as NumPy arrays, checked."""
 
-    def __init__(self, table: object) -> None:
+    def __init__(self, table: object, offset: int = 0) -> None:
         import pyarrow as pa
 
-        self.pa = pa
+        self.pa, self.offset = pa, offset  # offset: row number of the first row (in messages)
         self.table = table if isinstance(table, pa.Table) else pa.Table.from_batches([table])
         self.n_rows = self.table.num_rows
 
@@ -1028,7 +1039,7 @@ class _ArrowFrame:
     def _column(self, col: str, arg: str, what: str) -> object:
         c = self.table.column(col)
         if c.null_count:
-            _reject_missing(c.is_null().to_numpy(), arg, what)
+            _reject_missing(c.is_null().to_numpy(), arg, what, self.offset)
         return c
 
     def ids(self, col: str, arg: str) -> tuple[np.ndarray, np.ndarray]:
@@ -1036,11 +1047,8 @@ class _ArrowFrame:
         c = self._column(col, arg, "ids")
         if types.is_dictionary(c.type):
             c = c.cast(c.type.value_type)
-        t = c.type
-        view = getattr(types, "is_string_view", lambda _: False)  # pyarrow >= 16
-        text = types.is_string(t) or types.is_large_string(t) or view(t)
-        kind = "string" if text else "integer" if types.is_integer(t) else str(t)
-        _check_id_kind(kind, t, arg)
+        kind = _arrow_id_kind(types, c.type)
+        _check_id_kind(kind, c.type, arg)
         encoded = c.dictionary_encode().unify_dictionaries()
         codes = np.concatenate([chunk.indices.to_numpy() for chunk in encoded.chunks])
         uniques = encoded.chunk(0).dictionary.to_numpy(zero_copy_only=False)
@@ -1060,6 +1068,13 @@ class _ArrowFrame:
         c = self._column(col, arg, "times")
         c = c.cast(pa.timestamp("ns", getattr(t, "tz", None)))  # checked: overflow raises
         return c.cast(pa.int64()).to_numpy()
+
+
+def _arrow_id_kind(types: object, t: object) -> str:
+    """The kind of ids of pyarrow type ``t``: "string", "integer", else the type's name."""
+    view = getattr(types, "is_string_view", lambda _: False)  # pyarrow >= 16
+    text = types.is_string(t) or types.is_large_string(t) or view(t)
+    return "string" if text else "integer" if types.is_integer(t) else str(t)
 
 
 def _check_column(columns: list, col: object, arg: str) -> None:
@@ -1083,8 +1098,8 @@ ML100K_GENRES = [
 def _read_columns(
     path: Path, columns: list[int], *, delimiter: str, skip_header: bool, weight: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Read user ids, item ids (int64, or str if not integers) and optional float64 weights from
-    the given column positions of a delimited text file."""
+    """Read user ids, item ids (each column int64, or str if not all integers) and optional
+    float64 weights from the given column positions of a delimited text file."""
     names = ("user", "item", "weight")[: len(columns)]
     for id_type in ("i8", "U64"):
         dtype = [(names[0], id_type), (names[1], id_type)] + ([("weight", "f8")] if weight else [])
@@ -1104,8 +1119,20 @@ def _read_columns(
                 raise ValueError(f"path: cannot parse {path}: {err}") from None
             continue
         w = table["weight"].astype(np.float64) if weight else None
-        return table["user"], table["item"], w
+        # Read as text, a column of integers still becomes int64 (each column on its own, as
+        # from_dataframe and load_parquet type them).
+        return _integers_if_all(table["user"]), _integers_if_all(table["item"]), w
     raise AssertionError("unreachable")
+
+
+def _integers_if_all(ids: np.ndarray) -> np.ndarray:
+    """``ids`` as int64 if every one is an integer, else unchanged."""
+    if ids.dtype.kind in "iu":
+        return ids
+    try:
+        return ids.astype(np.int64)
+    except (ValueError, OverflowError):
+        return ids
 
 
 def _index(ids: np.ndarray, universe: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -1156,7 +1183,8 @@ def load_csv(
     Dataset
         ``interactions`` (float32 CSR, users x items; rows of the same (user, item) pair are
         summed), ``query_ids`` / ``item_ids``: the original ids of the rows / columns, sorted
-        (int64 when every id is an integer, else str). No features or groups.
+        (each int64 when every id of its column is an integer, else str). No features or groups.
+        :func:`load_parquet` reads the same from Parquet.
 
     Raises
     ------
@@ -1189,6 +1217,219 @@ def load_csv(
     item_ids, cols_ = _index(items)
     interactions = _csr_from_pairs(rows, cols_, weights, (len(query_ids), len(item_ids)))
     return Dataset(interactions=interactions, query_ids=query_ids, item_ids=item_ids, name=str(p))
+
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+_PARQUET_BATCH_ROWS = 1 << 20  # rows decoded at a time: bounds the memory of a reading step
+
+
+def load_parquet(
+    path: str | os.PathLike,
+    user_col: str | int,
+    item_col: str | int,
+    weight_col: str | int | None = None,
+    *,
+    timestamp_col: str | int | None = None,
+) -> Dataset:
+    """Load interactions (one ``user, item[, weight]`` row each) from Parquet, in bounded memory.
+
+    The file is read in batches of at most 2**20 rows (``ParquetFile.iter_batches``, row group
+    by row group), and only the requested columns. Each batch's ids become NumPy codes at once
+    (integers as int64, strings through pyarrow's dictionary encoding: no Python object per
+    row), so the peak memory is a few 8-byte arrays of length n_rows plus one batch. Gives the
+    :class:`Dataset` of :func:`from_dataframe` on the same table, and of :func:`load_csv` on the
+    same rows written as text (with weights >= 0 whose sums are not 0). Needs pyarrow
+    (``pip install 'fastsoftmax[data]'``).
+
+    Parameters
+    ----------
+    path : str or path-like
+        A Parquet file, or a folder: then every file under it whose name ends in ``.parquet``
+        or ``.pq`` (recursively, in path order; as Spark and pyarrow write data sets; partition
+        columns encoded in folder names are not read).
+    user_col, item_col : str or int
+        Column of the user (query) ids and of the item ids: a name, or a 0-based position in
+        the file's schema. Ids are integers (any width; int64 in the result, uint64 from 2**63
+        on) or strings (also dictionary-encoded), without nulls.
+    weight_col : str or int, optional
+        Column of the interaction weights: finite numbers >= 0. Without it every row weighs 1.
+    timestamp_col : str or int, optional
+        Column of the interaction times (integers, floats, pyarrow ``timestamp`` / ``date``),
+        kept for :func:`temporal_split` as in :func:`from_dataframe`.
+
+    Returns
+    -------
+    Dataset
+        * ``interactions``: canonical float32 CSR, shape (n_users, n_items); rows of the same
+          (user, item) pair are summed (without ``weight_col``: counted), pairs whose weights sum
+          to 0 are not stored. ``indptr`` / ``indices`` are int32 below 2**31 entries, int64
+          from there on.
+        * ``query_ids`` (= ``user_ids``) / ``item_ids``: the original ids of the rows / columns,
+          sorted, shape (n_users,) / (n_items,): int64 (or uint64) for integer ids, NumPy
+          ``str`` for string ids.
+        * ``timestamps`` (with ``timestamp_col``): as :func:`from_dataframe` returns them.
+
+    Raises
+    ------
+    ImportError
+        If pyarrow is not installed.
+    FileNotFoundError
+        If ``path`` does not exist.
+    TypeError
+        If an id column is neither integers nor strings (or integers in one file and strings in
+        another), or the weights / times are not numbers.
+    ValueError
+        If a column is missing (the message starts with the argument's name: ``user_col: ...``),
+        a value is null, a weight negative or not finite, a file is not Parquet, or there are no
+        rows (an empty file, a folder without Parquet files).
+    """
+    pq = _pyarrow_parquet()
+    files = _parquet_files(path)
+    cols = {"user_col": user_col, "item_col": item_col, "weight_col": weight_col,
+            "timestamp_col": timestamp_col}  # fmt: skip
+    cols = {arg: col for arg, col in cols.items() if col is not None}
+    plan = [(f, _parquet_columns(pq, f, cols)) for f in files]  # every schema checked first
+    users, items = _IdColumn("user_col"), _IdColumn("item_col")
+    weights: list[np.ndarray] = []
+    times: list[np.ndarray] = []
+    n_rows = 0
+    for f, names in plan:
+        with pq.ParquetFile(f) as reader:
+            wanted = sorted(set(names.values()))
+            for batch in reader.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=wanted):
+                users.add(batch.column(names["user_col"]), n_rows)
+                items.add(batch.column(names["item_col"]), n_rows)
+                frame = _ArrowFrame(batch, offset=n_rows)  # type and null checks of from_dataframe
+                if weight_col is not None:
+                    weights.append(frame.numbers(names["weight_col"], "weight_col"))
+                if timestamp_col is not None:
+                    times.append(frame.times(names["timestamp_col"], "timestamp_col"))
+                n_rows += batch.num_rows
+    if n_rows == 0:
+        raise ValueError(f"path: expected at least one interaction, {str(path)!r} has no rows")
+    rows, user_ids = users.codes()
+    cols_, item_ids = items.codes()
+    w = np.ones(n_rows)
+    if weights:
+        w = _checked_weights(np.concatenate(weights), "weight_col")
+    t = np.concatenate(times) if times else None
+    if t is not None and t.dtype.kind == "f":
+        check_finite(t, "timestamp_col")
+    interactions, timestamps = _aggregate(rows, cols_, w, t, (len(user_ids), len(item_ids)))
+    return Dataset(interactions=interactions, query_ids=user_ids, item_ids=item_ids,
+                   timestamps=timestamps, name=str(path))  # fmt: skip
+
+
+def _pyarrow_parquet() -> object:
+    """pyarrow.parquet, or an ImportError saying how to install it."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise ImportError(
+            f"load_parquet: reading Parquet files needs pyarrow ({_DATA_EXTRA})"
+        ) from e
+    return pq
+
+
+def _parquet_files(path: str | os.PathLike) -> list[Path]:
+    """The file ``path``, or the Parquet files under the folder ``path`` (sorted)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"path: {str(p)!r} does not exist")
+    if not p.is_dir():
+        return [p]
+    files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in PARQUET_SUFFIXES)
+    if not files:
+        raise ValueError(f"path: the folder {str(p)!r} holds no .parquet / .pq file")
+    return files
+
+
+def _parquet_columns(pq: object, file: Path, cols: dict[str, str | int]) -> dict[str, str]:
+    """The column name in ``file`` of each argument of ``cols`` (a name or a position)."""
+    try:
+        names = pq.read_schema(file).names
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise ValueError(f"path: cannot read {str(file)!r} as Parquet: {err}") from None
+    out = {}
+    for arg, col in cols.items():
+        if isinstance(col, str):
+            if col not in names:
+                raise ValueError(f"{arg}: no column {col!r} in {file.name}; it has {names}")
+            out[arg] = col
+        elif check_int(col, arg, minimum=0) < len(names):
+            out[arg] = names[col]
+        else:
+            raise ValueError(f"{arg}: no column at position {col} in {file.name}; it has {names}")
+    return out
+
+
+class _IdColumn:
+    """One id column read batch by batch, kept as each batch's dictionary (its distinct ids:
+    NumPy int64 / uint64 for integers, pyarrow large_string for strings) and the batch's int32
+    codes into it. Hashing, not sorting, per row; no Python object per row."""
+
+    def __init__(self, arg: str) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        self.pa, self.pc, self.arg = pa, pc, arg
+        self.kind: str | None = None
+        self.parts: list[np.ndarray] = []  # per batch: int32 codes into its dictionary
+        self.dictionaries: list[object] = []  # per batch: its distinct ids
+
+    def add(self, column: object, offset: int) -> None:
+        """Append a batch's ids (a pyarrow Array); ``offset``: its first row number."""
+        if column.null_count:
+            _reject_missing(column.is_null().to_numpy(zero_copy_only=False), self.arg, "ids",
+                            offset)  # fmt: skip
+        if self.pa.types.is_dictionary(column.type):  # unused dictionary entries are no ids
+            column = column.cast(column.type.value_type)
+        kind = _arrow_id_kind(self.pa.types, column.type)
+        _check_id_kind(kind, column.type, self.arg)
+        if self.kind not in (None, kind):
+            raise TypeError(f"{self.arg}: {self.kind} ids in one file, {kind} ids in another")
+        self.kind = kind
+        encoded = column.dictionary_encode()
+        self.parts.append(encoded.indices.to_numpy())
+        if kind == "integer":
+            ids = encoded.dictionary.to_numpy()
+            self.dictionaries.append(ids if ids.dtype == np.uint64 else ids.astype(np.int64))
+        else:
+            self.dictionaries.append(encoded.dictionary.cast(self.pa.large_string()))
+
+    def codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(int64 code of every row, sorted unique ids): as ``_sorted_codes`` of from_dataframe."""
+        parts, self.parts = self.parts, []  # freed as soon as converted
+        # Every dictionary entry's code among all distinct ids (the dictionaries together have
+        # at most one entry per row, usually far fewer), then every row's through its batch's.
+        if self.kind == "integer":
+            ids, where = np.unique(_concat_int_ids(self.dictionaries, self.arg),
+                                   return_inverse=True)  # fmt: skip
+            ids = _id_values(ids, "integer")
+        else:
+            dictionaries = self.pa.concat_arrays(self.dictionaries)
+            universe = self.pc.unique(dictionaries)
+            position = self.pc.index_in(dictionaries, value_set=universe).to_numpy()
+            ids, rank = np.unique(_id_values(universe.to_numpy(zero_copy_only=False), "string"),
+                                  return_inverse=True)  # fmt: skip
+            where = rank.reshape(-1)[position]
+        # ids sorted (as from_dataframe and load_csv give them); one look-up per row
+        where = where.reshape(-1).astype(np.int64, copy=False)
+        starts = np.cumsum([0] + [len(d) for d in self.dictionaries])
+        codes = np.concatenate([where[s + p] for s, p in zip(starts, parts, strict=False)])
+        return codes, ids
+
+
+def _concat_int_ids(parts: list[np.ndarray], arg: str) -> np.ndarray:
+    """The integer ids of all batches as one array: int64, or uint64 when some are >= 2**63
+    (uint64 columns)."""
+    if all(p.dtype == parts[0].dtype for p in parts):
+        return np.concatenate(parts)
+    big = any(p.dtype == np.uint64 and p.max(initial=0) >= 2**63 for p in parts)
+    negative = any(p.dtype == np.int64 and p.min(initial=0) < 0 for p in parts)
+    if big and negative:
+        raise TypeError(f"{arg}: ids mix negative integers and integers >= 2**63")
+    return np.concatenate([p.astype(np.uint64 if big else np.int64) for p in parts])
 
 
 def load_movielens(path: str | os.PathLike, *, min_rating: float | None = None) -> Dataset:
