@@ -259,6 +259,13 @@ def test_train_softmax_flags_reach_the_model(csv_data, tmp_path, capsys):
     assert m.row_weighting == "uniform"
     assert (m.loss_kind, m.learning_rate) == ("sampled", 0.2)
     assert m._config()["sampler"] == "popularity" and m._config()["num_negatives"] == 7
+    assert main(_train_args(csv_data, out, "--model", "softmax", "--item-embedding", "hybrid",
+                            "--item-buckets", "3", "--item-dedicated", "4", "--epochs", "1",
+                            "--history-buckets", "64")) == 0  # fmt: skip
+    m = fs.load(out)
+    assert m.hash_buckets == {"history": 64} and m.parameters["bags.history"].shape[0] == 64
+    assert (m.item_embedding, m.item_buckets, m.item_dedicated) == ("hybrid", 3, 4)
+    assert m.parameters["item_qr.dedicated"].shape == (4, m.dim)
     # Without flags: the model's own defaults (its recipe) with the history feature.
     assert main(_train_args(csv_data, out, "--model", "softmax", "--epochs", "1")) == 0
     d = fs.load(out)

@@ -141,3 +141,32 @@ def test_hashing_bad_input():
         model.fit(feats, targets, show_progress=False)
     with pytest.raises(TypeError, match="strings need hash_buckets"):
         fs.SoftmaxModel(40, epochs=0).fit(feats, targets, show_progress=False)
+
+
+def test_hashing_in_chunks_equals_one_pass(monkeypatch):
+    import fastsoftmax.hashing as hashing
+
+    ids = np.arange(-500, 1500, 7, dtype=np.int64) * 1_000_003
+    strings = np.array([f"user-{i}" for i in range(300)])
+    whole = hashing.hash_ids(ids, 977, seed=3, num_hashes=2)
+    whole_strings = hashing.hash_ids(strings, 50)
+    monkeypatch.setattr(hashing, "_CHUNK", 64)  # several chunks, the last one partial
+    np.testing.assert_array_equal(hashing.hash_ids(ids, 977, seed=3, num_hashes=2), whole)
+    np.testing.assert_array_equal(hashing.hash_ids(strings, 50), whole_strings)
+    with pytest.raises(TypeError, match="ids"):
+        hashing.hash_ids(np.zeros(0, np.float64), 5)
+
+
+def test_hashed_history_keeps_the_callers_arrays_and_rejects_dropped_targets():
+    x = sp.csr_matrix(np.array([[1, 0, 2, 0], [0, 3, 0, 1]], np.float32))
+    before = (x.data.copy(), x.indices.copy(), x.indptr.copy())
+    feats = fs.QueryFeatures(bags={"history": x})
+    model = fs.SoftmaxModel(4, history="history", hash_buckets={"history": 2}, epochs=1, dim=4,
+                            embedding_dim=4)  # fmt: skip
+    model.fit(feats, x, show_progress=False)
+    for a, b in zip(before, (x.data, x.indices, x.indptr), strict=True):
+        np.testing.assert_array_equal(a, b)
+    bad = fs.SoftmaxModel(4, history="history", history_target="dropped",
+                          hash_buckets={"history": 2})  # fmt: skip
+    with pytest.raises(ValueError, match="history_target"):
+        bad.fit(feats, x, show_progress=False)

@@ -122,7 +122,7 @@ SOFTMAX_GRID: dict[str, list[Any]] = {"history_dropout": [0.5, 0.75, 0.9],
 TUNE_PATIENCE = 20
 _SOFTMAX_FLAGS = ("dim", "hidden", "embedding_dim", "loss", "sampler", "num_negatives",
                   "batch_size", "learning_rate", "epochs", "history_dropout", "history_target",
-                  "row_weighting")  # fmt: skip
+                  "row_weighting", "item_embedding", "item_buckets", "item_dedicated")  # fmt: skip
 
 
 def _format_scores(scores: dict[str, float]) -> str:
@@ -145,6 +145,8 @@ def _wals(args: argparse.Namespace, **params: Any) -> WALS:
 
 def _softmax(args: argparse.Namespace, n_items: int, **params: Any) -> SoftmaxModel:
     opts = {k: getattr(args, k) for k in _SOFTMAX_FLAGS if getattr(args, k) is not None}
+    if getattr(args, "history_buckets", None) is not None:
+        opts["hash_buckets"] = {"history": args.history_buckets}
     opts.update(params)
     return SoftmaxModel(n_items, history="history", num_threads=args.threads, seed=args.seed,
                         **opts)  # fmt: skip

@@ -32,6 +32,7 @@ _GOLDEN = 0x9E3779B97F4A7C15
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 _MASK = (1 << 64) - 1
+_CHUNK = 1 << 20  # ids hashed at a time
 
 
 def _mix64(z: np.ndarray) -> np.ndarray:
@@ -124,9 +125,15 @@ def hash_ids(values: Any, buckets: int, *, seed: int = 0, num_hashes: int = 1) -
     buckets = check_int(buckets, "buckets", minimum=1)
     seed = check_int(seed, "seed", minimum=0)
     num_hashes = check_int(num_hashes, "num_hashes", minimum=1)
-    x = id_bits(values)
-    out = np.empty((len(x), num_hashes), dtype=np.int64)
-    for h in range(num_hashes):
-        key = _mix64(np.array([(seed * _GOLDEN + h + 1) & _MASK], dtype=np.uint64))
-        out[:, h] = (_mix64(x ^ key) % np.uint64(buckets)).astype(np.int64)
+    arr = np.asarray(values)
+    if arr.ndim != 1 or len(arr) == 0:
+        id_bits(arr)  # its checks (shape, dtype) also for inputs the loop below never sees
+    out = np.empty((len(arr), num_hashes), dtype=np.int64)
+    keys = [_mix64(np.array([(seed * _GOLDEN + h + 1) & _MASK], dtype=np.uint64))
+            for h in range(num_hashes)]  # fmt: skip
+    # In chunks: the mixer's temporaries stay O(chunk), whatever N.
+    for i0 in range(0, len(arr), _CHUNK):
+        x = id_bits(arr[i0 : i0 + _CHUNK])
+        for h, key in enumerate(keys):
+            out[i0 : i0 + len(x), h] = _mix64(x ^ key) % np.uint64(buckets)
     return out

@@ -694,6 +694,12 @@ class SoftmaxModel(Estimator):
         if item_features is not None:
             item_features = self._hashed(item_features, "item_features")
         schema = self._feature_schema(feats, "feats")
+        if (self.history is not None and self.history_target == "dropped"
+                and self.history in self.hash_buckets):  # fmt: skip
+            raise ValueError(
+                "history_target: 'dropped' compares history entries with target items, which a "
+                "hashed history (hash_buckets) no longer has; use 'all'"
+            )
         if self.history is not None and self.history not in feats.bags:
             raise ValueError(
                 f"history: expected the name of a bag feature of feats, got {self.history!r} "
@@ -803,13 +809,13 @@ class SoftmaxModel(Estimator):
                 (data, indices, indptr), shape=(len(indptr) - 1, feats.bag_vocab[key])
             )
             if key in self.hash_buckets:
+                # Entry e becomes k entries of the same row (its k rows): no COO round trip,
+                # and sum_duplicates works in place on arrays made here (not the caller's).
                 b, k = self.hash_buckets[key], self._hashes(key)
-                rows = hash_ids(m.indices.astype(np.int64), b, seed=self.seed, num_hashes=k)
-                coo = m.tocoo()
-                m = sp.csr_matrix(
-                    (np.tile(coo.data, k), (np.tile(coo.row, k), rows.T.ravel())),
-                    shape=(m.shape[0], b),
-                )
+                rows = hash_ids(m.indices, b, seed=self.seed, num_hashes=k)
+                data = np.repeat(m.data, k) if k > 1 else m.data.copy()
+                m = sp.csr_matrix((data, rows.reshape(-1), m.indptr.astype(np.int64) * k),
+                                  shape=(m.shape[0], b))  # fmt: skip
                 m.sum_duplicates()
             bags[key] = m
         out = QueryFeatures(dense=feats.dense, categorical=categorical or None, bags=bags or None)
