@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_quality import DEFAULT_DATA, fit_softmax, load, recommend_softmax, scores, weak_protocol
 
 from _common import print_table, write_json
-from bench_quality import DEFAULT_DATA, fit_softmax, load, recommend_softmax, scores, weak_protocol
 
 RATIOS = (2, 4, 16)
 
@@ -88,7 +88,7 @@ def main() -> None:
 
     table_recall = np.mean([r["recall@10"] for r in records["table"]])
     summary = []
-    for name, options, n_rows in rows:
+    for name, _options, n_rows in rows:
         recall = np.array([r["recall@10"] for r in records[name]])
         spread = recall.std(ddof=1) if len(recall) > 1 else 0.0
         summary.append({

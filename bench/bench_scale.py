@@ -62,7 +62,9 @@ def zipf_ranks(rng: np.random.Generator, n: np.ndarray | int, size: int) -> np.n
     """Ranks in [0, n) with P(r) about proportional to 1 / (r + 1) (inverse CDF of the
     continuous law)."""
     u = rng.random(size)
-    return np.minimum(np.exp(u * np.log(np.asarray(n) + 1.0)).astype(np.int64) - 1, np.asarray(n) - 1)
+    return np.minimum(
+        np.exp(u * np.log(np.asarray(n) + 1.0)).astype(np.int64) - 1, np.asarray(n) - 1
+    )
 
 
 def interactions(n_items: int, n_queries: int, per_query: int, seed: int):
@@ -228,8 +230,13 @@ def run_worker(cfg: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--items", nargs="+", type=float, default=[1e6, 1e7, 5e7])
-    ap.add_argument("--queries", nargs="+", type=float, default=[1e6, 1e6, 1e7],
-                    help="training queries per scale (one per --items entry)")
+    ap.add_argument(
+        "--queries",
+        nargs="+",
+        type=float,
+        default=[1e6, 1e6, 1e7],
+        help="training queries per scale (one per --items entry)",
+    )
     ap.add_argument("--per-query", type=int, default=10)
     ap.add_argument("--models", nargs="+", default=["table", "qr", "hybrid", "wals", "popularity"],
                     choices=["table", "qr", "hybrid", "wals", "popularity"])  # fmt: skip
@@ -284,7 +291,9 @@ def main() -> None:
     print_table(rows, ["items", "queries", "model", "model GB (pred.)", "data GB", "peak GB",
                        "examples/s", "recall@10", "vs table", "note"])  # fmt: skip
     per_item = {k: model_bytes(k, 10**9) / 1e9 for k in ("table", "qr", "hybrid", "wals")}
-    print("bytes per item at 1e9 items (memory model):", {k: round(v, 2) for k, v in per_item.items()})
+    print(
+        "bytes per item at 1e9 items (memory model):", {k: round(v, 2) for k, v in per_item.items()}
+    )
     write_json("scale", {"machine": machine_info(), "results": results,
                          "bytes_per_item_1e9": per_item}, args.json)  # fmt: skip
 

@@ -196,10 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     dnn.add_argument("--item-embedding", choices=("table", "qr", "hybrid"), default=None,
                      help="how the item table is stored: whole, quotient-remainder factors, or "
                      "factors plus rows for the most frequent items")  # fmt: skip
-    dnn.add_argument("--item-buckets", type=_positive_int, default=None,
-                     help="qr / hybrid: rows of the remainder table (default sqrt(n_items))")
-    dnn.add_argument("--item-dedicated", type=_non_negative_int, default=None,
-                     help="hybrid: items with their own rows (default n_items / 10)")
+    dnn.add_argument(
+        "--item-buckets",
+        type=_positive_int,
+        default=None,
+        help="qr / hybrid: rows of the remainder table (default sqrt(n_items))",
+    )
+    dnn.add_argument(
+        "--item-dedicated",
+        type=_non_negative_int,
+        default=None,
+        help="hybrid: items with their own rows (default n_items / 10)",
+    )
     dnn.add_argument("--history-buckets", type=_positive_int, default=None,
                      help="hash the history's item ids into this many rows (default: one row per "
                      "item; hashing bounds the input table for very large catalogues)")  # fmt: skip

@@ -342,7 +342,9 @@ def _new_items_recall(cfg, data, warm_idx, warm, feats_for, common, opts) -> flo
     twin = SoftmaxModel(len(old), **common, **opts)
     twin.fit(feats, train_old[keep], show_progress=False,
              item_features=QueryFeatures(categorical={"category": data.item_groups[old]}))  # fmt: skip
-    v_new = twin.item_embeddings_from(QueryFeatures(categorical={"category": data.item_groups[new]}))
+    v_new = twin.item_embeddings_from(
+        QueryFeatures(categorical={"category": data.item_groups[new]})
+    )
     ids, _ = topk(twin.query_embeddings(feats), v_new, K, num_threads=cfg.num_threads)
     return metrics.recall_at_k(ids, sp.csr_matrix(warm[keep][:, new]), K)
 

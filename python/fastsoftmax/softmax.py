@@ -63,7 +63,9 @@ def _compressed_size(
         raise ValueError(f"{name}: only used with {needs}")
     value = check_int(value, name, minimum=minimum)
     if value > maximum:
-        raise ValueError(f"{name}: expected an integer in [{minimum}, {maximum}] (n_items), got {value}")
+        raise ValueError(
+            f"{name}: expected an integer in [{minimum}, {maximum}] (n_items), got {value}"
+        )
     return value
 
 
@@ -1298,7 +1300,8 @@ class SoftmaxModel(Estimator):
         """Exact top-k: a compressed item table not materialised yet is scored block by block
         (memory O(block * dim), not O(n_items * dim)); otherwise as Estimator."""
         materialised = self._item_cache is not None and self._item_cache[0] == (
-            id(self._impl), self._impl.steps
+            id(self._impl),
+            self._impl.steps,
         )
         if self.item_embedding == "table" or index is not None or materialised:
             return super()._top_items(queries, k, exclude, index)
