@@ -7,6 +7,7 @@ entries), the dtypes of the arrays given to the core (a spy in front of ``_core`
 int64 index arrays give the same results as int32 ones everywhere a user's CSR goes in.
 """
 
+import sys
 import types
 
 import numpy as np
@@ -186,3 +187,23 @@ def test_splits_and_metrics_accept_int64_indices(data):
     ids = np.tile(np.arange(5), (m32.shape[0], 1))
     np.testing.assert_array_equal(fs.metrics.recall_at_k(ids, m32, 5),
                                   fs.metrics.recall_at_k(ids, m64, 5))  # fmt: skip
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the hook reserves memory by mmap")
+def test_bag_kernels_read_entries_beyond_2_31():
+    """C++ side: a bag CSR with 2**31 + 4 entries (its index array reserved, not allocated: only
+    the last row's pages are touched) pooled and back-propagated at its last row, whose entries
+    sit at offsets 2**31 + 1 .. 2**31 + 3."""
+    from fastsoftmax import _core
+
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((5, 4)).astype(np.float32)
+    dout = rng.standard_normal(4).astype(np.float32)
+    try:
+        pooled, ids, grad = _core._testing.bag_beyond_2_31(table, dout)
+    except RuntimeError as err:  # no 16 GB of address space to reserve
+        pytest.skip(str(err))
+    np.testing.assert_allclose(pooled, table[[1, 2, 3]].mean(axis=0), rtol=1e-6)
+    order = np.argsort(ids)
+    np.testing.assert_array_equal(ids[order], [1, 2, 3])
+    np.testing.assert_allclose(grad[order], np.tile(dout / 3, (3, 1)), rtol=1e-6)

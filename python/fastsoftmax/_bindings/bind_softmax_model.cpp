@@ -6,6 +6,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "binding_utils.h"
 #include "fastsoftmax/loss_factory.h"
 #include "fastsoftmax/softmax_loss.h"
@@ -196,9 +200,59 @@ bool is_vector_param(const std::string& name) {
   return name == "item_bias" || (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0);
 }
 
+// Test hook: a bag CSR with more than 2^31 entries whose last row (entries 2^31 + 1 .. + 4) is the
+// only one read: its index array is reserved, not allocated (MAP_NORESERVE; only the pages of that
+// row are touched), so the kernels' int64 offset arithmetic is exercised without 16 GB of memory.
+// Returns (pooled mean of that row, the bag gradient's rows, their gradient) for a table and dout.
+pyb::tuple bag_beyond_2_31(const pyb::array_t<float, pyb::array::c_style>& table_arr,
+                           const pyb::array_t<float, pyb::array::c_style>& dout_arr) {
+#if defined(__linux__)
+  const index_t vocab = table_arr.shape(0), d = table_arr.shape(1);
+  const index_t first = (index_t{1} << 31) + 1, nnz = first + 3;
+  const std::size_t bytes = static_cast<std::size_t>(nnz) * sizeof(index_t);
+  void* mem = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (mem == MAP_FAILED) throw std::runtime_error("bag_beyond_2_31: cannot reserve 16 GB");
+  struct Unmap {
+    void* p;
+    std::size_t n;
+    ~Unmap() { munmap(p, n); }
+  } unmap{mem, bytes};
+  auto* indices = static_cast<index_t*>(mem);
+  for (index_t k = 0; k < 3; ++k) indices[first + k] = (k + 1) % vocab;
+  const index_t indptr[3] = {0, first, nnz};
+  const BagsView bags{indptr, indices, nullptr};
+  const index_t rows[1] = {1};
+  RowMatrixXf table = ConstMapRowMatrixXf(table_arr.data(), vocab, d);
+  pyb::array_t<float> pooled(static_cast<pyb::ssize_t>(d));
+  embed_bags(table, bags, rows, 1, Pooling::kMean, pooled.mutable_data(), d, 1);
+  BagGradient grad;
+  grad.begin(bags, rows, 1, Pooling::kMean, dout_arr.data(), d, vocab, d);
+  grad.stage(0, 1);
+  std::vector<index_t> ids;
+  std::vector<float> values;
+  for (int p = 0; p < BagGradient::kParts; ++p) {
+    grad.collect(p);
+    RowGradient& rg = grad.part(p);
+    rg.materialize(1);
+    for (index_t i = 0; i < rg.size(); ++i) {
+      ids.push_back(rg.rows()[static_cast<std::size_t>(i)]);
+      values.insert(values.end(), rg.grad() + i * d, rg.grad() + (i + 1) * d);
+    }
+  }
+  pyb::array_t<float> g({static_cast<pyb::ssize_t>(ids.size()), static_cast<pyb::ssize_t>(d)});
+  std::copy(values.begin(), values.end(), g.mutable_data());
+  return pyb::make_tuple(pooled, pyb::array_t<index_t>(ids.size(), ids.data()), g);
+#else
+  throw std::runtime_error("bag_beyond_2_31: Linux only");
+#endif
+}
+
 }  // namespace
 
 void bind_softmax_model(pyb::module_& m) {
+  testing_module(m).def("bag_beyond_2_31", &bag_beyond_2_31, pyb::arg("table"),
+                        pyb::arg("dout"));
   pyb::class_<SoftmaxData>(m, "SoftmaxData");
 
   pyb::class_<SoftmaxModel>(m, "SoftmaxModel")
