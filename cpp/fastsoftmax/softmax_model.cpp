@@ -221,8 +221,13 @@ ItemParamsView SoftmaxModel::item_view(const TargetsView& targets, const LossCon
     qr_.materialize(rows, C, item_values_.data(), ctx.num_threads);
   }
   if (tower_all_) return ItemParamsView{n, d, item_values_.data(), bias};
-  if (static_cast<index_t>(item_slot_.size()) != n) item_slot_.assign(static_cast<std::size_t>(n), 0);
-  for (index_t c = 0; c < C; ++c) item_slot_[static_cast<std::size_t>(rows[c])] = static_cast<std::int32_t>(c);
+  // The loss reads the candidates' rows through their slots (a compact table, not n x d).
+  if (static_cast<index_t>(item_slot_.size()) != n) {
+    item_slot_.assign(static_cast<std::size_t>(n), 0);
+  }
+  for (index_t c = 0; c < C; ++c) {
+    item_slot_[static_cast<std::size_t>(rows[c])] = static_cast<std::int32_t>(c);
+  }
   return ItemParamsView{n, d, item_values_.data(), bias, item_slot_.data()};
 }
 
@@ -422,7 +427,9 @@ void SoftmaxModel::query_embeddings(const FeaturesView& x, float* out) {
 
 void SoftmaxModel::item_rows(index_t begin, index_t end, float* out) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (config_.item_buckets <= 0) throw_invalid("item_rows: the model has no compressed item table");
+  if (config_.item_buckets <= 0) {
+    throw_invalid("item_rows: the model has no compressed item table");
+  }
   if (begin < 0 || end < begin || end > config_.n_items) {
     throw_out_of_range("item_rows: expected 0 <= begin <= end <= n_items = ", config_.n_items,
                        ", got [", begin, ", ", end, ")");
@@ -468,7 +475,8 @@ void SoftmaxModel::add_item_gradients(std::vector<RowMatrixXf>& gradients, std::
     gradients[g] += item_grad_.dense_weights;
   } else {
     for (std::size_t i = 0; i < item_grad_.rows.size(); ++i) {
-      gradients[g].row(item_grad_.rows[i]) += item_grad_.sparse_weights.row(static_cast<index_t>(i));
+      gradients[g].row(item_grad_.rows[i]) +=
+          item_grad_.sparse_weights.row(static_cast<index_t>(i));
     }
   }
   if (!config_.item_bias) return;
