@@ -157,24 +157,10 @@ def make_torch(
     torch.manual_seed(0)
     n_items = data["n_items"]
 
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.hist = nn.EmbeddingBag(n_items, 64, mode="mean", sparse=True)
-            self.cat = nn.Embedding(N_CAT, 16, sparse=True)
-            self.mlp = nn.Sequential(
-                nn.Linear(N_DENSE + 16 + 64, HIDDEN[0]),
-                nn.ReLU(),
-                nn.Linear(HIDDEN[0], HIDDEN[1]),
-                nn.ReLU(),
-                nn.Linear(HIDDEN[1], DIM),
-            )
-            self.items = nn.Parameter(torch.randn(n_items, DIM) / DIM**0.5)
-
-        def forward(self, dense, cat, hist):
-            return self.mlp(torch.cat([dense, self.cat(cat), self.hist(hist)], dim=1))
-
-    net = Net()
+    # The query tower of the sampled references and, created after it (same initialisation as
+    # before), the dense item table.
+    net = _torch_query_tower(n_items)
+    net.items = nn.Parameter(torch.randn(n_items, DIM) / DIM**0.5)
     opt = torch.optim.Adagrad(net.parameters(), lr=LR)
     dense = torch.from_numpy(data["dense"])
     cat = torch.from_numpy(data["cat"])

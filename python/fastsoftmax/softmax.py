@@ -1316,21 +1316,17 @@ class SoftmaxModel(Estimator):
         for j0 in range(0, self.n_items, _SCORE_BLOCK):
             j1 = min(self.n_items, j0 + _SCORE_BLOCK)
             part = None if exclude is None else exclude[:, j0:j1]
-            ids, scores = topk(q, self._serving_items(np.arange(j0, j1)), min(k, j1 - j0),
+            ids, scores = topk(q, self._serving_items(slice(j0, j1)), min(k, j1 - j0),
                                exclude=part, num_threads=self.num_threads)  # fmt: skip
             ids = np.where(ids >= 0, ids + j0, -1)
             best_ids, best_scores = _merge_top(best_ids, best_scores, ids, scores, k)
         return best_ids, best_scores
 
     # psi . V_j + b_j == [psi, 1] . [V_j, b_j]: with an item bias, one more column on each side.
-    def _serving_items(self, rows: np.ndarray | None = None) -> np.ndarray:
-        if self.item_embedding != "table" and rows is not None and len(rows):
-            # Contiguous blocks (the blocked top-k) without materialising the whole table.
-            j0, j1 = int(rows[0]), int(rows[-1]) + 1
-            if j1 - j0 == len(rows) and (np.diff(rows) == 1).all():
-                items = self._impl.item_rows(j0, j1)
-            else:
-                items = np.asarray(self.item_embeddings)[rows]
+    def _serving_items(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
+        if isinstance(rows, slice) and self.item_embedding != "table":
+            # A block of a compressed table (the blocked top-k), without materialising the rest.
+            items = self._impl.item_rows(rows.start, rows.stop)
         else:
             items = super()._serving_items(rows)
         if not self.item_bias:
